@@ -1,0 +1,1 @@
+//! Test harness: namespaces, hosts and containers built and torn down per test.

@@ -1,0 +1,18 @@
+//! A userspace VXLAN switch for container networking.
+//!
+//! The crate is layered like the per-frame path it implements:
+//!
+//! - [`wire`]: typed, zero-copy views over the bytes of Ethernet, ARP, IP, UDP, TCP and VXLAN.
+//! - [`fdb`]: MAC learning per VNI, with aging, limits, static entries and moves.
+//! - [`tunnel`]: VXLAN encapsulation and decapsulation.
+//! - [`switch`]: the sans-IO core. It owns the tables above and turns one input (a frame from a
+//!   port, a datagram from a peer, a tick) into actions. No syscalls, no clock reads, no locks.
+//! - [`io`]: the thin shell that feeds the core from TAP queues and UDP sockets.
+//! - [`control`]: configuration, the control API and the daemon that wires it all together.
+
+pub mod control;
+pub mod fdb;
+pub mod io;
+pub mod switch;
+pub mod tunnel;
+pub mod wire;
