@@ -1,1 +1,56 @@
-//! placeholder
+//! Session keys, in-place ChaCha20-Poly1305 sealing and opening, and replay protection for sealed
+//! VXLAN. No I/O, no clock, no allocation on the data path.
+//!
+//! - [`SessionKey`]: a ChaCha20-Poly1305 key (ring) with a 32-bit key id, from 32 bytes or derived
+//!   with HKDF-SHA256.
+//! - [`Sealer`]: owns a key and its strictly increasing 64-bit counter; the nonce is
+//!   `key_id || counter` ([`nonce`]). It refuses to wrap and resumes ahead of a persisted
+//!   high-water mark after a restart (see [`Sealer#restarts`]).
+//! - [`Opener`]: authenticates and decrypts in place.
+//! - [`ReplayWindow`]: a 2048-counter sliding window, checked before decryption and committed
+//!   after.
+//!
+//! A sealed packet is `[associated data][ciphertext][tag]` in one caller buffer; the associated
+//! data (the packet's headers) is authenticated, not encrypted, and should carry the key id and
+//! counter the receiver needs.
+//!
+//! ```
+//! use crypto::{Opener, ReplayWindow, Sealer, SessionKey, TAG_LEN};
+//!
+//! let secret = [7u8; 32];
+//! let key = |id| SessionKey::derive(id, &secret, b"salt", &[b"node-a->node-b"]);
+//! let mut sealer = Sealer::new(key(1)?);
+//! let opener = Opener::new(key(1)?);
+//! let mut window = ReplayWindow::new();
+//!
+//! // Sender: [12-byte header][frame][tag room].
+//! let frame = b"an ethernet frame";
+//! let mut packet = vec![0u8; 12 + frame.len() + TAG_LEN];
+//! packet[12..12 + frame.len()].copy_from_slice(frame);
+//! let (header, body) = packet.split_at_mut(12);
+//! let reserved = sealer.reserve()?;
+//! header[..4].copy_from_slice(&reserved.key_id().to_be_bytes());
+//! header[4..].copy_from_slice(&reserved.counter().to_be_bytes());
+//! reserved.seal_in_place(header, body)?;
+//!
+//! // Receiver: the header selects the key and gives the counter.
+//! let (header, body) = packet.split_at_mut(12);
+//! let counter = u64::from_be_bytes([
+//!     header[4], header[5], header[6], header[7],
+//!     header[8], header[9], header[10], header[11],
+//! ]);
+//! let plain = opener.open_in_place_checked(&mut window, counter, header, body)?;
+//! assert_eq!(plain, frame);
+//! # Ok::<(), crypto::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod error;
+mod key;
+mod replay;
+mod seal;
+
+pub use error::Error;
+pub use key::{KEY_LEN, NONCE_LEN, SessionKey, TAG_LEN, nonce};
+pub use replay::ReplayWindow;
+pub use seal::{Opener, Reserved, Sealer};

@@ -1,0 +1,79 @@
+//! The crate's one error type.
+//!
+//! Variants fall in two groups that callers treat differently: faults of the peer or the network
+//! (`Truncated`, `Authentication`, `Replayed`, `TooOld`), which the data path drops and counts,
+//! and misuse or exhaustion on our side (the rest), which an operator or the control plane must
+//! act on.
+
+use crate::key::{KEY_LEN, TAG_LEN};
+
+/// Everything that can go wrong while building keys, sealing, opening or checking replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Key material given to [`SessionKey::new`](crate::SessionKey::new) is not exactly
+    /// [`KEY_LEN`] bytes long.
+    #[error("session key must be {KEY_LEN} bytes, got {len}")]
+    KeyLength {
+        /// Length of the rejected key material.
+        len: usize,
+    },
+    /// HKDF-SHA256 refused to produce a key from the given inputs.
+    #[error("session key derivation failed")]
+    KeyDerivation,
+    /// Every counter of this key has been used; sealing again would reuse a nonce. Replace the key.
+    #[error("nonce counters of this key are exhausted; replace the key")]
+    CounterExhausted,
+    /// The sealer reached the limit set with [`Sealer::set_limit`](crate::Sealer::set_limit).
+    /// Persist a higher high-water mark, then raise the limit.
+    #[error("nonce counter reached the reserved limit {limit}; persist a new high-water mark")]
+    CounterLimit {
+        /// The limit that was reached: no counter at or above it may be used yet.
+        limit: u64,
+    },
+    /// The buffer given to seal is shorter than the [`TAG_LEN`]-byte tag it must end with.
+    #[error("buffer of {len} bytes has no room for the {TAG_LEN}-byte tag")]
+    NoTagRoom {
+        /// Length of the buffer given.
+        len: usize,
+    },
+    /// The payload is longer than ChaCha20-Poly1305 can seal under one nonce.
+    #[error("payload too long to seal")]
+    TooLong,
+    /// A received packet is too short to hold the [`TAG_LEN`]-byte tag.
+    #[error("sealed payload of {len} bytes is shorter than the {TAG_LEN}-byte tag")]
+    Truncated {
+        /// Length of the sealed payload received.
+        len: usize,
+    },
+    /// A received packet did not authenticate: forged or corrupted ciphertext, tag, associated
+    /// data or counter, or sealed under another key.
+    #[error("sealed payload failed authentication")]
+    Authentication,
+    /// A packet with this counter was already accepted.
+    #[error("counter {counter} was already received")]
+    Replayed {
+        /// The repeated counter.
+        counter: u64,
+    },
+    /// The counter lies below the replay window: too old to tell whether it was seen.
+    #[error("counter {counter} is older than the replay window")]
+    TooOld {
+        /// The rejected counter.
+        counter: u64,
+    },
+}
+
+impl Error {
+    /// True for faults caused by what a peer or the network sent (drop and count), false for
+    /// misuse or exhaustion on this side.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::Truncated { .. }
+                | Error::Authentication
+                | Error::Replayed { .. }
+                | Error::TooOld { .. }
+        )
+    }
+}
