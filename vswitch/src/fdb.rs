@@ -1,1 +1,485 @@
-//! fdb
+//! The forwarding database: where each MAC address of each VNI was last seen.
+//!
+//! Entries are learned from source addresses and age out after [`FdbConfig::aging`] without
+//! traffic; static entries (the MACs of local ports) never age and learning never overwrites
+//! them. Memory is bounded: learned entries never exceed [`FdbConfig::max_entries`] in total nor
+//! [`FdbConfig::max_per_port`] on one local port; a MAC that would break a limit is not learned.
+//! Aging is a sweep the switch runs from its timer, not work done per frame.
+
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::switch::{PeerId, PortId};
+use crate::wire::{MacAddr, Vni};
+
+/// Where frames for a MAC address go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// A local port.
+    Port(PortId),
+    /// A remote VTEP.
+    Peer(PeerId),
+}
+
+/// Limits and timers of the forwarding database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbConfig {
+    /// How long a learned entry lives without traffic. Default 300 s.
+    pub aging: Duration,
+    /// Most learned entries over all VNIs. Default 65536.
+    pub max_entries: usize,
+    /// Most learned entries on one local port (peers are bounded by `max_entries` only).
+    /// Default 1024.
+    pub max_per_port: usize,
+}
+
+impl Default for FdbConfig {
+    fn default() -> Self {
+        FdbConfig {
+            aging: Duration::from_secs(300),
+            max_entries: 65536,
+            max_per_port: 1024,
+        }
+    }
+}
+
+/// What [`Fdb::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Learned {
+    /// A new entry.
+    New,
+    /// The entry was already there, at this location; its age was reset.
+    Refreshed,
+    /// The entry moved here from another location.
+    Moved {
+        /// Where the MAC was before.
+        from: Location,
+    },
+    /// A static entry holds the MAC; nothing changed.
+    Static,
+    /// A limit prevented learning; nothing changed.
+    Full,
+}
+
+/// One entry, as listed for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The VNI.
+    pub vni: Vni,
+    /// The MAC address.
+    pub mac: MacAddr,
+    /// Where frames for it go.
+    pub location: Location,
+    /// True for entries that never age.
+    pub is_static: bool,
+    /// Time since the MAC was last seen; `None` for static entries.
+    pub age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    vni: u32,
+    mac: u64,
+}
+
+impl Key {
+    fn new(vni: Vni, mac: MacAddr) -> Self {
+        let m = mac.0;
+        let mac = u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]);
+        Key {
+            vni: vni.get(),
+            mac,
+        }
+    }
+
+    fn vni(self) -> Vni {
+        Vni::from_u24(self.vni)
+    }
+
+    fn mac(self) -> MacAddr {
+        let b = self.mac.to_be_bytes();
+        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    location: Location,
+    /// `None` for static entries.
+    last_seen: Option<Instant>,
+}
+
+/// MAC learning per VNI.
+#[derive(Debug, Clone)]
+pub struct Fdb {
+    config: FdbConfig,
+    entries: FxHashMap<Key, Entry>,
+    learned: usize,
+    per_port: FxHashMap<PortId, usize>,
+}
+
+impl Fdb {
+    /// An empty database.
+    pub fn new(config: FdbConfig) -> Self {
+        Fdb {
+            config,
+            entries: FxHashMap::default(),
+            learned: 0,
+            per_port: FxHashMap::default(),
+        }
+    }
+
+    /// The limits and timers in force.
+    pub fn config(&self) -> &FdbConfig {
+        &self.config
+    }
+
+    /// Where frames to `mac` on `vni` go, if known.
+    #[inline]
+    pub fn lookup(&self, vni: Vni, mac: MacAddr) -> Option<Location> {
+        self.entries.get(&Key::new(vni, mac)).map(|e| e.location)
+    }
+
+    /// Records that `mac` was seen as a source on `vni` at `location`.
+    pub fn learn(&mut self, now: Instant, vni: Vni, mac: MacAddr, location: Location) -> Learned {
+        let key = Key::new(vni, mac);
+        if let Some(entry) = self.entries.get_mut(&key) {
+            let Some(last_seen) = entry.last_seen.as_mut() else {
+                return Learned::Static;
+            };
+            if entry.location == location {
+                *last_seen = now;
+                return Learned::Refreshed;
+            }
+            if let Location::Port(port) = location {
+                if self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port {
+                    return Learned::Full;
+                }
+            }
+            let from = entry.location;
+            entry.location = location;
+            *last_seen = now;
+            self.uncount(from);
+            self.count(location);
+            return Learned::Moved { from };
+        }
+        if self.learned >= self.config.max_entries {
+            return Learned::Full;
+        }
+        if let Location::Port(port) = location {
+            if self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port {
+                return Learned::Full;
+            }
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                location,
+                last_seen: Some(now),
+            },
+        );
+        self.learned += 1;
+        self.count(location);
+        Learned::New
+    }
+
+    /// Pins `mac` on `vni` to `location`: never aged, never overwritten by learning. Replaces any
+    /// entry for the MAC and returns its location.
+    pub fn insert_static(
+        &mut self,
+        vni: Vni,
+        mac: MacAddr,
+        location: Location,
+    ) -> Option<Location> {
+        let old = self.entries.insert(
+            Key::new(vni, mac),
+            Entry {
+                location,
+                last_seen: None,
+            },
+        );
+        old.map(|old| {
+            self.forget(&old);
+            old.location
+        })
+    }
+
+    /// Removes the entry for `mac` on `vni`, static or learned, and returns its location.
+    pub fn remove(&mut self, vni: Vni, mac: MacAddr) -> Option<Location> {
+        let old = self.entries.remove(&Key::new(vni, mac))?;
+        self.forget(&old);
+        Some(old.location)
+    }
+
+    /// Removes every entry pointing at a local port; returns how many.
+    pub fn remove_port(&mut self, port: PortId) -> usize {
+        self.per_port.remove(&port);
+        self.remove_where(|_, e| e.location == Location::Port(port))
+    }
+
+    /// Removes every entry pointing at a peer; returns how many.
+    pub fn remove_peer(&mut self, peer: PeerId) -> usize {
+        self.remove_where(|_, e| e.location == Location::Peer(peer))
+    }
+
+    /// Removes every entry of a VNI; returns how many.
+    pub fn remove_vni(&mut self, vni: Vni) -> usize {
+        let vni = vni.get();
+        self.remove_where(|k, _| k.vni == vni)
+    }
+
+    /// Removes the learned entries not seen for the aging time; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let aging = self.config.aging;
+        self.remove_where(|_, e| {
+            e.last_seen
+                .is_some_and(|seen| now.saturating_duration_since(seen) >= aging)
+        })
+    }
+
+    /// Number of entries, static included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of learned entries (those that count against the limits).
+    pub fn learned_len(&self) -> usize {
+        self.learned
+    }
+
+    /// Number of learned entries on a local port.
+    pub fn port_len(&self, port: PortId) -> usize {
+        self.per_port.get(&port).copied().unwrap_or(0)
+    }
+
+    /// Every entry, with ages relative to `now`, in no particular order.
+    pub fn iter(&self, now: Instant) -> impl Iterator<Item = FdbEntry> + '_ {
+        self.entries.iter().map(move |(key, entry)| FdbEntry {
+            vni: key.vni(),
+            mac: key.mac(),
+            location: entry.location,
+            is_static: entry.last_seen.is_none(),
+            age: entry
+                .last_seen
+                .map(|seen| now.saturating_duration_since(seen)),
+        })
+    }
+
+    fn remove_where(&mut self, mut pred: impl FnMut(&Key, &Entry) -> bool) -> usize {
+        let before = self.entries.len();
+        let mut learned = 0;
+        let per_port = &mut self.per_port;
+        self.entries.retain(|key, entry| {
+            if !pred(key, entry) {
+                return true;
+            }
+            if entry.last_seen.is_some() {
+                learned += 1;
+                if let Location::Port(port) = entry.location {
+                    if let Some(n) = per_port.get_mut(&port) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            false
+        });
+        self.learned -= learned;
+        self.per_port.retain(|_, n| *n > 0);
+        before - self.entries.len()
+    }
+
+    fn forget(&mut self, old: &Entry) {
+        if old.last_seen.is_some() {
+            self.learned -= 1;
+            self.uncount(old.location);
+        }
+    }
+
+    fn count(&mut self, location: Location) {
+        if let Location::Port(port) = location {
+            *self.per_port.entry(port).or_insert(0) += 1;
+        }
+    }
+
+    fn uncount(&mut self, location: Location) {
+        if let Location::Port(port) = location {
+            if let Some(n) = self.per_port.get_mut(&port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_port.remove(&port);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u32) -> MacAddr {
+        let b = n.to_be_bytes();
+        MacAddr([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    fn vni(n: u32) -> Vni {
+        Vni::try_from(n).unwrap()
+    }
+
+    const P1: Location = Location::Port(PortId(1));
+    const P2: Location = Location::Port(PortId(2));
+    const R1: Location = Location::Peer(PeerId(1));
+    const R2: Location = Location::Peer(PeerId(2));
+
+    #[test]
+    fn learn_lookup_refresh() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        assert_eq!(fdb.lookup(vni(42), mac(1)), None);
+        assert_eq!(fdb.learn(t0, vni(42), mac(1), P1), Learned::New);
+        assert_eq!(fdb.lookup(vni(42), mac(1)), Some(P1));
+        assert_eq!(fdb.lookup(vni(43), mac(1)), None);
+        assert_eq!(fdb.learn(t0, vni(42), mac(1), P1), Learned::Refreshed);
+        assert_eq!(fdb.learned_len(), 1);
+        assert_eq!(fdb.port_len(PortId(1)), 1);
+    }
+
+    #[test]
+    fn aging_default_300s() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        let _ = fdb.learn(t0, vni(42), mac(1), P1);
+        let _ = fdb.learn(t0 + Duration::from_secs(100), vni(42), mac(2), R1);
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(299)), 0);
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(300)), 1);
+        assert_eq!(fdb.lookup(vni(42), mac(1)), None);
+        assert_eq!(fdb.lookup(vni(42), mac(2)), Some(R1));
+        assert_eq!(fdb.port_len(PortId(1)), 0);
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(400)), 1);
+        assert!(fdb.is_empty());
+        assert_eq!(fdb.learned_len(), 0);
+    }
+
+    #[test]
+    fn refresh_postpones_aging() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig {
+            aging: Duration::from_secs(10),
+            ..FdbConfig::default()
+        });
+        let _ = fdb.learn(t0, vni(42), mac(1), P1);
+        let _ = fdb.learn(t0 + Duration::from_secs(8), vni(42), mac(1), P1);
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(12)), 0);
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(18)), 1);
+    }
+
+    #[test]
+    fn moves() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        let _ = fdb.learn(t0, vni(42), mac(1), P1);
+        assert_eq!(
+            fdb.learn(t0, vni(42), mac(1), R1),
+            Learned::Moved { from: P1 }
+        );
+        assert_eq!(fdb.port_len(PortId(1)), 0);
+        assert_eq!(
+            fdb.learn(t0, vni(42), mac(1), R2),
+            Learned::Moved { from: R1 }
+        );
+        assert_eq!(
+            fdb.learn(t0, vni(42), mac(1), P2),
+            Learned::Moved { from: R2 }
+        );
+        assert_eq!(fdb.port_len(PortId(2)), 1);
+        assert_eq!(fdb.lookup(vni(42), mac(1)), Some(P2));
+        assert_eq!(fdb.learned_len(), 1);
+    }
+
+    #[test]
+    fn static_entries() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        let _ = fdb.learn(t0, vni(42), mac(1), R1);
+        assert_eq!(fdb.insert_static(vni(42), mac(1), P1), Some(R1));
+        assert_eq!(fdb.learned_len(), 0);
+        assert_eq!(fdb.learn(t0, vni(42), mac(1), R2), Learned::Static);
+        assert_eq!(fdb.lookup(vni(42), mac(1)), Some(P1));
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(10_000)), 0);
+        let entry = fdb.iter(t0).next().unwrap();
+        assert!(entry.is_static);
+        assert_eq!(entry.age, None);
+        assert_eq!(fdb.remove(vni(42), mac(1)), Some(P1));
+        assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn limits_hold() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig {
+            max_entries: 100,
+            max_per_port: 10,
+            ..FdbConfig::default()
+        });
+        for n in 0..50 {
+            let _ = fdb.learn(t0, vni(42), mac(n), P1);
+        }
+        assert_eq!(fdb.port_len(PortId(1)), 10);
+        assert_eq!(fdb.learn(t0, vni(42), mac(1000), P1), Learned::Full);
+        for n in 100..1000 {
+            let _ = fdb.learn(t0, vni(42), mac(n), R1);
+        }
+        assert_eq!(fdb.learned_len(), 100);
+        assert_eq!(fdb.len(), 100);
+        assert_eq!(fdb.learn(t0, vni(42), mac(5000), R2), Learned::Full);
+        // A move into a full port is refused; the entry stays where it was.
+        assert_eq!(fdb.learn(t0, vni(42), mac(100), P1), Learned::Full);
+        assert_eq!(fdb.lookup(vni(42), mac(100)), Some(R1));
+        // Statics do not count against the learned limit.
+        assert_eq!(fdb.insert_static(vni(42), mac(9999), P2), None);
+        assert_eq!(fdb.learned_len(), 100);
+    }
+
+    #[test]
+    fn bulk_removal() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        let _ = fdb.learn(t0, vni(42), mac(1), P1);
+        let _ = fdb.learn(t0, vni(42), mac(2), R1);
+        let _ = fdb.learn(t0, vni(43), mac(3), R1);
+        let _ = fdb.learn(t0, vni(43), mac(4), R2);
+        let _ = fdb.insert_static(vni(42), mac(5), P1);
+        assert_eq!(fdb.remove_port(PortId(1)), 2);
+        assert_eq!(fdb.port_len(PortId(1)), 0);
+        assert_eq!(fdb.remove_peer(PeerId(1)), 2);
+        assert_eq!(fdb.lookup(vni(43), mac(4)), Some(R2));
+        assert_eq!(fdb.remove_vni(vni(43)), 1);
+        assert!(fdb.is_empty());
+        assert_eq!(fdb.learned_len(), 0);
+    }
+
+    #[test]
+    fn iter_reports_everything() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        let _ = fdb.learn(t0, vni(7), mac(1), R1);
+        let entries: Vec<_> = fdb.iter(t0 + Duration::from_secs(3)).collect();
+        assert_eq!(
+            entries,
+            vec![FdbEntry {
+                vni: vni(7),
+                mac: mac(1),
+                location: R1,
+                is_static: false,
+                age: Some(Duration::from_secs(3)),
+            }]
+        );
+    }
+}

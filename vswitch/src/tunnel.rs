@@ -1,1 +1,137 @@
-//! tunnel
+//! VXLAN encapsulation and decapsulation (RFC 7348), into and out of caller-provided buffers.
+//!
+//! On send the header carries the I flag and every reserved bit zero. On receipt the I flag is
+//! required and the reserved bits are ignored, as section 5 of the RFC says, so that a Linux
+//! `vxlan` device or Open vSwitch on the other end interoperates in both directions.
+
+use core::ops::Range;
+
+use crate::switch::DropReason;
+use crate::wire::{ETHERNET_HEADER_LEN, Vni, VxlanHeader};
+
+/// Length of the VXLAN header.
+pub const VXLAN_HEADER_LEN: usize = 8;
+/// The IANA-assigned VXLAN UDP port.
+pub const VXLAN_PORT: u16 = 4789;
+/// Bytes VXLAN over IPv4 adds to an inner frame on the underlay: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14). 1500 - 50 is the default inner MTU of 1450.
+pub const VXLAN_IPV4_OVERHEAD: usize = 50;
+
+/// The first UDP source port used for tunnel packets (RFC 7348 recommends 49152..=65535).
+pub const SOURCE_PORT_MIN: u16 = 49152;
+
+/// The 8-byte header that prefixes every inner frame sent on `vni`.
+pub fn encap_header(vni: Vni) -> [u8; VXLAN_HEADER_LEN] {
+    let mut header = [0u8; VXLAN_HEADER_LEN];
+    VxlanHeader::new_unchecked(&mut header[..]).fill(vni);
+    header
+}
+
+/// Writes `header` followed by `frame` into `buf`, replacing its contents.
+///
+/// `buf` keeps its capacity between calls, so a reused buffer does not allocate once it has held
+/// the largest datagram.
+pub fn encap_into(header: &[u8; VXLAN_HEADER_LEN], frame: &[u8], buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(header);
+    buf.extend_from_slice(frame);
+}
+
+/// The outer UDP source port for a frame with flow hash `hash`: in 49152..=65535, so that every
+/// flow keeps one port and different flows spread over underlay paths.
+pub fn source_port(hash: u32) -> u16 {
+    let span = u32::from(u16::MAX - SOURCE_PORT_MIN) + 1;
+    SOURCE_PORT_MIN + (hash % span) as u16
+}
+
+/// Checks a received VXLAN datagram and returns its VNI and the inner Ethernet frame.
+///
+/// Errors: [`DropReason::Runt`] when the datagram is shorter than the header plus an Ethernet
+/// header, [`DropReason::BadFlags`] when the I flag is clear.
+pub fn decap(datagram: &[u8]) -> Result<(Vni, &[u8]), DropReason> {
+    let (vni, range) = decap_range(datagram)?;
+    Ok((vni, &datagram[range]))
+}
+
+/// Like [`decap`], returning where the inner frame sits in `datagram` instead of a slice.
+pub fn decap_range(datagram: &[u8]) -> Result<(Vni, Range<usize>), DropReason> {
+    if datagram.len() < VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN {
+        return Err(DropReason::Runt);
+    }
+    let header = VxlanHeader::new_unchecked(datagram);
+    if !header.has_vni() {
+        return Err(DropReason::BadFlags);
+    }
+    Ok((header.vni(), VXLAN_HEADER_LEN..datagram.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The VXLAN header of a datagram sent by a Linux `vxlan` device with `id 42`.
+    const LINUX_VNI_42: [u8; 8] = [0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, 0x00];
+
+    fn inner() -> [u8; 14] {
+        [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x08, 0x06,
+        ]
+    }
+
+    #[test]
+    fn header_matches_linux() {
+        assert_eq!(encap_header(Vni::DEFAULT), LINUX_VNI_42);
+        let vni = Vni::try_from(0x12_3456).unwrap();
+        assert_eq!(encap_header(vni), [0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0x00]);
+        assert_eq!(
+            encap_header(Vni::try_from(Vni::MAX).unwrap()),
+            [0x08, 0, 0, 0, 0xff, 0xff, 0xff, 0x00]
+        );
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        encap_into(&encap_header(Vni::DEFAULT), &inner(), &mut buf);
+        assert_eq!(&buf[..8], &LINUX_VNI_42);
+        let (vni, frame) = decap(&buf).unwrap();
+        assert_eq!(vni, Vni::DEFAULT);
+        assert_eq!(frame, &inner());
+        assert_eq!(decap_range(&buf).unwrap().1, 8..22);
+    }
+
+    #[test]
+    fn reserved_bits_ignored_on_receipt() {
+        let mut buf = vec![0xf7, 0xff, 0xff, 0xff, 0x00, 0x00, 0x2a, 0xff];
+        buf[0] |= 0x08;
+        buf.extend_from_slice(&inner());
+        assert_eq!(decap(&buf).unwrap().0, Vni::DEFAULT);
+    }
+
+    #[test]
+    fn i_flag_required() {
+        let mut buf = LINUX_VNI_42.to_vec();
+        buf[0] = 0x00;
+        buf.extend_from_slice(&inner());
+        assert_eq!(decap(&buf).unwrap_err(), DropReason::BadFlags);
+        buf[0] = 0xf7;
+        assert_eq!(decap(&buf).unwrap_err(), DropReason::BadFlags);
+    }
+
+    #[test]
+    fn runts() {
+        let mut buf = LINUX_VNI_42.to_vec();
+        buf.extend_from_slice(&inner());
+        for len in 0..buf.len() {
+            assert_eq!(decap(&buf[..len]).unwrap_err(), DropReason::Runt, "{len}");
+        }
+    }
+
+    #[test]
+    fn source_ports_in_dynamic_range() {
+        assert_eq!(source_port(0), 49152);
+        assert_eq!(source_port(16383), 65535);
+        assert_eq!(source_port(16384), 49152);
+        assert_eq!(source_port(u32::MAX), 49152 + (u32::MAX % 16384) as u16);
+    }
+}

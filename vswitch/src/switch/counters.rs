@@ -1,0 +1,218 @@
+//! Drop reasons and the counters the switch keeps: global, per port and per peer.
+
+use core::fmt;
+
+/// Why the switch dropped a frame or datagram. Every drop has one, and each is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Shorter than an Ethernet header (or, from a peer, than VXLAN plus Ethernet headers).
+    Runt,
+    /// A header the switch had to read is invalid, or the source MAC is not unicast.
+    Malformed,
+    /// From a peer: the VNI is not a network of this switch.
+    UnknownVni,
+    /// From a peer: the VXLAN I flag is clear.
+    BadFlags,
+    /// From a port: longer than the network's MTU plus the Ethernet header.
+    OverMtu,
+    /// The source MAC could not be learned: the FDB or the port's share of it is full.
+    FdbFull,
+    /// From an address that is not a peer (and unknown peers are not accepted, or too many).
+    UnknownPeer,
+    /// From a port the switch does not have.
+    UnknownPort,
+    /// From a port with port security: the source MAC or IP is not the port's.
+    SpoofedSource,
+    /// The destination is the port the frame came from.
+    Hairpin,
+    /// From a peer: the destination is known to be at a peer, not here.
+    NotLocal,
+    /// Broadcast, multicast or unknown unicast with nobody else on the network.
+    NoMembers,
+    /// From a peer that is not a member of the datagram's VNI.
+    NotMember,
+    /// Addressed to the gateway MAC, but not an ARP request or ICMP echo request it answers.
+    Gateway,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::Runt,
+        DropReason::Malformed,
+        DropReason::UnknownVni,
+        DropReason::BadFlags,
+        DropReason::OverMtu,
+        DropReason::FdbFull,
+        DropReason::UnknownPeer,
+        DropReason::UnknownPort,
+        DropReason::SpoofedSource,
+        DropReason::Hairpin,
+        DropReason::NotLocal,
+        DropReason::NoMembers,
+        DropReason::NotMember,
+        DropReason::Gateway,
+    ];
+
+    /// Number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// Stable snake_case name, for metrics and status output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::OverMtu => "over_mtu",
+            DropReason::FdbFull => "fdb_full",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::Hairpin => "hairpin",
+            DropReason::NotLocal => "not_local",
+            DropReason::NoMembers => "no_members",
+            DropReason::NotMember => "not_member",
+            DropReason::Gateway => "gateway",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One counter per [`DropReason`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::COUNT]);
+
+impl DropCounters {
+    /// Drops for one reason.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Every reason with its count, in [`DropReason::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+
+    pub(crate) fn bump(&mut self, reason: DropReason) {
+        self.0[reason.index()] += 1;
+    }
+}
+
+/// Switch-wide counters. Transmit counters count what the switch asked the caller to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames received from ports.
+    pub port_rx_frames: u64,
+    /// Bytes of frames received from ports.
+    pub port_rx_bytes: u64,
+    /// Frames handed to ports (one per destination port; replies included).
+    pub port_tx_frames: u64,
+    /// Bytes of frames handed to ports.
+    pub port_tx_bytes: u64,
+    /// Datagrams received from the underlay.
+    pub peer_rx_datagrams: u64,
+    /// Bytes of datagrams received (VXLAN header included).
+    pub peer_rx_bytes: u64,
+    /// Datagrams handed to peers (one per destination peer).
+    pub peer_tx_datagrams: u64,
+    /// Bytes of datagrams handed to peers (VXLAN header included).
+    pub peer_tx_bytes: u64,
+    /// Inputs flooded (broadcast, multicast, unknown unicast).
+    pub flooded: u64,
+    /// New FDB entries learned.
+    pub fdb_learned: u64,
+    /// Learned FDB entries that moved to another location.
+    pub fdb_moves: u64,
+    /// Learned FDB entries aged out.
+    pub fdb_aged: u64,
+    /// Learned neighbours aged out.
+    pub neighbours_aged: u64,
+    /// ARP requests answered for the gateway.
+    pub gateway_arp_replies: u64,
+    /// ICMP echo requests answered by the gateway.
+    pub gateway_echo_replies: u64,
+    /// ARP requests answered from the neighbour table instead of flooded.
+    pub arp_suppressed: u64,
+    /// Peers created for unknown addresses (`accept_unknown_peers`).
+    pub dynamic_peers_created: u64,
+    /// Drops, by reason.
+    pub drops: DropCounters,
+}
+
+/// Counters of one port (from the switch's view: rx is what the port sent in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received from the port.
+    pub rx_frames: u64,
+    /// Bytes received from the port.
+    pub rx_bytes: u64,
+    /// Frames handed to the port.
+    pub tx_frames: u64,
+    /// Bytes handed to the port.
+    pub tx_bytes: u64,
+    /// Frames from the port that were dropped.
+    pub drops: u64,
+}
+
+/// Counters of one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Datagrams received from the peer.
+    pub rx_datagrams: u64,
+    /// Bytes received from the peer (VXLAN header included).
+    pub rx_bytes: u64,
+    /// Datagrams handed to the peer.
+    pub tx_datagrams: u64,
+    /// Bytes handed to the peer (VXLAN header included).
+    pub tx_bytes: u64,
+    /// Datagrams from the peer that were dropped.
+    pub drops: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn drop_counters() {
+        let mut c = DropCounters::default();
+        c.bump(DropReason::Hairpin);
+        c.bump(DropReason::Hairpin);
+        c.bump(DropReason::Runt);
+        assert_eq!(c.get(DropReason::Hairpin), 2);
+        assert_eq!(c.total(), 3);
+        assert_eq!(c.iter().count(), DropReason::COUNT);
+    }
+}
