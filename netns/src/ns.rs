@@ -1,0 +1,385 @@
+//! Network namespaces: naming ([`NsRef`]), creating and deleting them as `ip netns`
+//! does, and running code or processes inside them ([`NetNs`]).
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+use crate::error::{Error, Result};
+use crate::name::validate_ns_name;
+use crate::sys;
+
+/// Where named namespaces are bind-mounted, as iproute2 does.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// How a caller names a network namespace.
+///
+/// Parsed from a string by [`FromStr`]: `pid:123` or all digits is a process,
+/// anything containing `/` is a path (e.g. `/proc/123/ns/net` or a CNI netns path),
+/// anything else a name under `/run/netns` as `ip netns` uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NsRef {
+    /// A namespace bind-mounted at `/run/netns/NAME`.
+    Name(String),
+    /// A namespace file anywhere, e.g. `/proc/PID/ns/net` or `/var/run/netns/x`.
+    Path(PathBuf),
+    /// The network namespace of a process.
+    Pid(u32),
+}
+
+impl NsRef {
+    /// The file that holds this namespace.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            NsRef::Name(name) => Path::new(NETNS_RUN_DIR).join(name),
+            NsRef::Path(path) => path.clone(),
+            NsRef::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+        }
+    }
+}
+
+impl fmt::Display for NsRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NsRef::Name(name) => f.write_str(name),
+            NsRef::Path(path) => write!(f, "{}", path.display()),
+            NsRef::Pid(pid) => write!(f, "pid:{pid}"),
+        }
+    }
+}
+
+impl FromStr for NsRef {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<NsRef> {
+        let pid = |digits: &str| {
+            digits
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p > 0)
+                .map(NsRef::Pid)
+                .ok_or_else(|| Error::InvalidName {
+                    name: s.to_owned(),
+                    reason: "not a process id",
+                })
+        };
+        if let Some(digits) = s.strip_prefix("pid:") {
+            pid(digits)
+        } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            pid(s)
+        } else if s.contains('/') {
+            if s.contains('\0') {
+                return Err(Error::InvalidName {
+                    name: s.to_owned(),
+                    reason: "namespace path contains NUL",
+                });
+            }
+            Ok(NsRef::Path(PathBuf::from(s)))
+        } else {
+            validate_ns_name(s)?;
+            Ok(NsRef::Name(s.to_owned()))
+        }
+    }
+}
+
+/// Identity of a namespace: the device and inode of its nsfs file. Two handles
+/// refer to the same namespace exactly when their ids are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NsId {
+    /// `st_dev` of the namespace file.
+    pub dev: u64,
+    /// `st_ino` of the namespace file.
+    pub ino: u64,
+}
+
+impl fmt::Display for NsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "net:[{}]", self.ino)
+    }
+}
+
+/// An open network namespace.
+///
+/// Holds a descriptor on the namespace, so the namespace lives at least as long as
+/// this handle (and its clones) even if its name is deleted meanwhile.
+#[derive(Debug, Clone)]
+pub struct NetNs {
+    fd: Arc<OwnedFd>,
+    id: NsId,
+    label: String,
+}
+
+/// Serialises the one-time setup of `/run/netns` between threads of this process.
+static RUN_DIR_SETUP: Mutex<()> = Mutex::new(());
+
+impl NetNs {
+    /// Creates a new, empty network namespace bind-mounted at `/run/netns/NAME`,
+    /// like `ip netns add NAME`. Fails with `EEXIST` if the name is taken.
+    ///
+    /// `/run/netns` is created and made a shared mount point first, as iproute2 does,
+    /// so the namespace is visible to `ip netns` and to other mount namespaces.
+    pub fn create(name: &str) -> Result<NetNs> {
+        const OP: &str = "creating namespace";
+        validate_ns_name(name)?;
+        prepare_run_dir().map_err(|e| Error::os(OP, name, e))?;
+        let path = Path::new(NETNS_RUN_DIR).join(name);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o000)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::os(OP, name, e))?;
+        let mounted = std::thread::Builder::new()
+            .name("netns-create".into())
+            .spawn({
+                let path = path.clone();
+                move || -> nix::Result<()> {
+                    nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+                    nix::mount::mount(
+                        Some("/proc/thread-self/ns/net"),
+                        &path,
+                        Some("none"),
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                }
+            })
+            .map_err(|e| Error::os(OP, name, e))
+            .and_then(|handle| {
+                handle
+                    .join()
+                    .map_err(|_| Error::invalid(OP, name, "namespace thread panicked"))?
+                    .map_err(|e| Error::from_errno(OP, name, e))
+            });
+        if let Err(e) = mounted {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Self::open(&NsRef::Name(name.to_owned()))
+    }
+
+    /// Opens an existing namespace.
+    pub fn open(r: &NsRef) -> Result<NetNs> {
+        const OP: &str = "opening namespace";
+        if let NsRef::Name(name) = r {
+            validate_ns_name(name)?;
+        }
+        let file = File::open(r.path()).map_err(|e| Error::os(OP, r.to_string(), e))?;
+        Self::from_fd(file.into(), r.to_string())
+    }
+
+    /// Opens the namespace of the calling thread.
+    pub fn current() -> Result<NetNs> {
+        let file = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| Error::os("opening namespace", "of this thread", e))?;
+        Self::from_fd(file.into(), "current".to_owned())
+    }
+
+    /// Wraps a descriptor on a namespace (e.g. received from another process),
+    /// checking that it is a network namespace. `label` names it in errors.
+    pub fn from_fd(fd: OwnedFd, label: String) -> Result<NetNs> {
+        const OP: &str = "opening namespace";
+        match sys::ns_get_type(fd.as_fd()) {
+            Ok(libc::CLONE_NEWNET) => {}
+            Ok(_) => return Err(Error::invalid(OP, label, "not a network namespace")),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => {
+                return Err(Error::invalid(OP, label, "not a namespace file"));
+            }
+            Err(e) => return Err(Error::os(OP, label, e)),
+        }
+        let meta = File::from(
+            fd.try_clone()
+                .map_err(|e| Error::os(OP, label.clone(), e))?,
+        )
+        .metadata()
+        .map_err(|e| Error::os(OP, label.clone(), e))?;
+        let id = NsId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        Ok(NetNs {
+            fd: Arc::new(fd),
+            id,
+            label,
+        })
+    }
+
+    /// Removes the name `/run/netns/NAME` (unmount and unlink), like
+    /// `ip netns delete`. Succeeds if there is no such name. The namespace itself
+    /// disappears once no process, descriptor or mount refers to it any more.
+    pub fn delete(name: &str) -> Result<()> {
+        const OP: &str = "deleting namespace";
+        validate_ns_name(name)?;
+        let path = Path::new(NETNS_RUN_DIR).join(name);
+        match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
+            Err(e) => return Err(Error::from_errno(OP, name, e)),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::os(OP, name, e)),
+        }
+    }
+
+    /// The identity of this namespace.
+    pub fn id(&self) -> NsId {
+        self.id
+    }
+
+    /// How this namespace was named when opened (name, path, `pid:N` or `current`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and returns its
+    /// result. The caller's thread never changes namespace. Sockets created and
+    /// netlink connections opened inside `f` belong to this namespace.
+    ///
+    /// If `f` panics, the panic is resumed on the calling thread.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        const OP: &str = "entering namespace";
+        let fd = self.fd.as_fd();
+        std::thread::scope(|s| {
+            let handle = std::thread::Builder::new()
+                .name("netns-run".into())
+                .spawn_scoped(s, move || {
+                    nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)?;
+                    Ok(f())
+                })
+                .map_err(|e| Error::os(OP, self.label.clone(), e))?;
+            match handle.join() {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(errno)) => Err(Error::from_errno(OP, self.label.clone(), errno)),
+                Err(payload) => std::panic::resume_unwind(payload),
+            }
+        })
+    }
+
+    /// A [`Command`] whose child process enters this namespace before `exec`.
+    ///
+    /// Only the network namespace changes: the child keeps the caller's mount
+    /// namespace, so `/sys/class/net` still shows the caller's interfaces.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let fd = Arc::clone(&self.fd);
+        let hook = move || -> io::Result<()> {
+            // setns(2) is async-signal-safe and `fd` stays open until after exec:
+            // the closure owns a reference to it.
+            nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))
+        };
+        // SAFETY: the hook runs in the forked child before exec; it only calls
+        // setns(2) on a descriptor that is open in the child and allocates nothing.
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+        cmd
+    }
+}
+
+impl AsFd for NetNs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for NetNs {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl PartialEq for NetNs {
+    fn eq(&self, other: &NetNs) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for NetNs {}
+
+/// Creates `/run/netns` and makes it a shared mount point, bind-mounting it onto
+/// itself first if it is not a mount point yet (what `ip netns add` does).
+fn prepare_run_dir() -> io::Result<()> {
+    let _guard = RUN_DIR_SETUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fs::create_dir_all(NETNS_RUN_DIR)?;
+    let shared = || {
+        nix::mount::mount(
+            Some("none"),
+            NETNS_RUN_DIR,
+            Some("none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared() {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EINVAL) => {
+            nix::mount::mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)?;
+            shared().map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refs() {
+        assert_eq!("pid:42".parse::<NsRef>().unwrap(), NsRef::Pid(42));
+        assert_eq!("42".parse::<NsRef>().unwrap(), NsRef::Pid(42));
+        assert_eq!(
+            "/proc/1/ns/net".parse::<NsRef>().unwrap(),
+            NsRef::Path("/proc/1/ns/net".into())
+        );
+        assert_eq!("./ns".parse::<NsRef>().unwrap(), NsRef::Path("./ns".into()));
+        assert_eq!(
+            "ctr-1".parse::<NsRef>().unwrap(),
+            NsRef::Name("ctr-1".into())
+        );
+        assert!("".parse::<NsRef>().is_err());
+        assert!("pid:".parse::<NsRef>().is_err());
+        assert!("pid:0".parse::<NsRef>().is_err());
+        assert!("pid:x".parse::<NsRef>().is_err());
+        assert!("99999999999".parse::<NsRef>().is_err());
+        assert!("..".parse::<NsRef>().is_err());
+    }
+
+    #[test]
+    fn ref_paths_and_display() {
+        assert_eq!(
+            NsRef::Name("a".into()).path(),
+            PathBuf::from("/run/netns/a")
+        );
+        assert_eq!(NsRef::Pid(7).path(), PathBuf::from("/proc/7/ns/net"));
+        assert_eq!(NsRef::Pid(7).to_string(), "pid:7");
+        for s in ["pid:7", "/x/y", "name"] {
+            let r: NsRef = s.parse().unwrap();
+            assert_eq!(r.to_string().parse::<NsRef>().unwrap(), r);
+        }
+    }
+}
