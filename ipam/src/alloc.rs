@@ -300,7 +300,10 @@ pub(crate) fn allocate(
         allocated_at_ms: now_ms,
     };
     tx.put(&owner_key, &encode(&record))?;
-    tx.put(&keys.addr(address), &encode(&AddrRecord::Leased(owner.clone())))?;
+    tx.put(
+        &keys.addr(address),
+        &encode(&AddrRecord::Leased(owner.clone())),
+    )?;
     Ok(record)
 }
 
@@ -337,16 +340,19 @@ fn take_requested(tx: &mut dyn Txn, ctx: &Ctx<'_>, address: IpAddr) -> Result<Ip
 
 /// The oldest entry of the node subnet's release queue, as (key, released at, address).
 /// Entries whose address is not released (which the invariants rule out) are dropped.
-fn oldest_released(tx: &mut dyn Txn, ctx: &Ctx<'_>) -> Result<Option<(String, u64, IpAddr)>, Error> {
+fn oldest_released(
+    tx: &mut dyn Txn,
+    ctx: &Ctx<'_>,
+) -> Result<Option<(String, u64, IpAddr)>, Error> {
     let keys = ctx.keys();
     let prefix = keys.queue(ctx.subnet.net());
     for _ in 0..MAX_STALE {
         let Some((key, _)) = tx.first(&prefix)? else {
             return Ok(None);
         };
-        let parsed = key[prefix.len()..].split_once('/').and_then(|(at, addr)| {
-            Some((at.parse::<u64>().ok()?, addr.parse::<IpAddr>().ok()?))
-        });
+        let parsed = key[prefix.len()..]
+            .split_once('/')
+            .and_then(|(at, addr)| Some((at.parse::<u64>().ok()?, addr.parse::<IpAddr>().ok()?)));
         if let Some((at_ms, addr)) = parsed {
             if read::<AddrRecord>(tx, &keys.addr(addr))? == Some(AddrRecord::Released { at_ms }) {
                 return Ok(Some((key, at_ms, addr)));
@@ -377,7 +383,9 @@ fn take_next(tx: &mut dyn Txn, ctx: &Ctx<'_>, now_ms: u64) -> Result<IpAddr, Err
     };
     let mut offset = start.max(FIRST_OFFSET);
     while offset <= subnet.last_offset() {
-        let Some(addr) = subnet.addr(offset) else { break };
+        let Some(addr) = subnet.addr(offset) else {
+            break;
+        };
         offset += 1;
         if tx.get(&keys.addr(addr))?.is_none() {
             tx.put(&cursor_key, offset.to_string().as_bytes())?;
@@ -425,13 +433,20 @@ pub(crate) fn release(
     let addr_key = keys.addr(record.address);
     if read::<AddrRecord>(tx, &addr_key)? == Some(AddrRecord::Leased(owner.clone())) {
         tx.put(&addr_key, &encode(&AddrRecord::Released { at_ms: now_ms }))?;
-        tx.put(&keys.queued(record.node_subnet, now_ms, record.address), b"")?;
+        tx.put(
+            &keys.queued(record.node_subnet, now_ms, record.address),
+            b"",
+        )?;
     }
     Ok(Some(record))
 }
 
 /// The lease of `owner`, whichever node made it.
-pub(crate) fn get(tx: &mut dyn Txn, ctx: &Ctx<'_>, owner: &Owner) -> Result<Option<LeaseRecord>, Error> {
+pub(crate) fn get(
+    tx: &mut dyn Txn,
+    ctx: &Ctx<'_>,
+    owner: &Owner,
+) -> Result<Option<LeaseRecord>, Error> {
     read(tx, &ctx.keys().owner(owner))
 }
 
@@ -535,14 +550,18 @@ pub(crate) fn audit(tx: &mut dyn Txn, pool: &str, layout: Layout) -> Result<Audi
         match decode::<AddrRecord>(&key, &raw)? {
             AddrRecord::Leased(owner) => {
                 if by_address.get(&addr) != Some(&owner) {
-                    report.problems.push(Problem::OrphanAddress { address: addr });
+                    report
+                        .problems
+                        .push(Problem::OrphanAddress { address: addr });
                 }
                 leased_records.insert(addr, owner);
             }
             AddrRecord::Released { .. } => {
                 report.released += 1;
                 if queued.remove(&addr) != Some(1) {
-                    report.problems.push(Problem::QueueMismatch { address: addr });
+                    report
+                        .problems
+                        .push(Problem::QueueMismatch { address: addr });
                 }
             }
         }

@@ -117,7 +117,9 @@ pub enum Error {
     },
 
     /// A requested address is leased to another owner.
-    #[error("pool {pool:?}: address {address} is already leased to {holder}; request another address or none")]
+    #[error(
+        "pool {pool:?}: address {address} is already leased to {holder}; request another address or none"
+    )]
     AddressInUse {
         /// Name of the pool.
         pool: String,
@@ -128,7 +130,9 @@ pub enum Error {
     },
 
     /// A requested address does not belong to this node's subnet.
-    #[error("pool {pool:?}: address {address} is outside this node's subnet {subnet}; request an address inside it")]
+    #[error(
+        "pool {pool:?}: address {address} is outside this node's subnet {subnet}; request an address inside it"
+    )]
     AddressOutsideSubnet {
         /// Name of the pool.
         pool: String,
@@ -139,7 +143,9 @@ pub enum Error {
     },
 
     /// A requested address is the network, gateway or broadcast address of the subnet.
-    #[error("pool {pool:?}: address {address} is the {role} address of {subnet} and is never leased")]
+    #[error(
+        "pool {pool:?}: address {address} is the {role} address of {subnet} and is never leased"
+    )]
     AddressReserved {
         /// Name of the pool.
         pool: String,

@@ -58,7 +58,9 @@ pub use config::{
     DEFAULT_NODE_PREFIX_V6, PoolConfig,
 };
 pub use error::{ConfigProblem, Error, NameProblem, Reserved};
-pub use owner::{MAX_CONTAINER_ID_LEN, MAX_IFNAME_LEN, MAX_NODE_NAME_LEN, MAX_POOL_NAME_LEN, Owner};
+pub use owner::{
+    MAX_CONTAINER_ID_LEN, MAX_IFNAME_LEN, MAX_NODE_NAME_LEN, MAX_POOL_NAME_LEN, Owner,
+};
 pub use pool::{Lease, Pool};
 pub use store::{
     Body, DEFAULT_EMBEDDED_PATH, EmbeddedStore, EtcdConfig, EtcdStore, MemStore, Store,

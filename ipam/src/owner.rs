@@ -171,10 +171,7 @@ mod tests {
             ("abc", ".."),
         ] {
             assert!(
-                matches!(
-                    Owner::new(cid, ifname),
-                    Err(Error::InvalidName { .. })
-                ),
+                matches!(Owner::new(cid, ifname), Err(Error::InvalidName { .. })),
                 "{cid:?} {ifname:?}"
             );
         }

@@ -167,9 +167,11 @@ impl Pool {
     pub fn release(&self, owner: &Owner) -> Result<Option<Lease>, Error> {
         let now = self.now_ms();
         let ctx = self.ctx();
-        transact(self.store.as_ref(), |tx| alloc::release(tx, &ctx, owner, now))?
-            .map(|r| self.lease(r))
-            .transpose()
+        transact(self.store.as_ref(), |tx| {
+            alloc::release(tx, &ctx, owner, now)
+        })?
+        .map(|r| self.lease(r))
+        .transpose()
     }
 
     /// The lease `owner` holds in this pool, made by any node.
@@ -236,5 +238,282 @@ impl Pool {
             node: r.node,
             allocated_at: UNIX_EPOCH + Duration::from_millis(r.allocated_at_ms),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::config::DEFAULT_HOLD;
+    use crate::error::Reserved;
+    use crate::store::MemStore;
+
+    /// A manual clock starting at a fixed time.
+    #[derive(Clone, Default)]
+    struct TestClock(Arc<AtomicU64>);
+
+    impl TestClock {
+        fn advance(&self, d: Duration) {
+            self.0.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+        }
+        fn install(&self, pool: Pool) -> Pool {
+            let t = self.0.clone();
+            pool.with_clock(move || {
+                UNIX_EPOCH
+                    + Duration::from_secs(1_700_000_000)
+                    + Duration::from_millis(t.load(Ordering::SeqCst))
+            })
+        }
+    }
+
+    fn owner(i: usize) -> Owner {
+        Owner::new(format!("c{i}"), "eth0").unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn small(name: &str) -> PoolConfig {
+        let mut c = PoolConfig::new(name, "10.9.0.0/28".parse().unwrap());
+        c.node_prefix = Some(29);
+        c
+    }
+
+    fn open(store: &Arc<MemStore>, config: &PoolConfig, node: &str, clock: &TestClock) -> Pool {
+        clock.install(Pool::open(store.clone(), config, node).unwrap())
+    }
+
+    #[test]
+    fn sequential_leases_with_cluster_prefix_and_gateway() {
+        let store = Arc::new(MemStore::new());
+        let pool = open(&store, &PoolConfig::default(), "a", &TestClock::default());
+        assert_eq!(
+            pool.node_subnet(),
+            "10.244.0.0/24".parse::<IpNet>().unwrap()
+        );
+        let l1 = pool.allocate(&owner(1), None).unwrap();
+        let l2 = pool.allocate(&owner(2), None).unwrap();
+        assert_eq!(l1.address, ip("10.244.0.2"));
+        assert_eq!(l2.address, ip("10.244.0.3"));
+        assert_eq!(l1.gateway, ip("10.244.0.1"));
+        assert_eq!(l1.interface_address().to_string(), "10.244.0.2/16");
+        assert_eq!(l1.prefix_len(), 16);
+        assert_eq!(l1.node, "a");
+        assert_eq!(pool.allocate(&owner(1), None).unwrap(), l1);
+        assert_eq!(pool.allocate(&owner(1), Some(l1.address)).unwrap(), l1);
+        assert_eq!(pool.get(&owner(1)).unwrap(), Some(l1));
+        assert_eq!(pool.leases().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn release_is_idempotent_and_reuse_waits_for_the_hold_time() {
+        let store = Arc::new(MemStore::new());
+        let clock = TestClock::default();
+        let pool = open(&store, &PoolConfig::default(), "a", &clock);
+        let a = pool.allocate(&owner(1), None).unwrap().address;
+        let b = pool.allocate(&owner(2), None).unwrap().address;
+        assert_eq!(pool.release(&owner(2)).unwrap().map(|l| l.address), Some(b));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(pool.release(&owner(1)).unwrap().map(|l| l.address), Some(a));
+        assert_eq!(pool.release(&owner(1)).unwrap(), None);
+        assert_eq!(pool.get(&owner(1)).unwrap(), None);
+
+        let fresh = pool.allocate(&owner(3), None).unwrap().address;
+        assert_eq!(
+            fresh,
+            ip("10.244.0.4"),
+            "held addresses are not reused while others are free"
+        );
+        clock.advance(DEFAULT_HOLD);
+        assert_eq!(
+            pool.allocate(&owner(4), None).unwrap().address,
+            b,
+            "oldest release first"
+        );
+        assert_eq!(pool.allocate(&owner(5), None).unwrap().address, a);
+        assert_eq!(
+            pool.allocate(&owner(6), None).unwrap().address,
+            ip("10.244.0.5")
+        );
+        assert!(pool.audit().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let store = Arc::new(MemStore::new());
+        let pool = open(&store, &PoolConfig::default(), "a", &TestClock::default());
+        let l = pool.allocate(&owner(1), Some(ip("10.244.0.3"))).unwrap();
+        assert_eq!(l.address, ip("10.244.0.3"));
+        assert!(matches!(
+            pool.allocate(&owner(2), Some(ip("10.244.0.3"))),
+            Err(Error::AddressInUse { holder, .. }) if holder == owner(1)
+        ));
+        assert!(matches!(
+            pool.allocate(&owner(2), Some(ip("10.244.1.3"))),
+            Err(Error::AddressOutsideSubnet { .. })
+        ));
+        assert!(matches!(
+            pool.allocate(&owner(2), Some(ip("fd00::3"))),
+            Err(Error::AddressOutsideSubnet { .. })
+        ));
+        for (a, role) in [
+            ("10.244.0.0", Reserved::Network),
+            ("10.244.0.1", Reserved::Gateway),
+            ("10.244.0.255", Reserved::Broadcast),
+        ] {
+            assert!(matches!(
+                pool.allocate(&owner(2), Some(ip(a))),
+                Err(Error::AddressReserved { role: r, .. }) if r == role
+            ));
+        }
+        assert!(matches!(
+            pool.allocate(&owner(1), Some(ip("10.244.0.9"))),
+            Err(Error::OwnerHoldsOther { .. })
+        ));
+        // Sequential allocation steps over the requested address.
+        assert_eq!(
+            pool.allocate(&owner(2), None).unwrap().address,
+            ip("10.244.0.2")
+        );
+        assert_eq!(
+            pool.allocate(&owner(3), None).unwrap().address,
+            ip("10.244.0.4")
+        );
+        // A released address can be requested at once, hold time or not.
+        pool.release(&owner(1)).unwrap();
+        assert_eq!(
+            pool.allocate(&owner(4), Some(ip("10.244.0.3")))
+                .unwrap()
+                .address,
+            ip("10.244.0.3")
+        );
+        assert!(pool.audit().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn exhaustion_says_what_to_do_and_held_addresses_are_the_last_resort() {
+        let store = Arc::new(MemStore::new());
+        let clock = TestClock::default();
+        let pool = open(&store, &small("tiny"), "a", &clock);
+        assert_eq!(pool.capacity(), 5);
+        for i in 0..5 {
+            pool.allocate(&owner(i), None).unwrap();
+        }
+        let err = pool.allocate(&owner(9), None).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::AddressesExhausted {
+                in_use: 5,
+                capacity: 5,
+                ..
+            }
+        ));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"tiny\"") && msg.contains("10.9.0.0/29") && msg.contains("node_prefix"),
+            "{msg}"
+        );
+        let released = pool.release(&owner(2)).unwrap().unwrap();
+        assert_eq!(
+            pool.allocate(&owner(9), None).unwrap().address,
+            released.address
+        );
+    }
+
+    #[test]
+    fn node_subnets_are_claimed_once_and_kept() {
+        let store = Arc::new(MemStore::new());
+        let clock = TestClock::default();
+        let config = small("tiny");
+        let a = open(&store, &config, "a", &clock);
+        let b = open(&store, &config, "b", &clock);
+        assert_ne!(a.node_subnet(), b.node_subnet());
+        assert_eq!(
+            open(&store, &config, "a", &clock).node_subnet(),
+            a.node_subnet()
+        );
+        let err = Pool::open(store.clone(), &config, "c").unwrap_err();
+        assert!(
+            matches!(err, Error::SubnetsExhausted { count: 2, .. }),
+            "{err}"
+        );
+        let mut fixed = config.clone();
+        fixed.node_subnet = Some(a.node_subnet());
+        assert!(matches!(
+            Pool::open(store.clone(), &fixed, "c"),
+            Err(Error::SubnetTaken { holder, .. }) if holder == "a"
+        ));
+        assert_eq!(
+            open(&store, &fixed, "a", &clock).node_subnet(),
+            a.node_subnet()
+        );
+        let mut other = config.clone();
+        other.node_prefix = Some(30);
+        assert!(matches!(
+            Pool::open(store.clone(), &other, "a"),
+            Err(Error::LayoutChanged {
+                stored_node_prefix: 29,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Pool::open(store.clone(), &config, "bad\nname"),
+            Err(Error::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn gc_releases_what_is_not_live_on_this_node() {
+        let store = Arc::new(MemStore::new());
+        let clock = TestClock::default();
+        let a = open(&store, &PoolConfig::default(), "a", &clock);
+        let b = open(&store, &PoolConfig::default(), "b", &clock);
+        for i in 0..4 {
+            a.allocate(&owner(i), None).unwrap();
+        }
+        b.allocate(&owner(10), None).unwrap();
+        let live = [owner(1), owner(3)];
+        let mut released: Vec<Owner> = a.gc(&live).unwrap().into_iter().map(|l| l.owner).collect();
+        released.sort();
+        assert_eq!(released, [owner(0), owner(2)]);
+        assert_eq!(a.leases().unwrap().len(), 2);
+        assert!(
+            b.get(&owner(10)).unwrap().is_some(),
+            "other nodes' leases are left alone"
+        );
+        assert!(a.gc(&live).unwrap().is_empty());
+        assert!(a.audit().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn dual_stack_pools_share_a_store() {
+        let store = Arc::new(MemStore::new());
+        let clock = TestClock::default();
+        let v4 = open(&store, &PoolConfig::default(), "a", &clock);
+        let v6 = open(&store, &PoolConfig::default_v6(), "a", &clock);
+        assert_eq!(v6.node_subnet().to_string(), "fd00:10:244::/64");
+        let o = owner(1);
+        let l4 = v4.allocate(&o, None).unwrap();
+        let l6 = v6.allocate(&o, None).unwrap();
+        assert_eq!(l4.address, ip("10.244.0.2"));
+        assert_eq!(l6.address, ip("fd00:10:244::2"));
+        assert_eq!(l6.gateway, ip("fd00:10:244::1"));
+        assert_eq!(l6.interface_address().to_string(), "fd00:10:244::2/48");
+        assert_eq!(
+            v6.allocate(&owner(2), None).unwrap().address,
+            ip("fd00:10:244::3")
+        );
+        assert!(matches!(
+            v6.allocate(&owner(3), Some(ip("fd00:10:244::"))),
+            Err(Error::AddressReserved {
+                role: Reserved::Network,
+                ..
+            })
+        ));
+        v4.release(&o).unwrap();
+        assert!(v6.get(&o).unwrap().is_some());
     }
 }

@@ -33,7 +33,8 @@ impl Layout {
             return None;
         }
         let host_bits = u32::from(self.cluster.max_prefix_len() - self.node_prefix);
-        let base = to_u128(self.cluster.network()) + (index << host_bits);
+        // A shift by 128 (a /0 node subnet) only happens for index 0.
+        let base = to_u128(self.cluster.network()) + index.checked_shl(host_bits).unwrap_or(0);
         NodeSubnet::new(IpNet::new(from_u128(self.cluster, base), self.node_prefix).ok()?)
     }
 
@@ -46,7 +47,8 @@ impl Layout {
             return None;
         }
         let host_bits = u32::from(self.cluster.max_prefix_len() - self.node_prefix);
-        Some((to_u128(subnet.network()) - to_u128(self.cluster.network())) >> host_bits)
+        let distance = to_u128(subnet.network()) - to_u128(self.cluster.network());
+        Some(distance.checked_shr(host_bits).unwrap_or(0))
     }
 }
 
@@ -184,7 +186,10 @@ mod tests {
         let s = l.subnet(3).unwrap();
         assert_eq!(s.net(), net("fd00:10:244:3::/64"));
         assert_eq!(s.gateway().to_string(), "fd00:10:244:3::1");
-        assert_eq!(s.addr(FIRST_OFFSET).unwrap().to_string(), "fd00:10:244:3::2");
+        assert_eq!(
+            s.addr(FIRST_OFFSET).unwrap().to_string(),
+            "fd00:10:244:3::2"
+        );
         assert_eq!(s.capacity(), (1u128 << 64) - 3);
         assert_eq!(l.index_of(net("fd00:10:244:ffff::/64")), Some(65535));
     }

@@ -105,7 +105,9 @@ impl Txn for RedbTxn<'_> {
     fn delete(&mut self, key: &str) -> Result<(), Error> {
         self.dirty = true;
         let path = self.path;
-        self.table.remove(key).map_err(|e| Error::embedded(path, e))?;
+        self.table
+            .remove(key)
+            .map_err(|e| Error::embedded(path, e))?;
         Ok(())
     }
 }

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn as EtcdTxnReq, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn as EtcdTxnReq, TxnOp,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -141,7 +143,9 @@ impl EtcdStore {
         })?;
         let ttl = config.ttl_secs.clamp(2, i64::MAX as u64) as i64;
         let mut c = client.clone();
-        let lease = run(&rt, timeout, async move { Ok(c.lease_grant(ttl, None).await?.id()) })?;
+        let lease = run(&rt, timeout, async move {
+            Ok(c.lease_grant(ttl, None).await?.id())
+        })?;
         let inner = Arc::new(Inner {
             rt,
             client,
@@ -295,7 +299,9 @@ impl Inner {
 /// Keeps the session lease alive until the store is dropped; grants a new one if it expired.
 async fn keep_alive(inner: std::sync::Weak<Inner>) {
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let lease = strong.lease();
         let mut client = strong.client.clone();
         let period = Duration::from_millis((strong.ttl as u64 * 1000 / 3).max(500));

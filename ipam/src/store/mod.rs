@@ -253,8 +253,14 @@ mod tests {
 
     #[test]
     fn store_config_forms() {
-        let e: StoreConfig = serde_json::from_str(r#"{"kind":"embedded","path":"/tmp/x"}"#).unwrap();
-        assert_eq!(e, StoreConfig::Embedded { path: "/tmp/x".into() });
+        let e: StoreConfig =
+            serde_json::from_str(r#"{"kind":"embedded","path":"/tmp/x"}"#).unwrap();
+        assert_eq!(
+            e,
+            StoreConfig::Embedded {
+                path: "/tmp/x".into()
+            }
+        );
         let t: StoreConfig =
             serde_json::from_str(r#"{"kind":"etcd","endpoints":["http://h:2379"],"ttl_secs":3}"#)
                 .unwrap();
