@@ -153,10 +153,10 @@ impl Fdb {
                 *last_seen = now;
                 return Learned::Refreshed;
             }
-            if let Location::Port(port) = location {
-                if self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port {
-                    return Learned::Full;
-                }
+            if let Location::Port(port) = location
+                && self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port
+            {
+                return Learned::Full;
             }
             let from = entry.location;
             entry.location = location;
@@ -168,10 +168,10 @@ impl Fdb {
         if self.learned >= self.config.max_entries {
             return Learned::Full;
         }
-        if let Location::Port(port) = location {
-            if self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port {
-                return Learned::Full;
-            }
+        if let Location::Port(port) = location
+            && self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port
+        {
+            return Learned::Full;
         }
         self.entries.insert(
             key,
@@ -282,10 +282,10 @@ impl Fdb {
             }
             if entry.last_seen.is_some() {
                 learned += 1;
-                if let Location::Port(port) = entry.location {
-                    if let Some(n) = per_port.get_mut(&port) {
-                        *n = n.saturating_sub(1);
-                    }
+                if let Location::Port(port) = entry.location
+                    && let Some(n) = per_port.get_mut(&port)
+                {
+                    *n = n.saturating_sub(1);
                 }
             }
             false
@@ -309,18 +309,19 @@ impl Fdb {
     }
 
     fn uncount(&mut self, location: Location) {
-        if let Location::Port(port) = location {
-            if let Some(n) = self.per_port.get_mut(&port) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_port.remove(&port);
-                }
+        if let Location::Port(port) = location
+            && let Some(n) = self.per_port.get_mut(&port)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_port.remove(&port);
             }
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

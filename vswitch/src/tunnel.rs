@@ -66,6 +66,7 @@ pub fn decap_range(datagram: &[u8]) -> Result<(Vni, Range<usize>), DropReason> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -19,6 +19,7 @@ mod neigh;
 mod output;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use core::fmt;
@@ -599,11 +600,11 @@ impl Switch {
         self.counters.peer_rx_datagrams += 1;
         self.counters.peer_rx_bytes += len;
         let mut peer = self.peer_by_addr.get(&from).copied();
-        if let Some(id) = peer {
-            if let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
-                p.stats.rx_datagrams += 1;
-                p.stats.rx_bytes += len;
-            }
+        if let Some(id) = peer
+            && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+        {
+            p.stats.rx_datagrams += 1;
+            p.stats.rx_bytes += len;
         }
         let result = self.datagram_from_peer(now, from, &mut peer, datagram, out);
         match result {
@@ -613,10 +614,10 @@ impl Switch {
             }
             Err(reason) => {
                 self.drop_output(reason, out);
-                if let Some(id) = peer {
-                    if let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
-                        p.stats.drops += 1;
-                    }
+                if let Some(id) = peer
+                    && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+                {
+                    p.stats.drops += 1;
                 }
             }
         }
@@ -759,15 +760,15 @@ impl Switch {
             }
         }
 
-        if let Some(gw) = gateway {
-            if dst == gw.mac {
-                if write_echo_reply(&mut out.reply, &eth, gw)? {
-                    self.counters.gateway_echo_replies += 1;
-                    out.reply_port = Some(port);
-                    return Ok(());
-                }
-                return Err(DropReason::Gateway);
+        if let Some(gw) = gateway
+            && dst == gw.mac
+        {
+            if write_echo_reply(&mut out.reply, &eth, gw)? {
+                self.counters.gateway_echo_replies += 1;
+                out.reply_port = Some(port);
+                return Ok(());
             }
+            return Err(DropReason::Gateway);
         }
 
         let Some(net) = self.networks.get(&vni) else {
@@ -923,10 +924,10 @@ fn check_source(
         |ip: Ipv4Addr| port.ipv4.is_empty() || ip.is_unspecified() || port.ipv4.contains(&ip);
     match ethertype {
         EtherType::ARP => {
-            if let Some(arp) = arp {
-                if arp.sender_mac() != port.config.mac || !v4_ok(arp.sender_ip()) {
-                    return Err(DropReason::SpoofedSource);
-                }
+            if let Some(arp) = arp
+                && (arp.sender_mac() != port.config.mac || !v4_ok(arp.sender_ip()))
+            {
+                return Err(DropReason::SpoofedSource);
             }
         }
         EtherType::IPV4 => {

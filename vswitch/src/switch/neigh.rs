@@ -150,6 +150,7 @@ impl Neighbours {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -31,6 +31,7 @@ fn fold(mut acc: u32) -> u16 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

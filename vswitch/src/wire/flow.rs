@@ -84,15 +84,16 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
         _ => return finish(h),
     };
     h = mix(h, u64::from(protocol));
-    if protocol == IpProtocol::TCP.0 || protocol == IpProtocol::UDP.0 {
-        if let Some(ports) = l4.and_then(|l4| l4.get(..4)) {
-            h = mix(h, u64::from(read_u32(ports, 0)));
-        }
+    if (protocol == IpProtocol::TCP.0 || protocol == IpProtocol::UDP.0)
+        && let Some(ports) = l4.and_then(|l4| l4.get(..4))
+    {
+        h = mix(h, u64::from(read_u32(ports, 0)));
     }
     finish(h)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;

@@ -88,6 +88,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -98,12 +99,12 @@ mod tests {
         let mut p = Icmpv4Packet::new_checked(&mut buf[..]).unwrap();
         p.fill_checksum();
         assert!(p.verify_checksum());
-        assert_eq!(p.checksum(), 0x21eb);
+        assert_eq!(p.checksum(), 0x2104);
         assert_eq!((p.echo_ident(), p.echo_seq()), (0x1234, 1));
         p.set_msg_type(ICMPV4_ECHO_REPLY);
         assert!(!p.verify_checksum());
         p.fill_checksum();
-        assert_eq!(p.checksum(), 0x29eb);
+        assert_eq!(p.checksum(), 0x2904);
         assert_eq!(
             Icmpv4Packet::new_checked(&buf[..7]).unwrap_err(),
             Error::Truncated

@@ -83,6 +83,7 @@ fn addr_at(data: &[u8], at: usize) -> Ipv6Addr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -135,6 +135,7 @@ impl<'de> serde::Deserialize<'de> for MacAddr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

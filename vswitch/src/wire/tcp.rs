@@ -93,6 +93,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

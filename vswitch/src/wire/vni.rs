@@ -68,6 +68,7 @@ impl fmt::Display for Vni {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

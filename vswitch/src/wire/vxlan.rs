@@ -76,6 +76,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanHeader<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
