@@ -19,7 +19,6 @@ mod neigh;
 mod output;
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests;
 
 use core::fmt;
