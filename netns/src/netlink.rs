@@ -4,13 +4,19 @@ use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
-use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{self, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
@@ -29,8 +35,18 @@ pub const VXLAN_PORT: u16 = 4789;
 /// affect it. Every method blocks on a private single-threaded runtime, so none may
 /// be called from inside an async task: use `spawn_blocking`.
 pub struct Netlink {
-    rt: Runtime,
+    rt: Option<Runtime>,
     handle: Handle,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside an async task;
+        // shutting it down in the background never does.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for Netlink {
@@ -187,12 +203,41 @@ impl Netlink {
             rtnetlink::new_connection().map_err(|e| Error::os(OP, "socket", e))?
         };
         rt.spawn(conn);
-        Ok(Netlink { rt, handle })
+        Ok(Netlink {
+            rt: Some(rt),
+            handle,
+        })
     }
 
     /// Opens a connection inside `ns`, from a thread that entered it.
     pub fn in_namespace(ns: &NetNs) -> Result<Netlink> {
         ns.run(Netlink::current)?
+    }
+
+    /// Runs one request to completion on the private runtime.
+    fn block_on<F: Future>(&self, op: &'static str, object: &str, fut: F) -> Result<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::invalid(
+                op,
+                object,
+                "blocking netlink call from an async task (use spawn_blocking)",
+            ));
+        }
+        match &self.rt {
+            Some(rt) => Ok(rt.block_on(fut)),
+            None => Err(Error::invalid(op, object, "netlink connection closed")),
+        }
+    }
+
+    /// Runs one request and maps its error.
+    fn request<T>(
+        &self,
+        op: &'static str,
+        object: &str,
+        fut: impl Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T> {
+        self.block_on(op, object, fut)?
+            .map_err(|e| Error::from_rtnetlink(op, object, e))
     }
 
     fn index_for(&self, op: &'static str, object: &str, name: &str) -> Result<u32> {
@@ -206,29 +251,18 @@ impl Netlink {
     fn get_link(&self, name: &str) -> Result<Option<LinkMessage>> {
         validate_ifname(name)?;
         let mut req = std::pin::pin!(self.handle.link().get().match_name(name).execute());
-        match self.rt.block_on(req.try_next()) {
-            Ok(msg) => Ok(msg),
-            Err(e) => {
-                let err = Error::from_rtnetlink("looking up link", name, e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+        match self.request("looking up link", name, req.try_next()) {
+            Err(err) if err.is_not_found() => Ok(None),
+            other => other,
         }
     }
 
     fn add(&self, op: &'static str, object: &str, msg: LinkMessage) -> Result<()> {
-        self.rt
-            .block_on(self.handle.link().add(msg).execute())
-            .map_err(|e| Error::from_rtnetlink(op, object, e))
+        self.request(op, object, self.handle.link().add(msg).execute())
     }
 
     fn change(&self, op: &'static str, object: &str, msg: LinkMessage) -> Result<()> {
-        self.rt
-            .block_on(self.handle.link().change(msg).execute())
-            .map_err(|e| Error::from_rtnetlink(op, object, e))
+        self.request(op, object, self.handle.link().change(msg).execute())
     }
 
     /// The index of link `name`, or `None` if there is no such link.
@@ -245,10 +279,7 @@ impl Netlink {
     /// Every link of the namespace.
     pub fn links(&self) -> Result<Vec<LinkInfo>> {
         let req = self.handle.link().get().execute();
-        let msgs: Vec<LinkMessage> = self
-            .rt
-            .block_on(req.try_collect())
-            .map_err(|e| Error::from_rtnetlink("listing links", "", e))?;
+        let msgs: Vec<LinkMessage> = self.request("listing links", "", req.try_collect())?;
         Ok(msgs.iter().map(parse_link).collect())
     }
 
@@ -305,6 +336,45 @@ impl Netlink {
             b = b.dev(self.index_for(OP, name, dev)?);
         }
         self.add(OP, name, b.build())
+    }
+
+    /// Appends a forwarding entry to kernel VXLAN device `dev`: frames for `mac`
+    /// go to the VTEP at `dst`. The all-zero MAC is the flood list: one entry per
+    /// peer gives head-end replication, as
+    /// `bridge fdb append 00:00:00:00:00:00 dev DEV dst IP` does.
+    pub fn append_vxlan_fdb(&self, dev: &str, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        const OP: &str = "appending fdb entry to";
+        let index = self.index_for(OP, dev, dev)?;
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+            NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }),
+        ];
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let object = format!("{dev} ({dst})");
+        let mut handle = self.handle.clone();
+        let replies = handle
+            .request(req)
+            .map_err(|e| Error::from_rtnetlink(OP, object.clone(), e))?;
+        self.request(OP, &object, async move {
+            let mut replies = std::pin::pin!(replies);
+            while let Some(reply) = replies.next().await {
+                if let NetlinkPayload::Error(err) = reply.payload {
+                    if err.code.is_some() {
+                        return Err(rtnetlink::Error::NetlinkError(err));
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Enslaves `link` to `bridge`.
@@ -408,9 +478,11 @@ impl Netlink {
             return Err(Error::invalid(OP, name, "prefix length too long"));
         }
         let index = self.index_for(OP, name, name)?;
-        self.rt
-            .block_on(self.handle.address().add(index, addr, prefix_len).execute())
-            .map_err(|e| Error::from_rtnetlink(OP, format!("{name} ({addr}/{prefix_len})"), e))
+        self.request(
+            OP,
+            &format!("{name} ({addr}/{prefix_len})"),
+            self.handle.address().add(index, addr, prefix_len).execute(),
+        )
     }
 
     /// The addresses of link `name`, each with its prefix length.
@@ -423,10 +495,7 @@ impl Netlink {
             .get()
             .set_link_index_filter(index)
             .execute();
-        let msgs: Vec<_> = self
-            .rt
-            .block_on(req.try_collect())
-            .map_err(|e| Error::from_rtnetlink(OP, name, e))?;
+        let msgs: Vec<_> = self.request(OP, name, req.try_collect())?;
         let mut out = Vec::new();
         for msg in msgs.iter().filter(|m| m.header.index == index) {
             let mut local = None;
@@ -473,9 +542,7 @@ impl Netlink {
         if let Some(dev) = dev {
             b = b.output_interface(self.index_for(OP, &object, dev)?);
         }
-        self.rt
-            .block_on(self.handle.route().add(b.build()).execute())
-            .map_err(|e| Error::from_rtnetlink(OP, object, e))
+        self.request(OP, &object, self.handle.route().add(b.build()).execute())
     }
 
     /// The unicast routes of the main table, IPv4 and IPv6.
@@ -486,10 +553,7 @@ impl Netlink {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family;
             let req = self.handle.route().get(msg).execute();
-            let msgs: Vec<RouteMessage> = self
-                .rt
-                .block_on(req.try_collect())
-                .map_err(|e| Error::from_rtnetlink(OP, "", e))?;
+            let msgs: Vec<RouteMessage> = self.request(OP, "", req.try_collect())?;
             out.extend(msgs.iter().filter_map(parse_route));
         }
         Ok(out)
@@ -502,16 +566,10 @@ impl Netlink {
         let Some(index) = self.link_index(name)? else {
             return Ok(false);
         };
-        match self.rt.block_on(self.handle.link().del(index).execute()) {
+        match self.request(OP, name, self.handle.link().del(index).execute()) {
             Ok(()) => Ok(true),
-            Err(e) => {
-                let err = Error::from_rtnetlink(OP, name, e);
-                if err.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(err) if err.is_not_found() => Ok(false),
+            Err(err) => Err(err),
         }
     }
 }

@@ -143,3 +143,110 @@ fn persistent_tap_attach() {
     let err = t.ns.run(|| Tap::attach(&o)).unwrap().unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }
+
+/// Reads frames from any queue until `want` matches one, bounded in count and time.
+fn read_frame(tap: &Tap, hdr: usize, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use nix::poll::{PollFd, PollFlags, poll};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..200 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no matching frame within 5 s");
+        let mut fds: Vec<PollFd> = tap
+            .queues()
+            .iter()
+            .map(|q| PollFd::new(q.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        poll(&mut fds, ms).unwrap();
+        for q in tap.queues() {
+            match nix::unistd::read(q, &mut buf) {
+                Ok(n) if n >= hdr + 14 && want(&buf[..n]) => return buf[..n].to_vec(),
+                Ok(_) | Err(nix::Error::EAGAIN) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    panic!("no matching frame in 200 reads");
+}
+
+#[test]
+fn frames_flow_through_vnet_header_queues() {
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    let t = TestNs::new("tf");
+    let name = format!("tf{}", unique());
+    let mut o = TapOptions::new(&name);
+    o.vnet_hdr = true;
+    o.queues = 2;
+    o.offloads = Offloads::CSUM | Offloads::TSO4 | Offloads::TSO6;
+    let tap = t.ns.run(|| Tap::create(&o)).unwrap().unwrap();
+    let hdr = tap.vnet_hdr_len();
+    assert_eq!(hdr, 12);
+    let nl = t.netlink();
+    nl.add_address(&name, "10.245.0.1".parse().unwrap(), 24)
+        .unwrap();
+    nl.set_up(&name).unwrap();
+    let tap_mac = nl.link_info(&name).unwrap().unwrap().mac.unwrap();
+
+    let sock =
+        t.ns.run(|| UdpSocket::bind((Ipv4Addr::new(10, 245, 0, 1), 0)))
+            .unwrap()
+            .unwrap();
+    sock.send_to(b"to the tap", (Ipv4Addr::new(10, 245, 0, 2), 9))
+        .unwrap();
+
+    let arp = read_frame(&tap, hdr, |f| f[hdr + 12..hdr + 14] == [0x08, 0x06]);
+    assert_eq!(&arp[..2], &[0, 0], "no vnet flags or GSO on ARP");
+    assert_eq!(&arp[hdr + 6..hdr + 12], &tap_mac);
+
+    let peer = [0x02, 0, 0, 0, 0, 0x02];
+    let mut reply = vec![0u8; hdr];
+    reply.extend_from_slice(&tap_mac);
+    reply.extend_from_slice(&peer);
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&peer);
+    reply.extend_from_slice(&[10, 245, 0, 2]);
+    reply.extend_from_slice(&tap_mac);
+    reply.extend_from_slice(&[10, 245, 0, 1]);
+    let n = nix::unistd::write(&tap.queues()[0], &reply).unwrap();
+    assert_eq!(n, reply.len());
+
+    let udp = read_frame(&tap, hdr, |f| {
+        f[hdr + 12..hdr + 14] == [0x08, 0x00] && f[hdr + 14 + 9] == 17
+    });
+    assert_eq!(&udp[hdr..hdr + 6], &peer);
+    assert_eq!(
+        udp[0] & 1,
+        1,
+        "checksum left to the reader (VIRTIO_NET_HDR_F_NEEDS_CSUM)"
+    );
+    assert!(udp.ends_with(b"to the tap"));
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<netns::NetNs>();
+    check::<netns::Netlink>();
+    check::<Tap>();
+    check::<netns::Error>();
+}
+
+#[test]
+fn netlink_refuses_to_block_inside_async_task() {
+    let nl = Netlink::current().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async { nl.link_index("lo") }).unwrap_err();
+    assert!(err.to_string().contains("spawn_blocking"), "{err}");
+    rt.block_on(async move { drop(nl) });
+    assert_eq!(
+        Netlink::current().unwrap().link_index("lo").unwrap(),
+        Some(1)
+    );
+}
