@@ -11,6 +11,28 @@
 //! - [`Tap`]: TAP devices opened through `/dev/net/tun` ioctls, with the virtio-net
 //!   header, several queues and the segmentation offloads the kernel accepts.
 //!
+//! Putting a container on the network, as the daemon does (from `spawn_blocking`):
+//!
+//! ```no_run
+//! use netns::{Netlink, NetNs, NsRef, Offloads, Tap, TapOptions};
+//!
+//! # fn main() -> netns::Result<()> {
+//! let ctr = NetNs::open(&"pid:4242".parse::<NsRef>()?)?;
+//! let mut opts = TapOptions::new("vs4242");
+//! opts.vnet_hdr = true;
+//! opts.offloads = Offloads::CSUM | Offloads::TSO4 | Offloads::TSO6;
+//! let tap = Tap::create(&opts)?; // keep the queues: the datapath reads them
+//!
+//! Netlink::current()?.move_to_namespace_as(tap.name(), &ctr, "eth0")?;
+//! let nl = Netlink::in_namespace(&ctr)?;
+//! nl.set_mac("eth0", [0x02, 0, 10, 244, 1, 5])?;
+//! nl.set_mtu("eth0", 1450)?;
+//! nl.add_address("eth0", "10.244.1.5".parse().unwrap(), 24)?;
+//! nl.set_up("eth0")?;
+//! nl.add_route("0.0.0.0/0".parse().unwrap(), Some("10.244.1.1".parse().unwrap()), None)?;
+//! # Ok(()) }
+//! ```
+//!
 //! This is the one crate of the workspace that makes system calls directly; every
 //! `unsafe` block is small and states why it is sound.
 #![allow(unsafe_code)]
@@ -25,7 +47,7 @@ mod sys;
 mod tap;
 
 pub use error::{Error, Result};
-pub use name::validate_ifname;
-pub use netlink::{LinkInfo, Netlink, RouteInfo, VxlanSpec};
-pub use ns::{NetNs, NsId, NsRef};
-pub use tap::{Offloads, Tap, TapFeatures, TapOptions};
+pub use name::{IFNAME_MAX, validate_ifname};
+pub use netlink::{LinkInfo, Netlink, RouteInfo, VXLAN_PORT, VxlanSpec};
+pub use ns::{NETNS_RUN_DIR, NetNs, NsId, NsRef};
+pub use tap::{MAX_QUEUES, Offloads, TUN_DEVICE, Tap, TapFeatures, TapOptions, VNET_HDR_LEN};

@@ -6,7 +6,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -200,15 +200,11 @@ impl NetNs {
             }
             Err(e) => return Err(Error::os(OP, label, e)),
         }
-        let meta = File::from(
-            fd.try_clone()
-                .map_err(|e| Error::os(OP, label.clone(), e))?,
-        )
-        .metadata()
-        .map_err(|e| Error::os(OP, label.clone(), e))?;
+        let stat =
+            nix::sys::stat::fstat(&fd).map_err(|e| Error::from_errno(OP, label.clone(), e))?;
         let id = NsId {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: stat.st_dev,
+            ino: stat.st_ino,
         };
         Ok(NetNs {
             fd: Arc::new(fd),
