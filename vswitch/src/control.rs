@@ -1,1 +1,10 @@
-//! control
+//! The control plane: configuration, the control API spoken over a Unix socket, and the daemon
+//! that applies both to the datapath.
+
+pub mod api;
+pub mod attach;
+pub mod config;
+pub mod daemon;
+pub mod leases;
+pub mod render;
+pub mod state;

@@ -1,1 +1,14 @@
-//! io
+//! The thin shell around the sans-IO core: TAP queues, the underlay UDP sockets, and the worker
+//! loop that moves bytes between them and [`crate::switch::Switch`] in bounded batches.
+//!
+//! Everything here is mechanism: what to do with a frame is decided by the core.
+
+mod datapath;
+mod partial_checksum;
+mod tap;
+mod udp;
+
+pub use datapath::{Datapath, DatapathStopped, IoCounters, PortError, Worker};
+pub use partial_checksum::complete_partial_checksum;
+pub use tap::TapQueue;
+pub use udp::{FlushStats, Underlay};

@@ -11,8 +11,10 @@
 //! - [`control`]: configuration, the control API and the daemon that wires it all together.
 
 pub mod control;
+pub mod demo;
 pub mod fdb;
 pub mod io;
+pub mod lab;
 pub mod switch;
 pub mod tunnel;
 pub mod wire;

@@ -1,1 +1,166 @@
-fn main() {}
+//! `vswitch`: attach containers, inspect the daemon, and run the demo.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use vswitch::control::api::{self, AttachRequest, DetachRequest, Reply, Request};
+use vswitch::control::render;
+use vswitch::wire::MacAddr;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Userspace VXLAN switch for containers: control and demo"
+)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "VSWITCH_SOCKET",
+        default_value = "/run/vswitch/vswitchd.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Put a container on a network: a TAP inside its namespace with an address, a default
+    /// route and a MAC.
+    Attach(AttachArgs),
+    /// Take a container off its network: remove the interface and release the address. Safe to
+    /// repeat.
+    Detach(DetachArgs),
+    /// The node, its networks, traffic and drops.
+    Status(Output),
+    /// Attached containers and their traffic.
+    Ports(Output),
+    /// The MAC tables.
+    Fdb(Output),
+    /// The peers and their traffic.
+    Peers(Output),
+    /// Build a throwaway two-host cluster in namespaces on this machine, show it working, measure
+    /// it against the kernel's VXLAN, and remove everything.
+    Demo(vswitch::demo::DemoOptions),
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// The container's network namespace: an `ip netns` name, a path such as
+    /// /proc/1234/ns/net, or pid:1234.
+    netns: String,
+    /// The network to join.
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// The interface name inside the container.
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    /// A stable id of the container (defaults to the namespace argument).
+    #[arg(long = "id")]
+    container_id: Option<String>,
+    /// A fixed address instead of the next free one.
+    #[arg(long)]
+    ip: Option<IpAddr>,
+    /// A fixed MAC instead of one derived from the address.
+    #[arg(long)]
+    mac: Option<MacAddr>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct DetachArgs {
+    /// The container id (or the namespace argument given to attach).
+    container_id: String,
+    /// The interface name inside the container.
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+}
+
+#[derive(Args)]
+struct Output {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vswitch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let call = |request: Request| api::call(&cli.socket, &request);
+    match cli.command {
+        Command::Attach(args) => {
+            let reply = call(Request::Attach(AttachRequest {
+                netns: args.netns,
+                network: Some(args.network),
+                ifname: Some(args.ifname),
+                container_id: args.container_id,
+                ip: args.ip,
+                mac: args.mac,
+            }))?;
+            let Reply::Attached(a) = reply else {
+                anyhow::bail!("unexpected reply from vswitchd: {reply:?}");
+            };
+            print(args.output.json, &a, render::attachment)
+        }
+        Command::Detach(args) => {
+            let reply = call(Request::Detach(DetachRequest {
+                container_id: args.container_id.clone(),
+                ifname: Some(args.ifname.clone()),
+            }))?;
+            match reply {
+                Reply::Detached(true) => println!("detached {} {}", args.container_id, args.ifname),
+                Reply::Detached(false) => println!(
+                    "{} {} was not attached; nothing to do",
+                    args.container_id, args.ifname
+                ),
+                other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Status(o) => match call(Request::Status)? {
+            Reply::Status(s) => print(o.json, &s, render::status),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        Command::Ports(o) => match call(Request::Ports)? {
+            Reply::Ports(p) => print(o.json, &p, |p| render::ports(p)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        Command::Fdb(o) => match call(Request::Fdb)? {
+            Reply::Fdb(f) => print(o.json, &f, |f| render::fdb(f)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        Command::Peers(o) => match call(Request::Peers)? {
+            Reply::Peers(p) => print(o.json, &p, |p| render::peers(p)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),
+    }
+}
+
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", table(value));
+    }
+    Ok(())
+}

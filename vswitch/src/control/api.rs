@@ -1,0 +1,297 @@
+//! The control API between `vswitch` and `vswitchd`: one JSON request per line on a Unix
+//! socket, one JSON reply per line back. The types here are the whole protocol.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::MacAddr;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Put a container on a network.
+    Attach(AttachRequest),
+    /// Take a container off a network, completely; doing it twice is not an error.
+    Detach(DetachRequest),
+    /// The node, its networks, peers and counters.
+    Status,
+    /// Attached containers.
+    Ports,
+    /// The MAC tables.
+    Fdb,
+    /// The peers and their traffic.
+    Peers,
+    /// Re-read the config file and apply the difference in networks and peers.
+    Reload,
+}
+
+/// What `vswitch attach` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// The container's network namespace: an `ip netns` name, a path, or `pid:N`.
+    pub netns: String,
+    /// The network to join; `default` when absent.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The interface name inside the container; `eth0` when absent.
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// A stable id of the container; the namespace reference when absent.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// A fixed address instead of the next free one.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// A fixed MAC instead of one derived from the address.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// What `vswitch detach` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachRequest {
+    /// The container id given at attach time (or its namespace reference).
+    pub container_id: String,
+    /// The interface name; `eth0` when absent.
+    #[serde(default)]
+    pub ifname: Option<String>,
+}
+
+/// A container attached to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The container's id.
+    pub container_id: String,
+    /// Its network namespace as given.
+    pub netns: String,
+    /// The interface inside it.
+    pub ifname: String,
+    /// The network joined.
+    pub network: String,
+    /// That network's VNI.
+    pub vni: u32,
+    /// The interface's MAC.
+    pub mac: MacAddr,
+    /// The interface's address with the network's prefix length.
+    pub address: IpNet,
+    /// Its IPv6 address, on dual-stack networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<IpNet>,
+    /// The default gateway.
+    pub gateway: IpAddr,
+    /// The interface MTU.
+    pub mtu: u16,
+}
+
+/// Traffic counters of one port or peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Frames received from it.
+    pub rx_frames: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Frames sent to it.
+    pub tx_frames: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+    /// Frames from or to it that were dropped.
+    pub drops: u64,
+}
+
+/// One attached container and its traffic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortView {
+    /// The attachment.
+    #[serde(flatten)]
+    pub attachment: Attachment,
+    /// Its traffic.
+    pub traffic: Traffic,
+}
+
+/// One peer and its traffic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Its node name.
+    pub name: String,
+    /// Its VXLAN endpoint.
+    pub endpoint: SocketAddr,
+    /// The networks shared with it.
+    pub networks: Vec<String>,
+    /// MACs learned behind it.
+    pub macs: usize,
+    /// Its traffic.
+    pub traffic: Traffic,
+}
+
+/// One MAC table entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FdbView {
+    /// The network.
+    pub network: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// The MAC.
+    pub mac: MacAddr,
+    /// Where frames to it go: `port <ifname>@<container>` or `peer <name>`.
+    pub location: String,
+    /// Configured rather than learned.
+    pub is_static: bool,
+    /// Seconds since it was last seen (0 for static entries).
+    pub age_secs: u64,
+}
+
+/// One network as this node carries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// The cluster-wide subnet.
+    pub subnet: IpNet,
+    /// This node's slice of it.
+    pub node_subnet: IpNet,
+    /// This node's gateway address on it.
+    pub gateway: IpAddr,
+    /// Its inner MTU.
+    pub mtu: u16,
+    /// Containers attached here.
+    pub ports: usize,
+}
+
+/// The daemon at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// This node's name.
+    pub node: String,
+    /// Its VXLAN endpoint.
+    pub endpoint: SocketAddr,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Where leases live.
+    pub store: String,
+    /// Networks carried.
+    pub networks: Vec<NetworkView>,
+    /// Number of peers.
+    pub peers: usize,
+    /// Number of MAC table entries.
+    pub fdb_entries: usize,
+    /// Totals over every port and peer.
+    pub traffic: Traffic,
+    /// Dropped frames and datagrams by reason; reasons that never happened are left out.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// A successful reply's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// A container was attached (or already was, with these parameters).
+    Attached(Attachment),
+    /// A container was detached; `false` when there was nothing to detach.
+    Detached(bool),
+    /// The daemon's state.
+    Status(StatusView),
+    /// Attached containers.
+    Ports(Vec<PortView>),
+    /// MAC table entries.
+    Fdb(Vec<FdbView>),
+    /// Peers.
+    Peers(Vec<PeerView>),
+    /// The config was reloaded; what changed.
+    Reloaded(String),
+}
+
+/// A reply on the wire: the payload or an error message meant for a person.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The request succeeded.
+    Ok(Reply),
+    /// The request failed; the message says why and what to do.
+    Error(String),
+}
+
+/// Why a control request could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon is not listening where expected.
+    #[error("cannot reach vswitchd at {path}: {source} (is the daemon running? see --socket)")]
+    Connect {
+        /// The socket path tried.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The connection broke.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon's answer could not be read.
+    #[error("unreadable reply from vswitchd: {0}")]
+    Protocol(#[from] serde_json::Error),
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one request and waits for its reply. Attach may take a few seconds (netlink, store).
+pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(&stream);
+    let mut reply = String::new();
+    reader.read_line(&mut reply)?;
+    match serde_json::from_str(&reply)? {
+        Response::Ok(reply) => Ok(reply),
+        Response::Error(message) => Err(ClientError::Refused(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_json_form() {
+        let r = Request::Attach(AttachRequest {
+            netns: "c1".into(),
+            ip: Some("10.244.1.7".parse().unwrap()),
+            ..Default::default()
+        });
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"attach","netns":"c1","network":null,"ifname":null,"container_id":null,"ip":"10.244.1.7","mac":null}"#
+        );
+        let back: Request = serde_json::from_str(r#"{"op":"attach","netns":"c1"}"#).unwrap();
+        assert!(matches!(back, Request::Attach(a) if a.netns == "c1" && a.ip.is_none()));
+        let status: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
+        assert!(matches!(status, Request::Status));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"attach","nets":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let r = Response::Error("no network is named \"red\"".into());
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"error":"no network is named \"red\""}"#);
+        let r = Response::Ok(Reply::Detached(false));
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"ok":{"detached":false}}"#);
+    }
+}

@@ -1,0 +1,139 @@
+//! Putting a container's interface in place and taking it away: a persistent TAP created in the
+//! daemon's namespace, moved into the container's, renamed, addressed and routed there.
+//!
+//! Every step is idempotent, so the same code finishes a half-done attach after a crash and
+//! re-adopts a container's interface after a daemon restart.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use netns::{NetNs, Netlink, Tap, TapOptions};
+
+use super::api::Attachment;
+use crate::wire::MacAddr;
+
+/// Why an interface could not be put in place or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// A namespace, link or TAP operation failed.
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    /// The interface name is taken in the container by a device that is not ours.
+    #[error("{ifname} already exists in {netns} and is not a TAP device: choose another --ifname")]
+    NameTaken {
+        /// The interface name.
+        ifname: String,
+        /// The namespace.
+        netns: String,
+    },
+}
+
+/// The MAC of an interface whose address is `ip`: `0a:58` and the IPv4 address, a locally
+/// administered unicast MAC that is unique wherever the address is.
+pub fn mac_for(ip: Ipv4Addr) -> MacAddr {
+    let [a, b, c, d] = ip.octets();
+    MacAddr([0x0a, 0x58, a, b, c, d])
+}
+
+/// The name a TAP carries in the daemon's namespace between its creation and its move into the
+/// container: unique per attachment, at most 15 bytes.
+fn staging_name(a: &Attachment) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&a.container_id, &a.ifname, &a.network).hash(&mut hasher);
+    format!("vs{:08x}", hasher.finish() as u32)
+}
+
+fn tap_options(name: &str) -> TapOptions {
+    let mut options = TapOptions::new(name);
+    options.persist = true;
+    options
+}
+
+/// Makes sure the container has the interface `a` describes, fully configured, and returns the
+/// open TAP. Creates it when absent, re-opens it when present.
+pub fn ensure_interface(a: &Attachment, ns: &NetNs) -> Result<Tap, AttachError> {
+    let inside = Netlink::in_namespace(ns)?;
+    let tap = if inside.link_index(&a.ifname)?.is_some() {
+        let options = tap_options(&a.ifname);
+        ns.run(|| Tap::attach(&options))?
+            .map_err(|_| AttachError::NameTaken {
+                ifname: a.ifname.clone(),
+                netns: a.netns.clone(),
+            })?
+    } else {
+        let here = Netlink::current()?;
+        let staging = staging_name(a);
+        // A leftover of an attach interrupted before the move.
+        here.delete_link(&staging)?;
+        let tap = Tap::create(&tap_options(&staging))?;
+        here.set_mac(&staging, a.mac.0)?;
+        here.set_mtu(&staging, u32::from(a.mtu))?;
+        if let Err(e) = here.move_to_namespace_as(&staging, ns, &a.ifname) {
+            let _ = here.delete_link(&staging);
+            return Err(e.into());
+        }
+        tap
+    };
+    configure(&inside, a)?;
+    Ok(tap)
+}
+
+fn configure(nl: &Netlink, a: &Attachment) -> Result<(), AttachError> {
+    nl.set_mac(&a.ifname, a.mac.0)?;
+    nl.set_mtu(&a.ifname, u32::from(a.mtu))?;
+    ignore_exists(nl.add_address(&a.ifname, a.address.addr(), a.address.prefix_len()))?;
+    if let Some(v6) = a.address6 {
+        ignore_exists(nl.add_address(&a.ifname, v6.addr(), v6.prefix_len()))?;
+    }
+    nl.set_up("lo")?;
+    nl.set_up(&a.ifname)?;
+    let default = match a.gateway {
+        IpAddr::V4(_) => IpNet::V4(Default::default()),
+        IpAddr::V6(_) => IpNet::V6(Default::default()),
+    };
+    ignore_exists(nl.add_route(default, Some(a.gateway), Some(&a.ifname)))?;
+    Ok(())
+}
+
+fn ignore_exists(result: Result<(), netns::Error>) -> Result<(), netns::Error> {
+    match result {
+        Err(e) if e.is_already_exists() => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes the container's interface; `Ok(false)` when it was already gone.
+pub fn remove_interface(a: &Attachment, ns: &NetNs) -> Result<bool, AttachError> {
+    Ok(Netlink::in_namespace(ns)?.delete_link(&a.ifname)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_embed_the_address_and_are_locally_administered_unicast() {
+        let mac = mac_for(Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(mac.to_string(), "0a:58:0a:f4:01:02");
+        assert!(mac.is_unicast() && mac.is_locally_administered());
+    }
+
+    #[test]
+    fn staging_names_fit_an_interface_name() {
+        let a = Attachment {
+            container_id: "a-very-long-container-identifier-0123456789".into(),
+            netns: "x".into(),
+            ifname: "eth0".into(),
+            network: "default".into(),
+            vni: 42,
+            mac: mac_for(Ipv4Addr::new(10, 244, 1, 2)),
+            address: "10.244.1.2/16".parse().unwrap(),
+            address6: None,
+            gateway: "10.244.1.1".parse().unwrap(),
+            mtu: 1450,
+        };
+        let name = staging_name(&a);
+        assert!(name.len() <= 15 && name.starts_with("vs"), "{name}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Plain-text tables of what the daemon reports, as `vswitch status | ports | fdb | peers`
+//! print them.
+
+use std::fmt::Write;
+
+use super::api::{Attachment, FdbView, PeerView, PortView, StatusView, Traffic};
+
+/// Left-aligned columns separated by two spaces, one header row.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (cell, width) in cells.zip(&widths) {
+            let _ = write!(out, "{cell:<width$}  ");
+        }
+        text.push_str(out.trim_end());
+        text.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    text
+}
+
+/// Bytes with a binary unit.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn traffic_cells(t: &Traffic) -> [String; 5] {
+    [
+        t.rx_frames.to_string(),
+        bytes(t.rx_bytes),
+        t.tx_frames.to_string(),
+        bytes(t.tx_bytes),
+        t.drops.to_string(),
+    ]
+}
+
+/// `vswitch status`.
+pub fn status(s: &StatusView) -> String {
+    let mut text = format!(
+        "node {}  endpoint {}  up {}s  store {}\npeers {}  fdb entries {}\n\n",
+        s.node, s.endpoint, s.uptime_secs, s.store, s.peers, s.fdb_entries
+    );
+    let rows: Vec<Vec<String>> = s
+        .networks
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.vni.to_string(),
+                n.subnet.to_string(),
+                n.node_subnet.to_string(),
+                n.gateway.to_string(),
+                n.mtu.to_string(),
+                n.ports.to_string(),
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &[
+            "NETWORK",
+            "VNI",
+            "SUBNET",
+            "NODE SUBNET",
+            "GATEWAY",
+            "MTU",
+            "PORTS",
+        ],
+        &rows,
+    ));
+    let [rx, rxb, tx, txb, drops] = traffic_cells(&s.traffic);
+    let _ = write!(
+        text,
+        "\ntraffic  rx {rx} frames ({rxb})  tx {tx} frames ({txb})  dropped {drops}\n"
+    );
+    if !s.drops.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .drops
+            .iter()
+            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
+            .collect();
+        text.push('\n');
+        text.push_str(&table(&["DROP REASON", "COUNT"], &rows));
+    }
+    text
+}
+
+/// `vswitch ports`.
+pub fn ports(ports: &[PortView]) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            let a = &p.attachment;
+            let mut row = vec![
+                a.container_id.clone(),
+                a.ifname.clone(),
+                a.network.clone(),
+                a.address.to_string(),
+                a.mac.to_string(),
+            ];
+            row.extend(traffic_cells(&p.traffic));
+            row
+        })
+        .collect();
+    table(
+        &[
+            "CONTAINER",
+            "IFACE",
+            "NETWORK",
+            "ADDRESS",
+            "MAC",
+            "RX",
+            "RX BYTES",
+            "TX",
+            "TX BYTES",
+            "DROPS",
+        ],
+        &rows,
+    )
+}
+
+/// `vswitch fdb`.
+pub fn fdb(entries: &[FdbView]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.network.clone(),
+                e.vni.to_string(),
+                e.mac.to_string(),
+                e.location.clone(),
+                if e.is_static { "static" } else { "learned" }.to_owned(),
+                if e.is_static {
+                    "-".to_owned()
+                } else {
+                    format!("{}s", e.age_secs)
+                },
+            ]
+        })
+        .collect();
+    table(&["NETWORK", "VNI", "MAC", "LOCATION", "TYPE", "AGE"], &rows)
+}
+
+/// `vswitch peers`.
+pub fn peers(peers: &[PeerView]) -> String {
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            let mut row = vec![
+                p.name.clone(),
+                p.endpoint.to_string(),
+                p.networks.join(","),
+                p.macs.to_string(),
+            ];
+            row.extend(traffic_cells(&p.traffic));
+            row
+        })
+        .collect();
+    table(
+        &[
+            "PEER", "ENDPOINT", "NETWORKS", "MACS", "RX", "RX BYTES", "TX", "TX BYTES", "DROPS",
+        ],
+        &rows,
+    )
+}
+
+/// `vswitch attach`: what a person needs to use the interface.
+pub fn attachment(a: &Attachment) -> String {
+    format!(
+        "interface {} in {}\naddress   {}\ngateway   {}\nmac       {}\nmtu       {}\nnetwork   {} (vni {})\n",
+        a.ifname, a.netns, a.address, a.gateway, a.mac, a.mtu, a.network, a.vni
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xxxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A     LONGER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}

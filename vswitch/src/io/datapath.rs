@@ -1,0 +1,402 @@
+//! The datapath worker: one thread that owns the switch core, the underlay sockets and every
+//! TAP queue, waits on all of them with epoll (mio), and feeds the core in bounded batches.
+//!
+//! The control plane never shares the core: it sends jobs (closures run on the worker between
+//! batches) and waits for their answer, so the per-frame path takes no lock.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::RecvMeta;
+use rustc_hash::FxHashMap;
+
+use super::partial_checksum::complete_partial_checksum;
+use super::tap::TapQueue;
+use super::udp::Underlay;
+use crate::switch::{Output, PortConfig, PortId, Switch, SwitchConfig, SwitchError};
+
+const WAKER: Token = Token(0);
+const UNDERLAY: Token = Token(1);
+const FIRST_PORT: usize = 2;
+
+/// Frames read from one TAP queue before the worker turns to the others.
+const PORT_BUDGET: usize = 64;
+/// recvmmsg calls per round before the worker turns to the TAP queues.
+const UNDERLAY_BUDGET: usize = 4;
+/// Room for one frame read from a TAP queue (a 64 KB super-frame when offloads are on).
+const FRAME_BUFFER: usize = 65_536;
+/// Room for one (possibly GRO-coalesced) receive.
+const DATAGRAM_BUFFER: usize = 65_536;
+
+/// A unit of control-plane work, run on the worker between batches.
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// The datapath has stopped (it failed or was shut down), so a job could not run.
+#[derive(Debug, thiserror::Error)]
+#[error("the datapath is not running")]
+pub struct DatapathStopped;
+
+/// Why a port could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The core refused the port's configuration.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    /// The TAP queue could not be watched.
+    #[error("watching the TAP queue: {0}")]
+    Register(io::Error),
+}
+
+/// Counters of the I/O shell itself (the core counts what it drops and why).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct IoCounters {
+    /// Frames the kernel refused on a TAP write.
+    pub tap_write_errors: u64,
+    /// Datagrams the kernel refused to send.
+    pub udp_send_errors: u64,
+    /// Send system calls made.
+    pub udp_send_calls: u64,
+    /// Receive system calls made.
+    pub udp_recv_calls: u64,
+    /// Loop iterations (wakeups).
+    pub wakeups: u64,
+}
+
+/// A handle on the running datapath thread.
+pub struct Datapath {
+    jobs: mpsc::Sender<Job>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    local: SocketAddr,
+}
+
+impl Datapath {
+    /// Binds the underlay sockets and starts the worker thread.
+    pub fn start(config: SwitchConfig, local: SocketAddr, source_ports: usize) -> io::Result<Self> {
+        let underlay = Underlay::bind(local, source_ports)?;
+        let local = underlay.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        poll.registry().register(
+            &mut SourceFd(&underlay.receiver_fd()),
+            UNDERLAY,
+            Interest::READABLE,
+        )?;
+        let (jobs, inbox) = mpsc::channel();
+        let worker = Worker {
+            switch: Switch::new(config),
+            underlay,
+            poll,
+            inbox,
+            ports: Vec::new(),
+            slots: FxHashMap::default(),
+            out: Output::default(),
+            counters: IoCounters::default(),
+            running: true,
+        };
+        let thread = std::thread::Builder::new()
+            .name("datapath".into())
+            .spawn(move || worker.run())?;
+        Ok(Self {
+            jobs,
+            waker,
+            thread: Some(thread),
+            local,
+        })
+    }
+
+    /// The address VXLAN is received on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Runs `job` on the worker and waits for its result.
+    pub fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Worker) -> R + Send + 'static,
+    ) -> Result<R, DatapathStopped> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |worker: &mut Worker| {
+                let _ = reply.send(job(worker));
+            }))
+            .map_err(|_| DatapathStopped)?;
+        self.waker.wake().map_err(|_| DatapathStopped)?;
+        answer.recv().map_err(|_| DatapathStopped)
+    }
+
+    /// Stops the worker and waits for it; returns the error it stopped on, if any.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        let _ = self
+            .jobs
+            .send(Box::new(|worker: &mut Worker| worker.running = false));
+        let _ = self.waker.wake();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the datapath thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A TAP queue registered with the worker.
+struct PortSlot {
+    id: PortId,
+    queue: TapQueue,
+    /// Readable and not yet drained (epoll is edge-triggered).
+    pending: bool,
+}
+
+/// The state the datapath thread owns. Jobs get `&mut Worker`.
+pub struct Worker {
+    switch: Switch,
+    underlay: Underlay,
+    poll: Poll,
+    inbox: mpsc::Receiver<Job>,
+    ports: Vec<Option<PortSlot>>,
+    slots: FxHashMap<PortId, usize>,
+    out: Output,
+    counters: IoCounters,
+    running: bool,
+}
+
+impl Worker {
+    /// The switch core, for control-plane changes and inspection.
+    pub fn switch(&mut self) -> &mut Switch {
+        &mut self.switch
+    }
+
+    /// Counters of the I/O shell.
+    pub fn io_counters(&self) -> IoCounters {
+        self.counters
+    }
+
+    /// Adds a port to the core and starts serving its TAP queue.
+    pub fn add_port(&mut self, queue: TapQueue, config: PortConfig) -> Result<PortId, PortError> {
+        let id = self.switch.add_port(config)?;
+        let slot = match self.ports.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => {
+                self.ports.push(None);
+                self.ports.len() - 1
+            }
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&queue.raw_fd()),
+            Token(FIRST_PORT + slot),
+            Interest::READABLE,
+        ) {
+            self.switch.remove_port(id);
+            return Err(PortError::Register(e));
+        }
+        // Frames may already be queued: edge-triggered readiness would not report them.
+        self.ports[slot] = Some(PortSlot {
+            id,
+            queue,
+            pending: true,
+        });
+        self.slots.insert(id, slot);
+        Ok(id)
+    }
+
+    /// Removes a port from the core and closes its TAP queue.
+    pub fn remove_port(&mut self, id: PortId) -> bool {
+        let removed = self.switch.remove_port(id);
+        if let Some(slot) = self.slots.remove(&id) {
+            if let Some(port) = self.ports[slot].take() {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&port.queue.raw_fd()));
+            }
+        }
+        removed
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut frame = vec![0u8; FRAME_BUFFER];
+        let mut datagrams: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
+            .map(|_| vec![0u8; DATAGRAM_BUFFER])
+            .collect();
+        let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut underlay_pending = true;
+        let mut next_tick: Option<Instant> = None;
+
+        while self.running {
+            let busy = underlay_pending || self.ports.iter().flatten().any(|p| p.pending);
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                next_tick.map(|t| t.saturating_duration_since(Instant::now()))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.counters.wakeups += 1;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    UNDERLAY => underlay_pending = true,
+                    Token(t) => {
+                        if let Some(Some(port)) = self.ports.get_mut(t - FIRST_PORT) {
+                            port.pending = true;
+                        }
+                    }
+                }
+            }
+            while let Ok(job) = self.inbox.try_recv() {
+                job(&mut self);
+            }
+
+            let now = Instant::now();
+            if underlay_pending {
+                underlay_pending = self.receive_datagrams(now, &mut datagrams, &mut meta);
+            }
+            for slot in 0..self.ports.len() {
+                if self.ports[slot].as_ref().is_some_and(|p| p.pending) {
+                    self.read_port(now, slot, &mut frame);
+                }
+            }
+            self.flush();
+
+            if next_tick.is_none_or(|t| t <= now) {
+                self.switch.handle_timeout(now);
+                next_tick = self.switch.poll_timeout();
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains up to `UNDERLAY_BUDGET` receive calls; true when more may be waiting.
+    fn receive_datagrams(
+        &mut self,
+        now: Instant,
+        buffers: &mut [Vec<u8>],
+        meta: &mut [RecvMeta],
+    ) -> bool {
+        for _ in 0..UNDERLAY_BUDGET {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            self.counters.udp_recv_calls += 1;
+            let count = match self.underlay.recv(&mut slices, meta) {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            drop(slices);
+            for (buffer, meta) in buffers.iter_mut().zip(meta.iter()).take(count) {
+                let stride = meta.stride.max(1);
+                let len = meta.len.min(buffer.len());
+                for datagram in buffer[..len].chunks_mut(stride) {
+                    self.switch
+                        .handle_datagram(now, meta.addr, datagram, &mut self.out);
+                    if self.out.ports().is_empty() {
+                        continue;
+                    }
+                    if let Some(frame) = datagram.get_mut(self.out.frame_range()) {
+                        complete_partial_checksum(frame);
+                        Self::deliver(
+                            &self.out,
+                            frame,
+                            &self.ports,
+                            &self.slots,
+                            &mut self.counters,
+                        );
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads up to `PORT_BUDGET` frames from one TAP queue.
+    fn read_port(&mut self, now: Instant, slot: usize, frame: &mut [u8]) {
+        for _ in 0..PORT_BUDGET {
+            let Some(port) = self.ports[slot].as_ref() else {
+                return;
+            };
+            let len = match port.queue.read(frame) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // WouldBlock: drained. Any other error: the device is gone; detach cleans up.
+                    if let Some(port) = self.ports[slot].as_mut() {
+                        port.pending = false;
+                    }
+                    return;
+                }
+            };
+            let id = port.id;
+            let frame = &frame[..len];
+            self.switch.handle_frame(now, id, frame, &mut self.out);
+            Self::deliver(
+                &self.out,
+                frame,
+                &self.ports,
+                &self.slots,
+                &mut self.counters,
+            );
+            for transmit in self.out.transmits() {
+                self.underlay.queue(
+                    transmit.addr,
+                    self.out.flow_hash(),
+                    self.out.vxlan_header(),
+                    frame,
+                );
+            }
+        }
+    }
+
+    /// Writes `frame` to every port the core chose, and the core's own reply if it made one.
+    fn deliver(
+        out: &Output,
+        frame: &[u8],
+        ports: &[Option<PortSlot>],
+        slots: &FxHashMap<PortId, usize>,
+        counters: &mut IoCounters,
+    ) {
+        let mut write = |id: PortId, bytes: &[u8]| {
+            let queue = slots
+                .get(&id)
+                .and_then(|&slot| ports.get(slot))
+                .and_then(Option::as_ref);
+            if let Some(port) = queue {
+                if port.queue.write(bytes).is_err() {
+                    counters.tap_write_errors += 1;
+                }
+            }
+        };
+        for &id in out.ports() {
+            write(id, frame);
+        }
+        if let Some((id, reply)) = out.reply() {
+            write(id, reply);
+        }
+    }
+
+    fn flush(&mut self) {
+        let stats = self.underlay.flush();
+        self.counters.udp_send_calls += stats.syscalls;
+        self.counters.udp_send_errors += stats.failed;
+    }
+}

@@ -1,0 +1,297 @@
+//! The underlay: one socket receiving VXLAN on the configured port, and a small pool of sockets
+//! bound to ephemeral ports that send it, picked by the inner flow's hash so that underlay ECMP
+//! spreads flows (RFC 7348 §5: the source port is derived from the inner frame).
+//!
+//! Receives are batched (recvmmsg, UDP GRO); sends are batched per socket and destination into
+//! UDP GSO super-datagrams of equal-sized segments, one system call per batch.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Largest UDP payload a GSO batch may carry.
+const MAX_BATCH_BYTES: usize = 65_000;
+/// Batches kept open at once; more destinations in one round flush the oldest.
+const OPEN_BATCHES: usize = 16;
+/// Socket buffer sizes: deep enough to ride out a scheduling hiccup at line rate.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A socket and the offload state quinn-udp keeps for it.
+struct Endpoint {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Endpoint {
+    fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_cloexec(true)?;
+        socket.bind(&addr.into())?;
+        let socket: UdpSocket = socket.into();
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        // Buffer sizes are best effort: the kernel caps them at net.core.[rw]mem_max.
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER);
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER);
+        Ok(Self { socket, state })
+    }
+
+    fn send(&self, destination: SocketAddr, contents: &[u8], segment: usize) -> io::Result<()> {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: (segment < contents.len()).then_some(segment),
+            src_ip: None,
+        };
+        self.state
+            .try_send(UdpSockRef::from(&self.socket), &transmit)
+    }
+}
+
+/// Datagrams for one destination, back to back in one buffer, all `segment` bytes long but the
+/// last: the shape one UDP GSO send takes.
+struct Batch {
+    socket: usize,
+    destination: SocketAddr,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter than `segment`: nothing more may follow it.
+    closed: bool,
+    bytes: Vec<u8>,
+}
+
+/// What a flush did, for the counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlushStats {
+    /// Datagrams handed to the kernel.
+    pub sent: u64,
+    /// Datagrams the kernel refused (buffer full, no route, too big).
+    pub failed: u64,
+    /// System calls made.
+    pub syscalls: u64,
+}
+
+/// The receive socket and the send pool.
+pub struct Underlay {
+    receiver: Endpoint,
+    senders: Vec<Endpoint>,
+    max_segments: usize,
+    open: Vec<Batch>,
+    spare: Vec<Vec<u8>>,
+    stats: FlushStats,
+}
+
+impl Underlay {
+    /// Binds the receive socket on `local` and `source_ports` send sockets on ephemeral ports of
+    /// the same address.
+    pub fn bind(local: SocketAddr, source_ports: usize) -> io::Result<Self> {
+        let receiver = Endpoint::bind(local)?;
+        let senders = (0..source_ports.max(1))
+            .map(|_| Endpoint::bind(SocketAddr::new(local.ip(), 0)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let max_segments = senders
+            .iter()
+            .map(|s| s.state.max_gso_segments())
+            .min()
+            .unwrap_or(1)
+            .clamp(1, 64);
+        Ok(Self {
+            receiver,
+            senders,
+            max_segments,
+            open: Vec::with_capacity(OPEN_BATCHES),
+            spare: Vec::new(),
+            stats: FlushStats::default(),
+        })
+    }
+
+    /// The receive socket's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.receiver.socket.local_addr()
+    }
+
+    /// The source ports the pool sends from.
+    pub fn source_ports(&self) -> Vec<u16> {
+        self.senders
+            .iter()
+            .filter_map(|s| s.socket.local_addr().ok().map(|a| a.port()))
+            .collect()
+    }
+
+    /// The file descriptor to wait on for received datagrams.
+    pub fn receiver_fd(&self) -> std::os::fd::RawFd {
+        self.receiver.socket.as_raw_fd()
+    }
+
+    /// How many datagrams one GRO receive may coalesce (1 when GRO is off).
+    pub fn gro_segments(&self) -> usize {
+        self.receiver.state.gro_segments()
+    }
+
+    /// Receives a batch of datagrams (each buffer may hold several of `stride` bytes).
+    pub fn recv(
+        &self,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        self.receiver
+            .state
+            .recv(UdpSockRef::from(&self.receiver.socket), bufs, meta)
+    }
+
+    /// Queues `header ++ payload` for `destination`, from the pool socket `flow_hash` selects.
+    /// Nothing is sent until a batch fills or [`Underlay::flush`] runs.
+    pub fn queue(
+        &mut self,
+        destination: SocketAddr,
+        flow_hash: u32,
+        header: &[u8],
+        payload: &[u8],
+    ) {
+        let len = header.len() + payload.len();
+        let socket = flow_hash as usize % self.senders.len();
+        let fits = |b: &Batch| {
+            b.socket == socket
+                && b.destination == destination
+                && !b.closed
+                && len <= b.segment
+                && b.count < self.max_segments
+                && b.bytes.len() + len <= MAX_BATCH_BYTES
+        };
+        let index = match self.open.iter().position(fits) {
+            Some(index) => index,
+            None => {
+                if let Some(i) = self
+                    .open
+                    .iter()
+                    .position(|b| b.socket == socket && b.destination == destination)
+                {
+                    self.flush_one(i);
+                } else if self.open.len() >= OPEN_BATCHES {
+                    self.flush_one(0);
+                }
+                let mut bytes = self.spare.pop().unwrap_or_default();
+                bytes.clear();
+                bytes.reserve(MAX_BATCH_BYTES);
+                self.open.push(Batch {
+                    socket,
+                    destination,
+                    segment: len,
+                    count: 0,
+                    closed: false,
+                    bytes,
+                });
+                self.open.len() - 1
+            }
+        };
+        let batch = &mut self.open[index];
+        batch.bytes.extend_from_slice(header);
+        batch.bytes.extend_from_slice(payload);
+        batch.count += 1;
+        batch.closed = len < batch.segment;
+    }
+
+    /// Sends every queued batch.
+    pub fn flush(&mut self) -> FlushStats {
+        while !self.open.is_empty() {
+            self.flush_one(0);
+        }
+        std::mem::take(&mut self.stats)
+    }
+
+    fn flush_one(&mut self, index: usize) {
+        let batch = self.open.remove(index);
+        let sender = &self.senders[batch.socket];
+        self.stats.syscalls += 1;
+        match sender.send(batch.destination, &batch.bytes, batch.segment) {
+            Ok(()) => self.stats.sent += batch.count as u64,
+            Err(e)
+                if batch.count > 1
+                    && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+            {
+                // The path refused segmentation offload: send the datagrams one by one.
+                for chunk in batch.bytes.chunks(batch.segment) {
+                    self.stats.syscalls += 1;
+                    match sender.send(batch.destination, chunk, chunk.len()) {
+                        Ok(()) => self.stats.sent += 1,
+                        Err(_) => self.stats.failed += 1,
+                    }
+                }
+                self.max_segments = 1;
+            }
+            Err(_) => self.stats.failed += batch.count as u64,
+        }
+        self.spare.push(batch.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    fn receive_all(sink: &UdpSocket, expect: usize) -> Vec<Vec<u8>> {
+        sink.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 2048];
+        while got.len() < expect && Instant::now() < deadline {
+            if let Ok(n) = sink.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn batches_are_split_into_the_original_datagrams() {
+        let sink = UdpSocket::bind(loopback()).unwrap();
+        let dest = sink.local_addr().unwrap();
+        let mut underlay = Underlay::bind(loopback(), 1).unwrap();
+        let header = [8u8, 0, 0, 0, 0, 0, 42, 0];
+        for i in 0..10u8 {
+            underlay.queue(dest, 7, &header, &[i; 100]);
+        }
+        underlay.queue(dest, 7, &header, &[99; 10]);
+        underlay.queue(dest, 7, &header, &[98; 100]);
+        let stats = underlay.flush();
+        assert_eq!(stats.sent, 12);
+        assert!(stats.syscalls <= 3, "{stats:?}");
+        let got = receive_all(&sink, 12);
+        assert_eq!(got.len(), 12);
+        for (i, d) in got.iter().take(10).enumerate() {
+            assert_eq!(&d[..8], &header);
+            assert_eq!(&d[8..], &[i as u8; 100]);
+        }
+        assert_eq!(&got[10][8..], &[99; 10]);
+        assert_eq!(&got[11][8..], &[98; 100]);
+    }
+
+    #[test]
+    fn flow_hash_picks_the_source_port() {
+        let sink = UdpSocket::bind(loopback()).unwrap();
+        let dest = sink.local_addr().unwrap();
+        let mut underlay = Underlay::bind(loopback(), 4).unwrap();
+        let ports = underlay.source_ports();
+        assert_eq!(ports.len(), 4);
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        for hash in 0..8u32 {
+            underlay.queue(dest, hash, &[0; 8], &[1; 20]);
+            underlay.flush();
+            let (_, from) = sink.recv_from(&mut buf).unwrap();
+            assert_eq!(from.port(), ports[hash as usize % 4]);
+        }
+    }
+}
