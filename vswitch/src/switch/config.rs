@@ -21,6 +21,9 @@ pub struct SwitchConfig {
     pub max_dynamic_peers: usize,
     /// Answer ARP requests for known addresses locally instead of flooding them. Default true.
     pub arp_suppression: bool,
+    /// The VXLAN port peers listen on: where datagrams to a peer learned from its traffic go
+    /// (its source port is a flow hash, not its listening port).
+    pub vxlan_port: u16,
 }
 
 impl Default for SwitchConfig {
@@ -30,6 +33,7 @@ impl Default for SwitchConfig {
             accept_unknown_peers: false,
             max_dynamic_peers: 256,
             arp_suppression: true,
+            vxlan_port: 4789,
         }
     }
 }

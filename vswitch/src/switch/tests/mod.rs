@@ -15,7 +15,12 @@ use etherparse::{
 };
 
 use super::*;
+use crate::fdb::Location;
 use crate::tunnel::encap_header;
+use crate::wire::{
+    self, ArpOperation, ArpPacket, EthernetFrame, ICMPV4_ECHO_REPLY, Icmpv4Packet, Ipv4Packet,
+    MacAddr, Vni,
+};
 
 pub(super) fn vni(n: u32) -> Vni {
     Vni::try_from(n).unwrap()

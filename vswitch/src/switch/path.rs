@@ -1,0 +1,467 @@
+//! The per-frame path: a frame from a port or a datagram from a peer, turned into an [`Output`].
+
+use core::net::{Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use crate::fdb::{Learned, Location};
+use crate::tunnel::{self, VXLAN_HEADER_LEN};
+use crate::wire::{
+    self, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EtherType, EthernetFrame,
+    ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv6Packet,
+    MacAddr, Vni,
+};
+
+use super::{DropReason, Gateway, Output, PeerId, Port, PortId, Switch, Transmit};
+
+const ARP_FRAME_LEN: usize = ETHERNET_HEADER_LEN + ArpPacket::<&[u8]>::LEN;
+
+impl Switch {
+    /// Switches one frame read from a local port.
+    pub fn handle_frame(&mut self, now: Instant, port: PortId, frame: &[u8], out: &mut Output) {
+        out.clear();
+        out.frame = 0..frame.len();
+        let len = frame.len() as u64;
+        let Some(p) = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut) else {
+            self.counters.drops.bump(DropReason::UnknownPort);
+            out.dropped = Some(DropReason::UnknownPort);
+            return;
+        };
+        p.stats.rx_frames += 1;
+        p.stats.rx_bytes += len;
+        self.counters.port_rx_frames += 1;
+        self.counters.port_rx_bytes += len;
+        match self.frame_from_port(now, port, frame, out) {
+            Ok(()) => self.count_output(len, out),
+            Err(reason) => {
+                self.drop_output(reason, out);
+                if let Some(p) = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut) {
+                    p.stats.drops += 1;
+                }
+            }
+        }
+    }
+
+    /// Switches one VXLAN datagram (the UDP payload) received from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Output,
+    ) {
+        out.clear();
+        let len = datagram.len() as u64;
+        self.counters.peer_rx_datagrams += 1;
+        self.counters.peer_rx_bytes += len;
+        let mut peer = self.peer_by_addr.get(&from.ip()).copied();
+        if let Some(id) = peer
+            && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+        {
+            p.stats.rx_datagrams += 1;
+            p.stats.rx_bytes += len;
+        }
+        let result = self.datagram_from_peer(now, from, &mut peer, datagram, out);
+        match result {
+            Ok(()) => {
+                let inner_len = out.frame.len() as u64;
+                self.count_output(inner_len, out);
+            }
+            Err(reason) => {
+                self.drop_output(reason, out);
+                if let Some(id) = peer
+                    && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+                {
+                    p.stats.drops += 1;
+                }
+            }
+        }
+    }
+
+    fn drop_output(&mut self, reason: DropReason, out: &mut Output) {
+        out.ports.clear();
+        out.transmits.clear();
+        out.reply_port = None;
+        out.reply.clear();
+        out.dropped = Some(reason);
+        self.counters.drops.bump(reason);
+    }
+
+    fn count_output(&mut self, frame_len: u64, out: &Output) {
+        for &port in &out.ports {
+            if let Some(p) = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut) {
+                p.stats.tx_frames += 1;
+                p.stats.tx_bytes += frame_len;
+            }
+        }
+        let n = out.ports.len() as u64;
+        self.counters.port_tx_frames += n;
+        self.counters.port_tx_bytes += n * frame_len;
+        let datagram_len = frame_len + VXLAN_HEADER_LEN as u64;
+        for t in &out.transmits {
+            if let Some(p) = self
+                .peers
+                .get_mut(t.peer.0 as usize)
+                .and_then(Option::as_mut)
+            {
+                p.stats.tx_datagrams += 1;
+                p.stats.tx_bytes += datagram_len;
+            }
+        }
+        let n = out.transmits.len() as u64;
+        self.counters.peer_tx_datagrams += n;
+        self.counters.peer_tx_bytes += n * datagram_len;
+        if let Some((port, reply)) = out.reply() {
+            let reply_len = reply.len() as u64;
+            if let Some(p) = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut) {
+                p.stats.tx_frames += 1;
+                p.stats.tx_bytes += reply_len;
+            }
+            self.counters.port_tx_frames += 1;
+            self.counters.port_tx_bytes += reply_len;
+        }
+    }
+
+    fn learn(
+        &mut self,
+        now: Instant,
+        vni: Vni,
+        mac: MacAddr,
+        at: Location,
+    ) -> Result<(), DropReason> {
+        match self.fdb.learn(now, vni, mac, at) {
+            Learned::New => {
+                self.counters.fdb_learned += 1;
+                self.schedule_sweep(now);
+            }
+            Learned::Moved { .. } => self.counters.fdb_moves += 1,
+            Learned::Refreshed | Learned::Static => {}
+            Learned::Full => return Err(DropReason::FdbFull),
+        }
+        Ok(())
+    }
+
+    fn snoop_arp(&mut self, now: Instant, vni: Vni, arp: &ArpPacket<&[u8]>) {
+        let ip = arp.sender_ip();
+        let mac = arp.sender_mac();
+        if ip.is_unspecified() || !mac.is_unicast() || mac.is_zero() {
+            return;
+        }
+        if self.neighbours.learn(now, vni, ip, mac) {
+            self.schedule_sweep(now);
+        }
+    }
+
+    fn frame_from_port(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &[u8],
+        out: &mut Output,
+    ) -> Result<(), DropReason> {
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
+        let Some(p) = self.port_ref(port) else {
+            return Err(DropReason::UnknownPort);
+        };
+        let vni = p.config.vni;
+        let src = eth.src_addr();
+        let dst = eth.dst_addr();
+        if p.config.port_security && src != p.config.mac {
+            return Err(DropReason::SpoofedSource);
+        }
+        if !src.is_unicast() || src.is_zero() {
+            return Err(DropReason::Malformed);
+        }
+        let Some(net) = self.networks.get(&vni) else {
+            return Err(DropReason::UnknownVni);
+        };
+        if frame.len() > eth.header_len() + usize::from(net.config.mtu) {
+            return Err(DropReason::OverMtu);
+        }
+        let gateway = net.config.gateway;
+        let ethertype = eth.ethertype();
+        let payload = eth.payload();
+        let arp = if ethertype == EtherType::ARP {
+            Some(ArpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?)
+        } else {
+            None
+        };
+        if p.config.port_security {
+            check_source(p, ethertype, payload, arp.as_ref())?;
+        }
+        self.learn(now, vni, src, Location::Port(port))?;
+
+        if let Some(arp) = arp {
+            self.snoop_arp(now, vni, &arp);
+            if arp.operation() == ArpOperation::Request && !eth.is_tagged() {
+                let target = arp.target_ip();
+                let answer = match gateway {
+                    Some(gw) if gw.ip == target => {
+                        self.counters.gateway_arp_replies += 1;
+                        Some(gw.mac)
+                    }
+                    _ if self.config.arp_suppression => self
+                        .neighbours
+                        .lookup(vni, target)
+                        .filter(|&mac| mac != arp.sender_mac() && mac != src)
+                        .inspect(|_| self.counters.arp_suppressed += 1),
+                    _ => None,
+                };
+                if let Some(mac) = answer {
+                    write_arp_reply(&mut out.reply, src, &arp, mac);
+                    out.reply_port = Some(port);
+                    return Ok(());
+                }
+            }
+        }
+
+        if let Some(gw) = gateway
+            && dst == gw.mac
+        {
+            if write_echo_reply(&mut out.reply, &eth, gw)? {
+                self.counters.gateway_echo_replies += 1;
+                out.reply_port = Some(port);
+                return Ok(());
+            }
+            return Err(DropReason::Gateway);
+        }
+
+        let Some(net) = self.networks.get(&vni) else {
+            return Err(DropReason::UnknownVni);
+        };
+        let known = if dst.is_unicast() {
+            self.fdb.lookup(vni, dst)
+        } else {
+            None
+        };
+        match known {
+            Some(Location::Port(to)) if to == port => return Err(DropReason::Hairpin),
+            Some(Location::Port(to)) => out.ports.push(to),
+            Some(Location::Peer(to)) => {
+                let Some(peer) = self.peers.get(to.0 as usize).and_then(Option::as_ref) else {
+                    return Err(DropReason::UnknownPeer);
+                };
+                out.transmits.push(Transmit {
+                    peer: to,
+                    addr: peer.addr,
+                });
+            }
+            None => {
+                out.ports
+                    .extend(net.ports.iter().copied().filter(|&p| p != port));
+                out.transmits.extend_from_slice(&net.transmits);
+                if out.ports.is_empty() && out.transmits.is_empty() {
+                    return Err(DropReason::NoMembers);
+                }
+                self.counters.flooded += 1;
+            }
+        }
+        if !out.transmits.is_empty() {
+            out.header = net.header;
+            out.flow_hash = wire::flow_hash(frame);
+        }
+        Ok(())
+    }
+
+    fn datagram_from_peer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        peer: &mut Option<PeerId>,
+        datagram: &[u8],
+        out: &mut Output,
+    ) -> Result<(), DropReason> {
+        if peer.is_none() && !self.config.accept_unknown_peers {
+            return Err(DropReason::UnknownPeer);
+        }
+        let (vni, range) = tunnel::decap_range(datagram)?;
+        out.frame = range.clone();
+        let Some(net) = self.networks.get(&vni) else {
+            return Err(DropReason::UnknownVni);
+        };
+        let gateway = net.config.gateway;
+        let id = match *peer {
+            Some(id) => {
+                let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+                    return Err(DropReason::UnknownPeer);
+                };
+                if p.dynamic {
+                    p.last_seen = Some(now);
+                }
+                if !p.vnis.contains(&vni) {
+                    if !p.dynamic {
+                        return Err(DropReason::NotMember);
+                    }
+                    p.vnis.push(vni);
+                    p.vnis.sort_unstable();
+                    self.rebuild_membership(id);
+                }
+                id
+            }
+            None => {
+                if self.dynamic_peers >= self.config.max_dynamic_peers {
+                    return Err(DropReason::UnknownPeer);
+                }
+                let to = SocketAddr::new(from.ip(), self.config.vxlan_port);
+                let id = self.insert_peer(to, vec![vni], true, Some(now));
+                self.counters.dynamic_peers_created += 1;
+                self.schedule_sweep(now);
+                if let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                    p.stats.rx_datagrams += 1;
+                    p.stats.rx_bytes += datagram.len() as u64;
+                }
+                *peer = Some(id);
+                id
+            }
+        };
+
+        let inner = &datagram[range];
+        let eth = EthernetFrame::new_checked(inner).map_err(|_| DropReason::Runt)?;
+        let src = eth.src_addr();
+        let dst = eth.dst_addr();
+        if !src.is_unicast() || src.is_zero() {
+            return Err(DropReason::Malformed);
+        }
+        let arp = if eth.ethertype() == EtherType::ARP {
+            Some(ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?)
+        } else {
+            None
+        };
+        self.learn(now, vni, src, Location::Peer(id))?;
+        if let Some(arp) = arp {
+            self.snoop_arp(now, vni, &arp);
+        }
+        if gateway.is_some_and(|gw| gw.mac == dst) {
+            return Err(DropReason::Gateway);
+        }
+        let known = if dst.is_unicast() {
+            self.fdb.lookup(vni, dst)
+        } else {
+            None
+        };
+        match known {
+            Some(Location::Port(to)) => out.ports.push(to),
+            Some(Location::Peer(_)) => return Err(DropReason::NotLocal),
+            None => {
+                let Some(net) = self.networks.get(&vni) else {
+                    return Err(DropReason::UnknownVni);
+                };
+                out.ports.extend_from_slice(&net.ports);
+                if out.ports.is_empty() {
+                    return Err(DropReason::NoMembers);
+                }
+                self.counters.flooded += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Port security on addresses: IPv4 source and ARP sender must be the port's (or unspecified),
+/// IPv6 source the port's, link-local or unspecified. Each family is checked only when the port
+/// has addresses of that family; the ARP sender MAC must always be the port's.
+fn check_source(
+    port: &Port,
+    ethertype: EtherType,
+    payload: &[u8],
+    arp: Option<&ArpPacket<&[u8]>>,
+) -> Result<(), DropReason> {
+    let v4_ok =
+        |ip: Ipv4Addr| port.ipv4.is_empty() || ip.is_unspecified() || port.ipv4.contains(&ip);
+    match ethertype {
+        EtherType::ARP => {
+            if let Some(arp) = arp
+                && (arp.sender_mac() != port.config.mac || !v4_ok(arp.sender_ip()))
+            {
+                return Err(DropReason::SpoofedSource);
+            }
+        }
+        EtherType::IPV4 => {
+            let ip = Ipv4Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            if !v4_ok(ip.src_addr()) {
+                return Err(DropReason::SpoofedSource);
+            }
+        }
+        EtherType::IPV6 => {
+            let ip = Ipv6Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            let src = ip.src_addr();
+            if !port.ipv6.is_empty()
+                && !src.is_unspecified()
+                && !src.is_unicast_link_local()
+                && !port.ipv6.contains(&src)
+            {
+                return Err(DropReason::SpoofedSource);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Writes into `buf` the ARP reply to `request` (sent by `requester`) saying the target IP is at
+/// `mac`.
+fn write_arp_reply(
+    buf: &mut Vec<u8>,
+    requester: MacAddr,
+    request: &ArpPacket<&[u8]>,
+    mac: MacAddr,
+) {
+    buf.clear();
+    buf.resize(ARP_FRAME_LEN, 0);
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.set_dst_addr(requester);
+    eth.set_src_addr(mac);
+    eth.set_outer_ethertype(EtherType::ARP);
+    let mut arp = ArpPacket::new_unchecked(eth.payload_mut());
+    arp.fill_header();
+    arp.set_operation(ArpOperation::Reply);
+    arp.set_sender_mac(mac);
+    arp.set_sender_ip(request.target_ip());
+    arp.set_target_mac(request.sender_mac());
+    arp.set_target_ip(request.sender_ip());
+}
+
+/// If `eth` is an ICMP echo request to the gateway, writes the echo reply into `buf` and returns
+/// true; false if it is something else for the gateway; an error if it is malformed.
+fn write_echo_reply(
+    buf: &mut Vec<u8>,
+    eth: &EthernetFrame<&[u8]>,
+    gw: Gateway,
+) -> Result<bool, DropReason> {
+    if eth.is_tagged() || eth.ethertype() != EtherType::IPV4 {
+        return Ok(false);
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+    if !ip.verify_checksum() {
+        return Err(DropReason::Malformed);
+    }
+    if ip.dst_addr() != gw.ip || ip.protocol() != IpProtocol::ICMP || ip.is_fragment() {
+        return Ok(false);
+    }
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).map_err(|_| DropReason::Malformed)?;
+    if icmp.msg_type() != ICMPV4_ECHO_REQUEST || icmp.code() != 0 {
+        return Ok(false);
+    }
+    if !icmp.verify_checksum() {
+        return Err(DropReason::Malformed);
+    }
+    let requester = eth.src_addr();
+    let requester_ip = ip.src_addr();
+    let len = ETHERNET_HEADER_LEN + usize::from(ip.total_len());
+    let Some(request) = eth.clone().into_inner().get(..len) else {
+        return Err(DropReason::Malformed);
+    };
+    buf.clear();
+    buf.extend_from_slice(request);
+    let mut reply = EthernetFrame::new_unchecked(&mut buf[..]);
+    reply.set_dst_addr(requester);
+    reply.set_src_addr(gw.mac);
+    let mut ip = Ipv4Packet::new_unchecked(reply.payload_mut());
+    ip.set_src_addr(gw.ip);
+    ip.set_dst_addr(requester_ip);
+    ip.set_ttl(64);
+    ip.fill_checksum();
+    let mut icmp = Icmpv4Packet::new_unchecked(ip.payload_mut());
+    icmp.set_msg_type(ICMPV4_ECHO_REPLY);
+    icmp.fill_checksum();
+    Ok(true)
+}
