@@ -140,6 +140,7 @@ fn from_u128(family: IpNet, value: u128) -> IpAddr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

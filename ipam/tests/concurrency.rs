@@ -4,6 +4,8 @@
 //! The processes are this test binary run again with `IPAM_CONCURRENCY_CHILD` set, which makes
 //! `child_process_worker` do the work instead of returning at once.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,10 +20,11 @@ const THREADS: usize = 6;
 const PROCESSES: usize = 3;
 
 fn config() -> PoolConfig {
-    let mut c = PoolConfig::default();
-    c.node_prefix = Some(22);
-    c.hold = Duration::ZERO;
-    c
+    PoolConfig {
+        node_prefix: Some(22),
+        hold: Duration::ZERO,
+        ..PoolConfig::default()
+    }
 }
 
 /// Allocates `PER_WORKER` addresses for owners named after `worker`, releasing every third one

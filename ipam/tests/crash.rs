@@ -6,6 +6,8 @@
 //! `child_process_churn` do the work instead of returning at once. It reports each finished
 //! operation on stdout: `ready`, `alloc <container> <address>`, `release <container>`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -21,10 +23,11 @@ const CHILD_ENV: &str = "IPAM_CRASH_CHILD";
 const KILLS: usize = 40;
 
 fn config() -> PoolConfig {
-    let mut c = PoolConfig::default();
-    c.node_prefix = Some(23);
-    c.hold = Duration::ZERO;
-    c
+    PoolConfig {
+        node_prefix: Some(23),
+        hold: Duration::ZERO,
+        ..PoolConfig::default()
+    }
 }
 
 fn owner(container: &str) -> Owner {

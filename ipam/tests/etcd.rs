@@ -2,6 +2,8 @@
 //! disjoint addresses under concurrent load, a stopped node's subnet is freed after the TTL, and
 //! a lapsed claim is restored while nobody else took it.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/etcd_server.rs"]
 mod etcd_server;
 

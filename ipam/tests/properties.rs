@@ -2,6 +2,8 @@
 //! against a model, on the in-memory and the embedded store. No address is ever leased twice,
 //! none is lost, and reuse follows the hold-time and oldest-first rules.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;

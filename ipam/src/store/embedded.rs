@@ -136,6 +136,7 @@ impl Store for EmbeddedStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

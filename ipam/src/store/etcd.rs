@@ -477,6 +477,7 @@ impl Store for EtcdStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

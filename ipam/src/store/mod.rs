@@ -248,6 +248,7 @@ impl Store for MemStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -37,6 +37,12 @@ impl EtcdServer {
         panic!("etcd did not start: {last}");
     }
 
+    /// The server's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn try_start() -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (client, peer) = (free_port()?, free_port()?);
