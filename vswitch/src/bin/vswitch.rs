@@ -44,6 +44,9 @@ enum Command {
     Fdb(Output),
     /// The peers and their traffic.
     Peers(Output),
+    /// Make the daemon re-read its config file and apply added or removed networks and peers
+    /// (as SIGHUP does).
+    Reload,
     /// Build a throwaway two-host cluster in namespaces on this machine, show it working, measure
     /// it against the kernel's VXLAN, and remove everything.
     Demo(vswitch::demo::DemoOptions),
@@ -146,6 +149,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Peers(o) => match call(Request::Peers)? {
             Reply::Peers(p) => print(o.json, &p, |p| render::peers(p)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        Command::Reload => match call(Request::Reload)? {
+            Reply::Reloaded(summary) => {
+                println!("{summary}");
+                Ok(())
+            }
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),

@@ -189,6 +189,10 @@ pub struct StatusView {
     pub traffic: Traffic,
     /// Dropped frames and datagrams by reason; reasons that never happened are left out.
     pub drops: Vec<(String, u64)>,
+    /// Frames a container's TAP refused (its queue was full or it was going away).
+    pub tap_write_errors: u64,
+    /// Datagrams the underlay refused (socket buffer full, no route, larger than the path MTU).
+    pub udp_send_errors: u64,
 }
 
 /// A successful reply's payload.

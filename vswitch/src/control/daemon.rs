@@ -526,9 +526,13 @@ impl Daemon {
     }
 
     fn status(&self, state: &State) -> anyhow::Result<StatusView> {
-        let (counters, fdb_entries) = self
-            .datapath
-            .run(|w| (w.switch().counters().clone(), w.switch().fdb().len()))?;
+        let (counters, fdb_entries, io) = self.datapath.run(|w| {
+            (
+                w.switch().counters().clone(),
+                w.switch().fdb().len(),
+                w.io_counters(),
+            )
+        })?;
         let networks = state
             .networks
             .values()
@@ -567,6 +571,8 @@ impl Daemon {
                 .filter(|(_, n)| *n > 0)
                 .map(|(reason, n)| (reason.as_str().to_owned(), n))
                 .collect(),
+            tap_write_errors: io.tap_write_errors,
+            udp_send_errors: io.udp_send_errors,
         })
     }
 
@@ -621,7 +627,7 @@ impl Daemon {
                 age_secs: if is_static { 0 } else { age.as_secs() },
             })
             .collect();
-        views.sort_by(|a, b| (a.vni, a.mac).cmp(&(b.vni, b.mac)));
+        views.sort_by_key(|v| (v.vni, v.mac));
         Ok(views)
     }
 

@@ -91,7 +91,9 @@ pub fn status(s: &StatusView) -> String {
     let [rx, rxb, tx, txb, drops] = traffic_cells(&s.traffic);
     let _ = write!(
         text,
-        "\ntraffic  rx {rx} frames ({rxb})  tx {tx} frames ({txb})  dropped {drops}\n"
+        "\ntraffic  rx {rx} frames ({rxb})  tx {tx} frames ({txb})  dropped {drops}\n\
+         refused  by TAPs {}  by the underlay {}\n",
+        s.tap_write_errors, s.udp_send_errors
     );
     if !s.drops.is_empty() {
         let rows: Vec<Vec<String>> = s

@@ -146,6 +146,13 @@ pub struct Host {
     daemon_pid: Option<u32>,
 }
 
+impl Host {
+    /// The process id of its `vswitchd`, while one runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon_pid
+    }
+}
+
 /// A namespace standing in for a container.
 pub struct Container {
     /// Its namespace name (as `ip netns` knows it).
