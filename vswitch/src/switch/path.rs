@@ -18,6 +18,20 @@ const ARP_FRAME_LEN: usize = ETHERNET_HEADER_LEN + ArpPacket::<&[u8]>::LEN;
 impl Switch {
     /// Switches one frame read from a local port.
     pub fn handle_frame(&mut self, now: Instant, port: PortId, frame: &[u8], out: &mut Output) {
+        self.handle_frame_segmented(now, port, frame, frame.len(), out);
+    }
+
+    /// Switches a frame that the caller will cut into frames of at most `segment_len` bytes
+    /// before they reach a wire (a TSO/USO super-frame from a TAP with offloads): the MTU is
+    /// checked against `segment_len`, everything else as [`Switch::handle_frame`].
+    pub fn handle_frame_segmented(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &[u8],
+        segment_len: usize,
+        out: &mut Output,
+    ) {
         out.clear();
         out.frame = 0..frame.len();
         let len = frame.len() as u64;
@@ -30,7 +44,7 @@ impl Switch {
         p.stats.rx_bytes += len;
         self.counters.port_rx_frames += 1;
         self.counters.port_rx_bytes += len;
-        match self.frame_from_port(now, port, frame, out) {
+        match self.frame_from_port(now, port, frame, segment_len.min(frame.len()), out) {
             Ok(()) => self.count_output(len, out),
             Err(reason) => {
                 self.drop_output(reason, out);
@@ -156,6 +170,7 @@ impl Switch {
         now: Instant,
         port: PortId,
         frame: &[u8],
+        segment_len: usize,
         out: &mut Output,
     ) -> Result<(), DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
@@ -174,7 +189,7 @@ impl Switch {
         let Some(net) = self.networks.get(&vni) else {
             return Err(DropReason::UnknownVni);
         };
-        if frame.len() > eth.header_len() + usize::from(net.config.mtu) {
+        if segment_len > eth.header_len() + usize::from(net.config.mtu) {
             return Err(DropReason::OverMtu);
         }
         let gateway = net.config.gateway;

@@ -821,3 +821,55 @@ fn every_drop_reason_is_counted() {
     }
     assert_eq!(sw.counters().drops.total(), DropReason::COUNT as u64);
 }
+
+#[test]
+fn peers_are_recognised_by_address_whatever_their_source_port() {
+    let (mut sw, p) = one_switch(SwitchConfig::default(), 1);
+    let t0 = Instant::now();
+    let mut out = Output::new();
+    let configured = peer_addr(2);
+    sw.add_peer(configured, &[Vni::DEFAULT]);
+    // A VTEP sends from a port chosen by the inner flow's hash, not from 4789.
+    let from = SocketAddr::new(configured.ip(), 51_234);
+    let frame = udp(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), 1);
+    sw.handle_datagram(t0, from, &datagram(Vni::DEFAULT, &frame), &mut out);
+    assert_eq!(out.ports(), &[p[0]]);
+    // Replies go to the peer's configured VXLAN port.
+    let reply = udp(mac(0, 0), mac(2, 0), ip(0, 10), ip(2, 10), 1);
+    sw.handle_frame(t0, p[0], &reply, &mut out);
+    assert_eq!(out.transmits().len(), 1);
+    assert_eq!(out.transmits()[0].addr, configured);
+}
+
+#[test]
+fn dynamic_peers_are_answered_on_the_vxlan_port() {
+    let config = SwitchConfig {
+        accept_unknown_peers: true,
+        vxlan_port: 8472,
+        ..SwitchConfig::default()
+    };
+    let (mut sw, p) = one_switch(config, 1);
+    let t0 = Instant::now();
+    let mut out = Output::new();
+    let from = SocketAddr::new(peer_addr(2).ip(), 40_000);
+    let frame = udp(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), 1);
+    sw.handle_datagram(t0, from, &datagram(Vni::DEFAULT, &frame), &mut out);
+    assert_eq!(out.ports(), &[p[0]]);
+    let reply = udp(mac(0, 0), mac(2, 0), ip(0, 10), ip(2, 10), 1);
+    sw.handle_frame(t0, p[0], &reply, &mut out);
+    assert_eq!(out.transmits()[0].addr, SocketAddr::new(from.ip(), 8472));
+}
+
+#[test]
+fn super_frames_are_checked_against_the_mtu_by_segment() {
+    let (mut sw, p) = one_switch(SwitchConfig::default(), 2);
+    let t0 = Instant::now();
+    let mut out = Output::new();
+    let super_frame = udp(mac(0, 0), mac(0, 1), ip(0, 10), ip(0, 11), 20_000);
+    sw.handle_frame(t0, p[0], &super_frame, &mut out);
+    assert_eq!(out.dropped(), Some(DropReason::OverMtu));
+    sw.handle_frame_segmented(t0, p[0], &super_frame, 14 + 1450, &mut out);
+    assert_eq!(out.ports(), &[p[1]]);
+    sw.handle_frame_segmented(t0, p[0], &super_frame, 14 + 1451, &mut out);
+    assert_eq!(out.dropped(), Some(DropReason::OverMtu));
+}
