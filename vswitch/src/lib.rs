@@ -15,6 +15,7 @@ pub mod demo;
 pub mod fdb;
 pub mod io;
 pub mod lab;
+pub mod offload;
 pub mod switch;
 pub mod tunnel;
 pub mod wire;

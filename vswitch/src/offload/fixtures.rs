@@ -1,0 +1,1 @@
+//! Test frames built with etherparse.
