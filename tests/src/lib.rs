@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use netns::NetNs;
+
+pub mod wire_check;
 use vswitch::control::api::{FdbView, Reply, Request};
 pub use vswitch::lab::{HostKind, Lab, NetworkSpec};
 

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use netns::{NetNs, Netlink, Tap, TapOptions};
+use netns::{NetNs, Netlink, Offloads, Tap, TapOptions};
 
 use super::api::Attachment;
 use crate::wire::MacAddr;
@@ -44,18 +44,25 @@ fn staging_name(a: &Attachment) -> String {
     format!("vs{:08x}", hasher.finish() as u32)
 }
 
-fn tap_options(name: &str) -> TapOptions {
+fn tap_options(name: &str, offloads: bool) -> TapOptions {
     let mut options = TapOptions::new(name);
     options.persist = true;
+    if offloads {
+        // The kernel may accept fewer; netns falls back and reports what it took.
+        options.vnet_hdr = true;
+        options.offloads =
+            Offloads::CSUM | Offloads::TSO4 | Offloads::TSO6 | Offloads::USO4 | Offloads::USO6;
+    }
     options
 }
 
 /// Makes sure the container has the interface `a` describes, fully configured, and returns the
-/// open TAP. Creates it when absent, re-opens it when present.
-pub fn ensure_interface(a: &Attachment, ns: &NetNs) -> Result<Tap, AttachError> {
+/// open TAP. Creates it when absent, re-opens it when present. With `offloads`, the TAP carries
+/// virtio-net headers and takes checksum offload and TCP/UDP segmentation offload.
+pub fn ensure_interface(a: &Attachment, ns: &NetNs, offloads: bool) -> Result<Tap, AttachError> {
     let inside = Netlink::in_namespace(ns)?;
     let tap = if inside.link_index(&a.ifname)?.is_some() {
-        let options = tap_options(&a.ifname);
+        let options = tap_options(&a.ifname, offloads);
         ns.run(|| Tap::attach(&options))?
             .map_err(|_| AttachError::NameTaken {
                 ifname: a.ifname.clone(),
@@ -66,7 +73,7 @@ pub fn ensure_interface(a: &Attachment, ns: &NetNs) -> Result<Tap, AttachError> 
         let staging = staging_name(a);
         // A leftover of an attach interrupted before the move.
         here.delete_link(&staging)?;
-        let tap = Tap::create(&tap_options(&staging))?;
+        let tap = Tap::create(&tap_options(&staging, offloads))?;
         here.set_mac(&staging, a.mac.0)?;
         here.set_mtu(&staging, u32::from(a.mtu))?;
         if let Err(e) = here.move_to_namespace_as(&staging, ns, &a.ifname) {

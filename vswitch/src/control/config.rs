@@ -73,6 +73,11 @@ pub struct NodeConfig {
     /// over flows.
     #[serde(default = "default_source_ports")]
     pub source_ports: usize,
+    /// Let containers hand the switch 64 KB TCP/UDP super-frames with partial checksums
+    /// (virtio-net headers on the TAPs), segmented in userspace towards peers and coalesced
+    /// from them. Off: one MTU-sized frame per read and write.
+    #[serde(default = "default_true")]
+    pub offloads: bool,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.

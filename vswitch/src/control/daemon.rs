@@ -280,7 +280,8 @@ impl Daemon {
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
-        let tap = attach::ensure_interface(a, ns)?;
+        let tap = attach::ensure_interface(a, ns, state.config.node.offloads)?;
+        let vnet_hdr = tap.vnet_hdr_len() > 0;
         let queue = tap
             .into_queues()
             .into_iter()
@@ -297,7 +298,7 @@ impl Daemon {
         };
         let id = self
             .datapath
-            .run(move |w| w.add_port(TapQueue::new(queue), port))??;
+            .run(move |w| w.add_port(TapQueue::new(queue, vnet_hdr), port))??;
         Ok(id)
     }
 

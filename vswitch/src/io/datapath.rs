@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 use super::partial_checksum::complete_partial_checksum;
 use super::tap::TapQueue;
 use super::udp::Underlay;
+use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr};
 use crate::switch::{Output, PortConfig, PortId, Switch, SwitchConfig, SwitchError};
 
 const WAKER: Token = Token(0);
@@ -30,7 +31,7 @@ const PORT_BUDGET: usize = 64;
 /// recvmmsg calls per round before the worker turns to the TAP queues.
 const UNDERLAY_BUDGET: usize = 4;
 /// Room for one frame read from a TAP queue (a 64 KB super-frame when offloads are on).
-const FRAME_BUFFER: usize = 65_536;
+const FRAME_BUFFER: usize = 65_536 + VNET_HDR_LEN;
 /// Room for one (possibly GRO-coalesced) receive.
 const DATAGRAM_BUFFER: usize = 65_536;
 
@@ -66,6 +67,8 @@ pub struct IoCounters {
     pub udp_recv_calls: u64,
     /// Loop iterations (wakeups).
     pub wakeups: u64,
+    /// Super-frames or offload headers from a TAP that could not be segmented or completed.
+    pub offload_errors: u64,
 }
 
 /// A handle on the running datapath thread.
@@ -97,6 +100,8 @@ impl Datapath {
             ports: Vec::new(),
             slots: FxHashMap::default(),
             out: Output::default(),
+            segments: Segments::new(),
+            coalescer: Coalescer::new(),
             counters: IoCounters::default(),
             running: true,
         };
@@ -172,6 +177,8 @@ pub struct Worker {
     ports: Vec<Option<PortSlot>>,
     slots: FxHashMap<PortId, usize>,
     out: Output,
+    segments: Segments,
+    coalescer: Coalescer,
     counters: IoCounters,
     running: bool,
 }
@@ -286,22 +293,28 @@ impl Worker {
         Ok(())
     }
 
-    /// Drains up to `UNDERLAY_BUDGET` receive calls; true when more may be waiting.
+    /// Drains up to `UNDERLAY_BUDGET` receive calls; true when more may be waiting. Frames for
+    /// ports with offloads are coalesced per flow and written at the end of the batch.
     fn receive_datagrams(
         &mut self,
         now: Instant,
         buffers: &mut [Vec<u8>],
         meta: &mut [RecvMeta],
     ) -> bool {
+        let mut more = true;
         for _ in 0..UNDERLAY_BUDGET {
             let mut slices: Vec<IoSliceMut<'_>> =
                 buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             self.counters.udp_recv_calls += 1;
             let count = match self.underlay.recv(&mut slices, meta) {
                 Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
+                Err(_) => {
+                    // WouldBlock: drained. Other errors (an ICMP error queued on the socket)
+                    // concern one earlier datagram; the next wakeup carries on.
+                    more = false;
+                    break;
+                }
             };
             drop(slices);
             for (buffer, meta) in buffers.iter_mut().zip(meta.iter()).take(count) {
@@ -313,31 +326,59 @@ impl Worker {
                     if self.out.ports().is_empty() {
                         continue;
                     }
-                    if let Some(frame) = datagram.get_mut(self.out.frame_range()) {
-                        complete_partial_checksum(frame);
-                        Self::deliver(
-                            &self.out,
-                            frame,
-                            &self.ports,
-                            &self.slots,
-                            &mut self.counters,
-                        );
+                    let Some(frame) = datagram.get_mut(self.out.frame_range()) else {
+                        continue;
+                    };
+                    complete_partial_checksum(frame);
+                    let Self {
+                        out,
+                        ports,
+                        slots,
+                        coalescer,
+                        counters,
+                        ..
+                    } = self;
+                    for id in out.ports() {
+                        let Some(&slot) = slots.get(id) else { continue };
+                        let Some(Some(port)) = ports.get(slot) else {
+                            continue;
+                        };
+                        if port.queue.has_vnet_hdr() {
+                            coalescer.push(slot as u32, frame, &mut |slot, hdr, bytes| {
+                                write_slot(ports, counters, slot as usize, hdr, bytes);
+                            });
+                        } else if port.queue.write(&VnetHdr::default(), frame).is_err() {
+                            counters.tap_write_errors += 1;
+                        }
                     }
                 }
             }
         }
-        true
+        let Self {
+            ports,
+            coalescer,
+            counters,
+            ..
+        } = self;
+        coalescer.flush(&mut |slot, hdr, bytes| {
+            write_slot(ports, counters, slot as usize, hdr, bytes);
+        });
+        more
     }
 
     /// Reads up to `PORT_BUDGET` frames from one TAP queue.
-    fn read_port(&mut self, now: Instant, slot: usize, frame: &mut [u8]) {
+    fn read_port(&mut self, now: Instant, slot: usize, buf: &mut [u8]) {
         for _ in 0..PORT_BUDGET {
             let Some(port) = self.ports[slot].as_ref() else {
                 return;
             };
-            let len = match port.queue.read(frame) {
-                Ok(len) => len,
+            let (hdr, range) = match port.queue.read(buf) {
+                Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.counters.offload_errors += 1;
+                    continue;
+                }
                 Err(_) => {
                     // WouldBlock: drained. Any other error: the device is gone; detach cleans up.
                     if let Some(port) = self.ports[slot].as_mut() {
@@ -347,50 +388,87 @@ impl Worker {
                 }
             };
             let id = port.id;
-            let frame = &frame[..len];
-            self.switch.handle_frame(now, id, frame, &mut self.out);
-            Self::deliver(
-                &self.out,
-                frame,
-                &self.ports,
-                &self.slots,
-                &mut self.counters,
-            );
-            for transmit in self.out.transmits() {
-                self.underlay.queue(
-                    transmit.addr,
-                    self.out.flow_hash(),
-                    self.out.vxlan_header(),
-                    frame,
-                );
-            }
-        }
-    }
-
-    /// Writes `frame` to every port the core chose, and the core's own reply if it made one.
-    fn deliver(
-        out: &Output,
-        frame: &[u8],
-        ports: &[Option<PortSlot>],
-        slots: &FxHashMap<PortId, usize>,
-        counters: &mut IoCounters,
-    ) {
-        let mut write = |id: PortId, bytes: &[u8]| {
-            let queue = slots
-                .get(&id)
-                .and_then(|&slot| ports.get(slot))
-                .and_then(Option::as_ref);
-            if let Some(port) = queue {
-                if port.queue.write(bytes).is_err() {
-                    counters.tap_write_errors += 1;
+            let frame = &buf[range];
+            let segment_len = if hdr.is_gso() {
+                usize::from(hdr.hdr_len) + usize::from(hdr.gso_size)
+            } else {
+                frame.len()
+            };
+            self.switch
+                .handle_frame_segmented(now, id, frame, segment_len, &mut self.out);
+            let needs_work = hdr.is_gso() || hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
+            let mut segmented = false;
+            for &dest in self.out.ports() {
+                let Some(&dest_slot) = self.slots.get(&dest) else {
+                    continue;
+                };
+                let Some(Some(port)) = self.ports.get(dest_slot) else {
+                    continue;
+                };
+                if port.queue.has_vnet_hdr() || !needs_work {
+                    write_slot(&self.ports, &mut self.counters, dest_slot, &hdr, frame);
+                    continue;
+                }
+                // A port without offloads takes only finished, MTU-sized frames.
+                if !segmented {
+                    self.segments.clear();
+                    if offload::segment(&hdr, frame, &mut self.segments).is_err() {
+                        self.counters.offload_errors += 1;
+                        break;
+                    }
+                    segmented = true;
+                }
+                for piece in self.segments.iter() {
+                    write_slot(
+                        &self.ports,
+                        &mut self.counters,
+                        dest_slot,
+                        &VnetHdr::default(),
+                        piece,
+                    );
                 }
             }
-        };
-        for &id in out.ports() {
-            write(id, frame);
-        }
-        if let Some((id, reply)) = out.reply() {
-            write(id, reply);
+            if let Some((reply_port, reply)) = self.out.reply() {
+                if let Some(&reply_slot) = self.slots.get(&reply_port) {
+                    write_slot(
+                        &self.ports,
+                        &mut self.counters,
+                        reply_slot,
+                        &VnetHdr::default(),
+                        reply,
+                    );
+                }
+            }
+            if self.out.transmits().is_empty() {
+                continue;
+            }
+            if needs_work && !segmented {
+                self.segments.clear();
+                if offload::segment(&hdr, frame, &mut self.segments).is_err() {
+                    self.counters.offload_errors += 1;
+                    continue;
+                }
+                segmented = true;
+            }
+            for transmit in self.out.transmits() {
+                if segmented {
+                    for piece in self.segments.iter() {
+                        self.underlay.queue(
+                            transmit.addr,
+                            self.out.flow_hash(),
+                            self.out.vxlan_header(),
+                            piece,
+                        );
+                    }
+                } else {
+                    self.underlay.queue(
+                        transmit.addr,
+                        self.out.flow_hash(),
+                        self.out.vxlan_header(),
+                        frame,
+                    );
+                }
+            }
         }
     }
 
@@ -398,5 +476,20 @@ impl Worker {
         let stats = self.underlay.flush();
         self.counters.udp_send_calls += stats.syscalls;
         self.counters.udp_send_errors += stats.failed;
+    }
+}
+
+/// Writes one frame to the port in `slot`, counting a refusal.
+fn write_slot(
+    ports: &[Option<PortSlot>],
+    counters: &mut IoCounters,
+    slot: usize,
+    hdr: &VnetHdr,
+    frame: &[u8],
+) {
+    if let Some(Some(port)) = ports.get(slot) {
+        if port.queue.write(hdr, frame).is_err() {
+            counters.tap_write_errors += 1;
+        }
     }
 }

@@ -1,18 +1,29 @@
 //! A container's TAP queue as the datapath sees it: non-blocking reads and writes of whole
-//! Ethernet frames (no packet-info header) on a file descriptor the `netns` crate opened.
+//! Ethernet frames (no packet-info header) on a file descriptor the `netns` crate opened, each
+//! preceded by a virtio-net header when the queue was opened with one (`IFF_VNET_HDR`), which
+//! is how TSO/USO super-frames and checksum offload cross the TAP.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::offload::{VNET_HDR_LEN, VnetHdr};
 
 /// One TAP queue owned by the datapath.
 pub struct TapQueue {
     fd: OwnedFd,
+    vnet_hdr: bool,
 }
 
 impl TapQueue {
-    /// Takes over an open, non-blocking TAP queue.
-    pub fn new(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// Takes over an open, non-blocking TAP queue; `vnet_hdr` says whether every frame on it
+    /// carries a 12-byte virtio-net header.
+    pub fn new(fd: OwnedFd, vnet_hdr: bool) -> Self {
+        Self { fd, vnet_hdr }
+    }
+
+    /// Whether frames carry a virtio-net header (and may be super-frames).
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
     }
 
     /// The descriptor to wait on.
@@ -20,13 +31,27 @@ impl TapQueue {
         self.fd.as_raw_fd()
     }
 
-    /// Reads one frame; `WouldBlock` when the queue is empty.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        nix::unistd::read(self.fd.as_fd(), buf).map_err(io::Error::from)
+    /// Reads one frame into `buf`; returns its header (all zero without vnet headers) and the
+    /// frame's range in `buf`. `WouldBlock` when the queue is empty.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<(VnetHdr, std::ops::Range<usize>)> {
+        let n = nix::unistd::read(self.fd.as_fd(), buf).map_err(io::Error::from)?;
+        if !self.vnet_hdr {
+            return Ok((VnetHdr::default(), 0..n));
+        }
+        let hdr = VnetHdr::parse(&buf[..n.min(buf.len())])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok((hdr, VNET_HDR_LEN.min(n)..n))
     }
 
-    /// Writes one frame.
-    pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
-        nix::unistd::write(self.fd.as_fd(), frame).map_err(io::Error::from)
+    /// Writes one frame with its header; a queue without vnet headers must only be given
+    /// frames whose header is empty (the caller segments and completes checksums first).
+    pub fn write(&self, hdr: &VnetHdr, frame: &[u8]) -> io::Result<usize> {
+        if self.vnet_hdr {
+            let hdr = hdr.emit();
+            nix::sys::uio::writev(self.fd.as_fd(), &[IoSlice::new(&hdr), IoSlice::new(frame)])
+                .map_err(io::Error::from)
+        } else {
+            nix::unistd::write(self.fd.as_fd(), frame).map_err(io::Error::from)
+        }
     }
 }

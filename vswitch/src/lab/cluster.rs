@@ -315,9 +315,20 @@ impl Lab {
         networks: &[NetworkSpec<'_>],
         extra: &str,
     ) -> Result<(), LabError> {
+        self.start_vswitchd_with(index, networks, "", extra)
+    }
+
+    /// [`Lab::start_vswitchd`] with `node_extra` added to the `[node]` table.
+    pub fn start_vswitchd_with(
+        &mut self,
+        index: usize,
+        networks: &[NetworkSpec<'_>],
+        node_extra: &str,
+        extra: &str,
+    ) -> Result<(), LabError> {
         let host = &self.hosts[index];
         let mut config = format!(
-            "[node]\nname = \"{}\"\naddress = \"{}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n",
+            "[node]\nname = \"{}\"\naddress = \"{}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n{node_extra}\n\n",
             host.name,
             host.address,
             self.dir.join(&host.name).join("state").display(),
