@@ -276,3 +276,443 @@ pub fn complete_checksum(hdr: &VnetHdr, frame: &mut [u8]) -> Result<(), OffloadE
     put16(frame, field, sum);
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::offload::fixtures::{self, ACK, CWR, ECE, FIN, PSH, Spec, check, payload};
+    use proptest::prelude::*;
+
+    /// Segments a TSO super-frame and checks every segment independently.
+    fn tso_case(spec: Spec, total: usize, mss: u16, flags: u8) -> Segments {
+        let data = payload(total);
+        let seq0 = 0xffff_f000u32;
+        let (hdr, frame) = fixtures::tso(&spec, seq0, flags, &data, mss);
+        let mut out = Segments::new();
+        segment(&hdr, &frame, &mut out).unwrap();
+        let n = total.div_ceil(usize::from(mss)).max(1);
+        assert_eq!(out.len(), n);
+        let mut joined = Vec::new();
+        for (i, seg) in out.iter().enumerate() {
+            let c = check(seg);
+            let (seq, ack, f, opts) = c.tcp.clone().unwrap();
+            assert_eq!(seq, seq0.wrapping_add((i * usize::from(mss)) as u32));
+            assert_eq!(ack, spec.ack);
+            assert_eq!(opts.len(), fixtures::tcp_len(&spec) - 20);
+            let last = i + 1 == n;
+            let mut want = flags;
+            if !last {
+                want &= !(FIN | PSH);
+            }
+            if i != 0 {
+                want &= !CWR;
+            }
+            assert_eq!(f, want, "flags of segment {i}");
+            if !spec.v6 {
+                assert_eq!(c.ip_id, Some(spec.ip_id.wrapping_add(i as u16)));
+            }
+            if !last {
+                assert_eq!(c.payload.len(), usize::from(mss));
+            }
+            joined.extend_from_slice(&c.payload);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(
+            out.uniform_len(),
+            Some(fixtures::l4(&spec) + fixtures::tcp_len(&spec) + total.min(usize::from(mss)))
+        );
+        out
+    }
+
+    #[test]
+    fn tcpv4_one_sixteen_sixtyfour() {
+        let spec = Spec::default();
+        tso_case(spec, 100, 1448, ACK | PSH);
+        tso_case(spec, 16 * 1448, 1448, ACK | PSH);
+        tso_case(spec, 64 * 1000, 1000, ACK);
+    }
+
+    #[test]
+    fn tcpv4_odd_lengths_and_short_last() {
+        let spec = Spec::default();
+        tso_case(spec, 16 * 1447 - 3, 1447, ACK | PSH);
+        tso_case(spec, 1001, 1000, ACK);
+        tso_case(spec, 64 * 999 + 1, 1001, ACK | PSH | FIN);
+    }
+
+    #[test]
+    fn tcpv6_one_sixteen_sixtyfour() {
+        let spec = Spec {
+            v6: true,
+            ..Spec::default()
+        };
+        tso_case(spec, 777, 1428, ACK | PSH);
+        tso_case(spec, 16 * 1428 - 1, 1428, ACK | PSH);
+        tso_case(spec, 64 * 1000, 1000, ACK | FIN);
+    }
+
+    #[test]
+    fn without_options_and_with_vlan() {
+        let spec = Spec {
+            ts: None,
+            vlan: true,
+            ..Spec::default()
+        };
+        tso_case(spec, 10_000, 1460, ACK | PSH);
+        tso_case(Spec { v6: true, ..spec }, 10_000, 1440, ACK);
+    }
+
+    #[test]
+    fn cwr_only_on_first_and_ecn_type() {
+        let spec = Spec::default();
+        let data = payload(5000);
+        let (mut hdr, frame) = fixtures::tso(&spec, 1, ACK | CWR | ECE | PSH, &data, 1448);
+        hdr.gso_type |= VnetHdr::GSO_ECN;
+        let mut out = Segments::new();
+        segment(&hdr, &frame, &mut out).unwrap();
+        let flags: Vec<u8> = out.iter().map(|s| check(s).flags()).collect();
+        assert_eq!(
+            flags,
+            [ACK | CWR | ECE, ACK | ECE, ACK | ECE, ACK | ECE | PSH]
+        );
+    }
+
+    #[test]
+    fn ignores_frame_padding() {
+        let spec = Spec::default();
+        let (hdr, mut frame) = fixtures::tso(&spec, 1, ACK, &payload(3000), 1448);
+        frame.extend_from_slice(&[0xee; 7]);
+        let mut out = Segments::new();
+        segment(&hdr, &frame, &mut out).unwrap();
+        let joined: Vec<u8> = out.iter().flat_map(|s| check(s).payload).collect();
+        assert_eq!(joined, payload(3000));
+    }
+
+    fn uso_case(spec: Spec, total: usize, size: u16) {
+        let data = payload(total);
+        let (hdr, frame) = fixtures::uso(&spec, &data, size);
+        let mut out = Segments::new();
+        segment(&hdr, &frame, &mut out).unwrap();
+        assert_eq!(out.len(), total.div_ceil(usize::from(size)).max(1));
+        let mut joined = Vec::new();
+        for (i, seg) in out.iter().enumerate() {
+            let c = check(seg);
+            if !spec.v6 {
+                assert_eq!(c.ip_id, Some(spec.ip_id.wrapping_add(i as u16)));
+            }
+            joined.extend_from_slice(&c.udp.unwrap());
+        }
+        assert_eq!(joined, data);
+        assert_eq!(
+            out.uniform_len(),
+            Some(fixtures::l4(&spec) + 8 + total.min(usize::from(size)))
+        );
+        assert_eq!(out.as_bytes().len(), out.total_len());
+    }
+
+    #[test]
+    fn uso_v4_v6() {
+        let v4 = Spec::default();
+        let v6 = Spec {
+            v6: true,
+            ..Spec::default()
+        };
+        for spec in [v4, v6] {
+            uso_case(spec, 1, 1400);
+            uso_case(spec, 16 * 1400, 1400);
+            uso_case(spec, 64 * 1000 - 17, 1000);
+            uso_case(spec, 0, 1000);
+        }
+    }
+
+    #[test]
+    fn not_gso_completes_checksum() {
+        for v6 in [false, true] {
+            let spec = Spec {
+                v6,
+                ..Spec::default()
+            };
+            let good = fixtures::tcp(&spec, 9, ACK | PSH, &payload(333));
+            let (mut hdr, partial) = fixtures::tso(&spec, 9, ACK | PSH, &payload(333), 1448);
+            hdr.gso_type = VnetHdr::GSO_NONE;
+            hdr.gso_size = 0;
+            let mut out = Segments::new();
+            segment(&hdr, &partial, &mut out).unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out.get(0).unwrap(), &good[..]);
+            // Without NEEDS_CSUM the frame goes as it is.
+            out.clear();
+            segment(&VnetHdr::default(), &partial, &mut out).unwrap();
+            assert_eq!(out.get(0).unwrap(), &partial[..]);
+        }
+    }
+
+    #[test]
+    fn complete_checksum_tcp_udp_v4_v6() {
+        for v6 in [false, true] {
+            let spec = Spec {
+                v6,
+                ..Spec::default()
+            };
+            let good = fixtures::tcp(&spec, 1, ACK, &payload(1001));
+            let (mut hdr, mut f) = fixtures::tso(&spec, 1, ACK, &payload(1001), 1448);
+            hdr.gso_type = 0;
+            assert_ne!(f, good);
+            complete_checksum(&hdr, &mut f).unwrap();
+            assert_eq!(f, good);
+
+            let good = fixtures::udp(&spec, &payload(999));
+            let (mut hdr, mut f) = fixtures::uso(&spec, &payload(999), 1400);
+            hdr.gso_type = 0;
+            complete_checksum(&hdr, &mut f).unwrap();
+            assert_eq!(f, good);
+            check(&f);
+        }
+    }
+
+    #[test]
+    fn complete_checksum_zero_becomes_ffff() {
+        let spec = Spec::default();
+        let mut f = fixtures::udp(&spec, &payload(100));
+        let at = fixtures::l4(&spec) + 6;
+        let c = u16::from_be_bytes([f[at], f[at + 1]]);
+        // Adding the checksum to a payload word makes the data sum to all ones.
+        let w = fixtures::l4(&spec) + 8;
+        let old = u32::from(u16::from_be_bytes([f[w], f[w + 1]]));
+        let mut new = old + u32::from(c);
+        new = (new & 0xffff) + (new >> 16);
+        f[w..w + 2].copy_from_slice(&(new as u16).to_be_bytes());
+        fixtures::make_partial(&mut f, &spec, 17);
+        let hdr = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            csum_start: fixtures::l4(&spec) as u16,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        complete_checksum(&hdr, &mut f).unwrap();
+        assert_eq!(&f[at..at + 2], &[0xff, 0xff]);
+        check(&f);
+    }
+
+    #[test]
+    fn complete_checksum_bounds() {
+        let mut f = vec![0u8; 60];
+        let hdr = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            csum_start: 50,
+            csum_offset: 9,
+            ..VnetHdr::default()
+        };
+        assert_eq!(
+            complete_checksum(&hdr, &mut f),
+            Err(OffloadError::BadHeader("csum_start/csum_offset"))
+        );
+        let hdr = VnetHdr {
+            csum_offset: 8,
+            ..hdr
+        };
+        complete_checksum(&hdr, &mut f).unwrap();
+        assert_eq!(&f[58..], &[0xff, 0xff]);
+        let mut empty = [];
+        assert!(complete_checksum(&VnetHdr::default(), &mut empty).is_ok());
+    }
+
+    #[test]
+    fn errors_leave_out_unchanged() {
+        let spec = Spec::default();
+        let (hdr, frame) = fixtures::tso(&spec, 1, ACK, &payload(5000), 1448);
+        let mut out = Segments::new();
+        out.push(b"kept");
+        let bad = |h: VnetHdr, f: &[u8], out: &mut Segments| {
+            let e = segment(&h, f, out);
+            assert!(e.is_err());
+            assert_eq!(out.len(), 1);
+            assert_eq!(out.get(0).unwrap(), b"kept");
+            e.unwrap_err()
+        };
+        let zero = VnetHdr { gso_size: 0, ..hdr };
+        assert_eq!(
+            bad(zero, &frame, &mut out),
+            OffloadError::BadHeader("gso_size")
+        );
+        let ufo = VnetHdr {
+            gso_type: VnetHdr::GSO_UDP,
+            ..hdr
+        };
+        assert_eq!(bad(ufo, &frame, &mut out), OffloadError::Unsupported(3));
+        let v6 = VnetHdr {
+            gso_type: VnetHdr::GSO_TCPV6,
+            ..hdr
+        };
+        assert!(matches!(
+            bad(v6, &frame, &mut out),
+            OffloadError::BadHeader(_)
+        ));
+        let uso = VnetHdr {
+            gso_type: VnetHdr::GSO_UDP_L4,
+            ..hdr
+        };
+        assert!(matches!(
+            bad(uso, &frame, &mut out),
+            OffloadError::BadHeader(_)
+        ));
+        assert_eq!(
+            bad(hdr, &frame[..frame.len() - 1], &mut out),
+            OffloadError::Truncated
+        );
+        let tiny = VnetHdr { gso_size: 1, ..hdr };
+        assert_eq!(bad(tiny, &frame, &mut out), OffloadError::TooManySegments);
+        let csum = VnetHdr {
+            gso_type: 0,
+            csum_start: 9999,
+            ..hdr
+        };
+        assert!(matches!(
+            bad(csum, &frame, &mut out),
+            OffloadError::BadHeader(_)
+        ));
+        let mut ext = frame.clone();
+        let v6spec = Spec { v6: true, ..spec };
+        let (h6, mut f6) = fixtures::tso(&v6spec, 1, ACK, &payload(3000), 1400);
+        f6[14 + 6] = 0; // hop-by-hop options
+        assert_eq!(
+            bad(h6, &f6, &mut out),
+            OffloadError::UnsupportedFrame("IPv6 extension headers")
+        );
+        ext[14 + 6] |= 0x20; // more fragments
+        assert_eq!(
+            bad(hdr, &ext, &mut out),
+            OffloadError::UnsupportedFrame("IPv4 fragment")
+        );
+        let mut arp = frame.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            bad(hdr, &arp, &mut out),
+            OffloadError::UnsupportedFrame("not IP")
+        );
+    }
+
+    #[test]
+    fn uniform_len_cases() {
+        let mut s = Segments::new();
+        assert_eq!(s.uniform_len(), None);
+        assert!(s.is_empty());
+        s.push(&[0; 10]);
+        assert_eq!(s.uniform_len(), Some(10));
+        s.push(&[0; 10]);
+        s.push(&[0; 4]);
+        assert_eq!(s.uniform_len(), Some(10));
+        s.push(&[0; 10]);
+        assert_eq!(s.uniform_len(), None);
+        s.clear();
+        s.push(&[0; 4]);
+        s.push(&[0; 10]);
+        assert_eq!(s.uniform_len(), None);
+        assert_eq!(s.get(2), None);
+    }
+
+    #[test]
+    fn reuses_memory() {
+        let spec = Spec::default();
+        let (hdr, frame) = fixtures::tso(&spec, 1, ACK, &payload(60_000), 1448);
+        let mut out = Segments::new();
+        segment(&hdr, &frame, &mut out).unwrap();
+        let ptr = out.as_bytes().as_ptr();
+        for _ in 0..10 {
+            out.clear();
+            segment(&hdr, &frame, &mut out).unwrap();
+        }
+        assert_eq!(out.as_bytes().as_ptr(), ptr);
+    }
+
+    fn any_hdr() -> impl Strategy<Value = VnetHdr> {
+        (
+            any::<u8>(),
+            prop_oneof![
+                Just(0u8),
+                Just(1),
+                Just(3),
+                Just(4),
+                Just(5),
+                Just(0x81),
+                any::<u8>()
+            ],
+            any::<u16>(),
+            prop_oneof![Just(0u16), 1u16..64, 500u16..2000, any::<u16>()],
+            prop_oneof![0u16..80, any::<u16>()],
+            prop_oneof![Just(6u16), Just(16), any::<u16>()],
+        )
+            .prop_map(
+                |(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)| VnetHdr {
+                    flags,
+                    gso_type,
+                    hdr_len,
+                    gso_size,
+                    csum_start,
+                    csum_offset,
+                },
+            )
+    }
+
+    /// A valid super-frame with some bytes overwritten.
+    fn mangled() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            0usize..5000,
+            proptest::collection::vec((0usize..120, any::<u8>()), 0..6),
+            0usize..64,
+        )
+            .prop_map(|(v6, udp, len, edits, cut)| {
+                let spec = Spec {
+                    v6,
+                    ..Spec::default()
+                };
+                let mut f = if udp {
+                    fixtures::udp(&spec, &payload(len))
+                } else {
+                    fixtures::tcp(&spec, 1, ACK, &payload(len))
+                };
+                for (at, b) in edits {
+                    if let Some(x) = f.get_mut(at) {
+                        *x = b;
+                    }
+                }
+                f.truncate(f.len().saturating_sub(cut));
+                f
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(hdr in any_hdr(),
+                                    frame in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut out = Segments::new();
+            let _ = segment(&hdr, &frame, &mut out);
+            let mut f = frame.clone();
+            let _ = complete_checksum(&hdr, &mut f);
+        }
+
+        #[test]
+        fn mangled_frames_never_panic(hdr in any_hdr(), frame in mangled()) {
+            let mut out = Segments::new();
+            let before = (out.len(), out.total_len());
+            if segment(&hdr, &frame, &mut out).is_err() {
+                prop_assert_eq!((out.len(), out.total_len()), before);
+            }
+            prop_assert!(out.len() <= MAX_SEGMENTS);
+            let mut f = frame.clone();
+            let _ = complete_checksum(&hdr, &mut f);
+        }
+
+        #[test]
+        fn random_sizes_segment_correctly(v6 in any::<bool>(), ts in any::<bool>(),
+                                          len in 0usize..20_000, mss in 1u16..3000,
+                                          psh in any::<bool>()) {
+            let spec = Spec { v6, ts: ts.then_some(3), ..Spec::default() };
+            let mss = mss.max((len / MAX_SEGMENTS) as u16 + 1);
+            tso_case(spec, len, mss, if psh { ACK | PSH } else { ACK });
+        }
+    }
+}
