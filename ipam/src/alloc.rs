@@ -205,6 +205,11 @@ pub(crate) fn claim(
             }),
         )?;
     }
+    if let Some(previous) = last.filter(|net| *net != chosen) {
+        if holder(tx, pool, previous)?.as_deref() == Some(node) {
+            tx.delete(&keys.subnet(previous))?;
+        }
+    }
     if last != Some(chosen) {
         tx.put(&keys.node(node), &encode(&NodeRecord { subnet: chosen }))?;
     }
@@ -387,7 +392,10 @@ fn take_next(tx: &mut dyn Txn, ctx: &Ctx<'_>, now_ms: u64) -> Result<IpAddr, Err
             break;
         };
         offset += 1;
-        if tx.get(&keys.addr(addr))?.is_none() {
+        // An address, once recorded, stays recorded: skipping one needs no check at commit,
+        // taking one does.
+        let key = keys.addr(addr);
+        if tx.peek(&key)?.is_none() && tx.get(&key)?.is_none() {
             tx.put(&cursor_key, offset.to_string().as_bytes())?;
             return Ok(addr);
         }

@@ -451,6 +451,20 @@ mod tests {
             open(&store, &fixed, "a", &clock).node_subnet(),
             a.node_subnet()
         );
+        // Moving a node to another fixed subnet gives its previous one back.
+        let mut wide = PoolConfig::default();
+        let x = open(&store, &wide, "x", &clock);
+        assert_eq!(x.node_subnet().to_string(), "10.244.0.0/24");
+        wide.node_subnet = Some("10.244.9.0/24".parse().unwrap());
+        assert_eq!(
+            open(&store, &wide, "x", &clock).node_subnet(),
+            wide.node_subnet.unwrap()
+        );
+        wide.node_subnet = None;
+        assert_eq!(
+            open(&store, &wide, "y", &clock).node_subnet().to_string(),
+            "10.244.0.0/24"
+        );
         let mut other = config.clone();
         other.node_prefix = Some(30);
         assert!(matches!(

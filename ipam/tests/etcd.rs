@@ -186,3 +186,28 @@ fn a_lapsed_claim_is_restored_while_nobody_took_it() {
     a.allocate(&Owner::new("after", "eth0").unwrap(), None)
         .unwrap();
 }
+
+#[test]
+fn usable_and_droppable_inside_a_tokio_runtime() {
+    let server = EtcdServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Called straight from async code: blocks this worker, never panics.
+        let a = pool(&server, "a");
+        let owner = Owner::new("in-async", "eth0").unwrap();
+        let lease = a.allocate(&owner, None).unwrap();
+        // And from spawn_blocking, as the daemon does.
+        let b = tokio::task::spawn_blocking(move || {
+            let got = a.get(&owner).unwrap();
+            drop(a);
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(b, Some(lease));
+    });
+}

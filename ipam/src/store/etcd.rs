@@ -404,23 +404,35 @@ impl EtcdTxn<'_> {
     }
 }
 
+impl EtcdTxn<'_> {
+    /// A key's `mod_revision` (0 when absent) and value, from etcd.
+    fn fetch(&self, key: &str) -> Result<(i64, Option<Vec<u8>>), Error> {
+        let full = self.inner.full(key);
+        let mut client = self.inner.client.kv_client();
+        self.inner.run(async move {
+            let resp = client.get(full, None).await?;
+            Ok(resp.kvs().first().map_or((0, None), |kv| {
+                (kv.mod_revision(), Some(kv.value().to_vec()))
+            }))
+        })
+    }
+}
+
 impl Txn for EtcdTxn<'_> {
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         if let Some(buffered) = self.overlay.get(key) {
             return Ok(buffered);
         }
-        let full = self.inner.full(key);
-        let mut client = self.inner.client.kv_client();
-        let found = self.inner.run(async move {
-            let resp = client.get(full, None).await?;
-            Ok(resp
-                .kvs()
-                .first()
-                .map(|kv| (kv.mod_revision(), kv.value().to_vec())))
-        })?;
-        let revision = found.as_ref().map_or(0, |(rev, _)| *rev);
+        let (revision, value) = self.fetch(key)?;
         self.reads.entry(key.to_owned()).or_insert(revision);
-        Ok(found.map(|(_, v)| v))
+        Ok(value)
+    }
+
+    fn peek(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.overlay.get(key) {
+            Some(buffered) => Ok(buffered),
+            None => Ok(self.fetch(key)?.1),
+        }
     }
 
     fn first(&mut self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, Error> {

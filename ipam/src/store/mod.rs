@@ -27,11 +27,16 @@ use crate::error::Error;
 ///
 /// Reads see the transaction's own writes. What a commit guarantees about reads depends on the
 /// kind of read: every key read with [`Txn::get`] is unchanged by others when the transaction
-/// commits (otherwise the store runs the body again); [`Txn::first`] and [`Txn::scan`] are
-/// snapshots that the commit does not check, so a body must `get` every key its decision rests on.
+/// commits (otherwise the store runs the body again); [`Txn::peek`], [`Txn::first`] and
+/// [`Txn::scan`] are reads that the commit does not check, so a body must `get` every key its
+/// decision rests on.
 pub trait Txn {
-    /// The value of a key.
+    /// The value of a key; the commit fails if another writer changes it meanwhile.
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// The value of a key, not checked at commit.
+    fn peek(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.get(key)
+    }
     /// The entry with the smallest key that starts with `prefix`.
     fn first(&mut self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, Error>;
     /// Every entry whose key starts with `prefix`, in key order.
