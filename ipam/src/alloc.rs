@@ -95,11 +95,17 @@ impl Keys<'_> {
     fn addr(&self, addr: IpAddr) -> String {
         format!("ipam/{}/addr/{}", self.0, addr)
     }
+    fn queues(&self) -> String {
+        format!("ipam/{}/free/", self.0)
+    }
     fn queue(&self, net: IpNet) -> String {
         format!("ipam/{}/free/{}/", self.0, net.network())
     }
     fn queued(&self, net: IpNet, at_ms: u64, addr: IpAddr) -> String {
         format!("{}{:020}/{}", self.queue(net), at_ms, addr)
+    }
+    fn cursors(&self) -> String {
+        format!("ipam/{}/cursor/", self.0)
     }
     fn cursor(&self, net: IpNet) -> String {
         format!("ipam/{}/cursor/{}", self.0, net.network())
@@ -539,8 +545,7 @@ pub(crate) fn audit(tx: &mut dyn Txn, pool: &str, layout: Layout) -> Result<Audi
         }
     }
     let mut queued: HashMap<IpAddr, usize> = HashMap::new();
-    let free_root = format!("ipam/{pool}/free/");
-    for (key, _) in tx.scan(&free_root)? {
+    for (key, _) in tx.scan(&keys.queues())? {
         let addr = key
             .rsplit('/')
             .next()
@@ -586,7 +591,7 @@ pub(crate) fn audit(tx: &mut dyn Txn, pool: &str, layout: Layout) -> Result<Audi
             });
         }
     }
-    let cursors = format!("ipam/{pool}/cursor/");
+    let cursors = keys.cursors();
     for (key, raw) in tx.scan(&cursors)? {
         let subnet = key[cursors.len()..]
             .parse::<IpAddr>()

@@ -30,13 +30,21 @@
 //!
 //! - [`EmbeddedStore`], the default: one redb file, opened in redb's multi-writer mode so that
 //!   the daemon and concurrent CNI plugin processes share it; every transaction is durable before
-//!   it returns and survives `kill -9` at any instant. Measured on the development machine (ext4,
-//!   2 cores), per durable allocation-sized commit: redb held open 0.54 ms; multi-writer mode
-//!   0.70 ms alone and 0.88 ms of wall time per commit with four processes committing at once;
-//!   opening the file for each operation 1.6 ms behind an `fs4` lock file (2.2 ms with four
-//!   processes) and 1.8 ms retrying on redb's own lock (2.0 ms); a JSON rewrite with fsync and
-//!   rename 0.75 ms for 250 leases, growing with the lease count. Multi-writer keeps the cost of
-//!   a held-open database and needs no lock file or retry loop.
+//!   it returns and survives `kill -9` at any instant. Chosen by measurement on the development
+//!   machine (ext4, 2 shared cores; fsync latency varied with the load of other builds, so each
+//!   figure is a range over quiet and busy moments), per durable allocation-sized commit:
+//!
+//!   | how processes share the file                     | one process  | 4 processes, wall/commit |
+//!   |--------------------------------------------------|--------------|--------------------------|
+//!   | redb `MultiWriter`, held open (chosen)           | 0.7-1.2 ms   | 0.9 ms                   |
+//!   | open per operation, behind an `fs4` lock file    | 1.6-2.7 ms   | 2.2 ms                   |
+//!   | open per operation, retrying on redb's lock      | 1.8-2.3 ms   | 2.0 ms                   |
+//!   | (one process only: redb held open, exclusive)    | 0.5-0.7 ms   | -                        |
+//!   | (JSON rewrite + fsync + rename, 250 leases)      | 0.75-1.0 ms  | grows with the leases    |
+//!
+//!   Multi-writer mode costs one extra fsync per commit over an exclusive handle (its 2-phase
+//!   commit, which also makes recovery after a crash instant) and needs no lock file or retry
+//!   loop. A whole allocation through [`Pool`] measured 0.9-1.4 ms (Criterion, `benches/alloc.rs`).
 //! - [`EtcdStore`]: for a fleet. Node subnet claims are bound to a lease with a TTL kept alive by
 //!   the process, so a dead node's subnet is freed a TTL later; address claims commit as
 //!   compare-and-swap transactions, so two nodes never lease the same address.

@@ -211,3 +211,25 @@ fn usable_and_droppable_inside_a_tokio_runtime() {
         assert_eq!(b, Some(lease));
     });
 }
+
+#[test]
+fn unreachable_etcd_is_an_error_not_a_hang() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let result = EtcdStore::connect(&EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        timeout_secs: 1,
+        ..EtcdConfig::default()
+    });
+    let err = result.expect_err("nothing listens there");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!err.to_string().is_empty());
+}

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -206,8 +206,13 @@ impl Inner {
         run(&self.rt, self.timeout, fut)
     }
 
+    /// The session, also after a panic elsewhere: its fields are always consistent.
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lease(&self) -> i64 {
-        self.session.lock().map_or(0, |s| s.lease)
+        self.session().lease
     }
 
     fn full(&self, key: &str) -> String {
@@ -265,9 +270,7 @@ impl Inner {
         let ttl = self.ttl;
         let lease = self.run(async move { Ok(client.lease_grant(ttl, None).await?.id()) })?;
         let keys = {
-            let Ok(mut session) = self.session.lock() else {
-                return Err(Error::ShutDown);
-            };
+            let mut session = self.session();
             if session.lease != expired {
                 drop(session);
                 let mut client = self.client.clone();
@@ -386,11 +389,7 @@ impl EtcdTxn<'_> {
         let result = inner.run(async move { Ok(client.txn(txn).await?) });
         match result {
             Ok(resp) if resp.succeeded() => {
-                if !session_keys.is_empty() {
-                    if let Ok(mut session) = inner.session.lock() {
-                        session.keys.extend(session_keys);
-                    }
-                }
+                inner.session().keys.extend(session_keys);
                 Ok(Outcome::Committed)
             }
             Ok(_) => Ok(Outcome::Conflict),
