@@ -14,7 +14,7 @@
 //! etcd-client is asynchronous; this store runs it on a runtime of its own, on a dedicated thread,
 //! so its blocking API can be called from any thread, inside a tokio runtime or not.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -27,7 +27,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{Body, Overlay, Store, Txn};
+use super::{Backing, Body, OverlayTxn, Store};
 use crate::error::Error;
 
 /// How many times a transaction is tried against concurrent writers before giving up.
@@ -227,7 +227,7 @@ impl Inner {
     }
 
     /// Entries under `prefix`, at most `limit` of them, paged and read at one revision.
-    fn range(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    fn range_paged(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let full = self.full(prefix);
         let end = prefix_end(full.as_bytes());
         let mut client = self.client.kv_client();
@@ -347,117 +347,68 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-struct EtcdTxn<'a> {
-    inner: &'a Inner,
-    reads: HashMap<String, i64>,
-    overlay: Overlay,
-}
-
 enum Outcome {
     Committed,
     Conflict,
     LeaseExpired(i64),
 }
 
-impl EtcdTxn<'_> {
-    fn commit(self) -> Result<Outcome, Error> {
-        if self.overlay.is_empty() {
-            return Ok(Outcome::Committed);
-        }
-        let inner = self.inner;
-        let lease = inner.lease();
-        let compares: Vec<Compare> = self
-            .reads
-            .iter()
-            .map(|(k, rev)| Compare::mod_revision(inner.full(k), CompareOp::Equal, *rev))
-            .collect();
-        let mut session_keys = Vec::new();
-        let ops: Vec<TxnOp> = self
-            .overlay
-            .into_writes()
-            .map(|(k, w)| match w {
-                Some((v, true)) => {
-                    session_keys.push((k.clone(), v.clone()));
-                    TxnOp::put(inner.full(&k), v, Some(PutOptions::new().with_lease(lease)))
-                }
-                Some((v, false)) => TxnOp::put(inner.full(&k), v, None),
-                None => TxnOp::delete(inner.full(&k), None),
-            })
-            .collect();
-        let mut client = inner.client.kv_client();
-        let txn = EtcdTxnReq::new().when(compares).and_then(ops);
-        let result = inner.run(async move { Ok(client.txn(txn).await?) });
-        match result {
-            Ok(resp) if resp.succeeded() => {
-                inner.session().keys.extend(session_keys);
-                Ok(Outcome::Committed)
+/// Commits a transaction: its writes, provided that every key it read with `get` is unchanged.
+fn commit(inner: &Inner, txn: OverlayTxn<'_, Inner>) -> Result<Outcome, Error> {
+    if txn.overlay.is_empty() {
+        return Ok(Outcome::Committed);
+    }
+    let lease = inner.lease();
+    let compares: Vec<Compare> = txn
+        .reads
+        .iter()
+        .map(|(k, rev)| Compare::mod_revision(inner.full(k), CompareOp::Equal, *rev))
+        .collect();
+    let mut session_keys = Vec::new();
+    let ops: Vec<TxnOp> = txn
+        .overlay
+        .into_writes()
+        .map(|(k, w)| match w {
+            Some((v, true)) => {
+                session_keys.push((k.clone(), v.clone()));
+                TxnOp::put(inner.full(&k), v, Some(PutOptions::new().with_lease(lease)))
             }
-            Ok(_) => Ok(Outcome::Conflict),
-            Err(Error::Etcd(etcd_client::Error::GRpcStatus(status)))
-                if status.message().contains("lease not found") =>
-            {
-                Ok(Outcome::LeaseExpired(lease))
-            }
-            Err(e) => Err(e),
+            Some((v, false)) => TxnOp::put(inner.full(&k), v, None),
+            None => TxnOp::delete(inner.full(&k), None),
+        })
+        .collect();
+    let mut client = inner.client.kv_client();
+    let request = EtcdTxnReq::new().when(compares).and_then(ops);
+    let result = inner.run(async move { Ok(client.txn(request).await?) });
+    match result {
+        Ok(resp) if resp.succeeded() => {
+            inner.session().keys.extend(session_keys);
+            Ok(Outcome::Committed)
         }
+        Ok(_) => Ok(Outcome::Conflict),
+        Err(Error::Etcd(etcd_client::Error::GRpcStatus(status)))
+            if status.message().contains("lease not found") =>
+        {
+            Ok(Outcome::LeaseExpired(lease))
+        }
+        Err(e) => Err(e),
     }
 }
 
-impl EtcdTxn<'_> {
-    /// A key's `mod_revision` (0 when absent) and value, from etcd.
+impl Backing for Inner {
     fn fetch(&self, key: &str) -> Result<(i64, Option<Vec<u8>>), Error> {
-        let full = self.inner.full(key);
-        let mut client = self.inner.client.kv_client();
-        self.inner.run(async move {
+        let full = self.full(key);
+        let mut client = self.client.kv_client();
+        self.run(async move {
             let resp = client.get(full, None).await?;
             Ok(resp.kvs().first().map_or((0, None), |kv| {
                 (kv.mod_revision(), Some(kv.value().to_vec()))
             }))
         })
     }
-}
 
-impl Txn for EtcdTxn<'_> {
-    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        if let Some(buffered) = self.overlay.get(key) {
-            return Ok(buffered);
-        }
-        let (revision, value) = self.fetch(key)?;
-        self.reads.entry(key.to_owned()).or_insert(revision);
-        Ok(value)
-    }
-
-    fn peek(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        match self.overlay.get(key) {
-            Some(buffered) => Ok(buffered),
-            None => Ok(self.fetch(key)?.1),
-        }
-    }
-
-    fn first(&mut self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, Error> {
-        let limit = 1 + self.overlay.deletes_under(prefix);
-        let stored = self.inner.range(prefix, limit)?;
-        Ok(self.overlay.merge(prefix, stored).into_iter().next())
-    }
-
-    fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let stored = self.inner.range(prefix, usize::MAX)?;
-        Ok(self.overlay.merge(prefix, stored))
-    }
-
-    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), Error> {
-        self.overlay.put(key, value, false);
-        Ok(())
-    }
-
-    fn put_session(&mut self, key: &str, value: &[u8]) -> Result<(), Error> {
-        self.overlay.put(key, value, true);
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &str) -> Result<(), Error> {
-        self.overlay.delete(key);
-        Ok(())
+    fn range(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        self.range_paged(prefix, limit)
     }
 }
 
@@ -465,13 +416,9 @@ impl Store for EtcdStore {
     fn transact(&self, body: &mut Body<'_>) -> Result<(), Error> {
         let random = RandomState::new();
         for attempt in 1..=MAX_ATTEMPTS {
-            let mut txn = EtcdTxn {
-                inner: &self.inner,
-                reads: HashMap::new(),
-                overlay: Overlay::default(),
-            };
+            let mut txn = OverlayTxn::new(self.inner.as_ref());
             body(&mut txn)?;
-            match txn.commit()? {
+            match commit(&self.inner, txn)? {
                 Outcome::Committed => return Ok(()),
                 Outcome::LeaseExpired(lease) => self.inner.renew(lease)?,
                 Outcome::Conflict => {

@@ -12,7 +12,7 @@
 mod embedded;
 mod etcd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -172,48 +172,58 @@ impl Overlay {
     }
 }
 
-/// An in-memory store: one mutex around an ordered map. Transactions are serialized by the mutex.
-#[derive(Debug, Default)]
-pub struct MemStore {
-    map: Mutex<BTreeMap<String, Vec<u8>>>,
+/// Committed state that an [`OverlayTxn`] reads through.
+pub(crate) trait Backing {
+    /// A key's revision (0 when absent, or when the store keeps none) and value.
+    fn fetch(&self, key: &str) -> Result<(i64, Option<Vec<u8>>), Error>;
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    fn range(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error>;
 }
 
-impl MemStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
+/// A transaction that buffers its writes in an [`Overlay`] and records the revision of every key
+/// it reads with `get`, for a commit to apply and check.
+pub(crate) struct OverlayTxn<'a, B: Backing> {
+    backing: &'a B,
+    pub(crate) reads: HashMap<String, i64>,
+    pub(crate) overlay: Overlay,
+}
+
+impl<'a, B: Backing> OverlayTxn<'a, B> {
+    pub(crate) fn new(backing: &'a B) -> Self {
+        Self {
+            backing,
+            reads: HashMap::new(),
+            overlay: Overlay::default(),
+        }
     }
 }
 
-struct MemTxn<'a> {
-    map: &'a BTreeMap<String, Vec<u8>>,
-    overlay: Overlay,
-}
-
-impl MemTxn<'_> {
-    fn stored_under(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
-        self.map
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-}
-
-impl Txn for MemTxn<'_> {
+impl<B: Backing> Txn for OverlayTxn<'_, B> {
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        Ok(match self.overlay.get(key) {
-            Some(buffered) => buffered,
-            None => self.map.get(key).cloned(),
-        })
+        if let Some(buffered) = self.overlay.get(key) {
+            return Ok(buffered);
+        }
+        let (revision, value) = self.backing.fetch(key)?;
+        self.reads.entry(key.to_owned()).or_insert(revision);
+        Ok(value)
+    }
+
+    fn peek(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.overlay.get(key) {
+            Some(buffered) => Ok(buffered),
+            None => Ok(self.backing.fetch(key)?.1),
+        }
     }
 
     fn first(&mut self, prefix: &str) -> Result<Option<(String, Vec<u8>)>, Error> {
-        Ok(self.scan(prefix)?.into_iter().next())
+        let limit = 1 + self.overlay.deletes_under(prefix);
+        let stored = self.backing.range(prefix, limit)?;
+        Ok(self.overlay.merge(prefix, stored).into_iter().next())
     }
 
     fn scan(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        Ok(self.overlay.merge(prefix, self.stored_under(prefix)))
+        let stored = self.backing.range(prefix, usize::MAX)?;
+        Ok(self.overlay.merge(prefix, stored))
     }
 
     fn put(&mut self, key: &str, value: &[u8]) -> Result<(), Error> {
@@ -232,14 +242,44 @@ impl Txn for MemTxn<'_> {
     }
 }
 
+/// An in-memory store: one mutex around an ordered map. Transactions are serialized by the mutex.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    map: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The committed map, as a [`Backing`] for [`OverlayTxn`].
+struct MemView<'a>(&'a BTreeMap<String, Vec<u8>>);
+
+impl Backing for MemView<'_> {
+    fn fetch(&self, key: &str) -> Result<(i64, Option<Vec<u8>>), Error> {
+        Ok((0, self.0.get(key).cloned()))
+    }
+
+    fn range(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        Ok(self
+            .0
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
 impl Store for MemStore {
     fn transact(&self, body: &mut Body<'_>) -> Result<(), Error> {
         // A body that panicked cannot have committed anything: the map is still consistent.
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let mut txn = MemTxn {
-            map: &map,
-            overlay: Overlay::default(),
-        };
+        let view = MemView(&map);
+        let mut txn = OverlayTxn::new(&view);
         body(&mut txn)?;
         let overlay = txn.overlay;
         for (key, write) in overlay.into_writes() {
