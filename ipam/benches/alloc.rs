@@ -143,14 +143,7 @@ fn file_size(path: &Path) -> u64 {
 }
 
 fn etcd_db_size(server: &EtcdServer) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = etcd_client::Client::connect([server.endpoint.as_str()], None)
-            .await
-            .unwrap();
+    server.with_client(|mut client| async move {
         u64::try_from(client.status().await.unwrap().db_size()).unwrap_or(0)
     })
 }

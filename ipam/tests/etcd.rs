@@ -37,15 +37,8 @@ fn pool(server: &EtcdServer, node: &str) -> Pool {
 
 /// Whether the subnet's claim key exists, read with a plain etcd client.
 fn claimed(server: &EtcdServer, subnet: IpNet) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = etcd_client::Client::connect([server.endpoint.as_str()], None)
-            .await
-            .unwrap();
-        let key = format!("{PREFIX}ipam/default/subnet/{}", subnet.network());
+    let key = format!("{PREFIX}ipam/default/subnet/{}", subnet.network());
+    server.with_client(|mut client| async move {
         !client.get(key, None).await.unwrap().kvs().is_empty()
     })
 }
@@ -165,14 +158,7 @@ fn a_lapsed_claim_is_restored_while_nobody_took_it() {
     let a = pool(&server, "a");
     let subnet = a.node_subnet();
     // Revoke every lease behind the store's back, as if etcd had expired it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = etcd_client::Client::connect([server.endpoint.as_str()], None)
-            .await
-            .unwrap();
+    server.with_client(|mut client| async move {
         for lease in client.leases().await.unwrap().leases() {
             client.lease_revoke(lease.id()).await.unwrap();
         }

@@ -37,6 +37,24 @@ impl EtcdServer {
         panic!("etcd did not start: {last}");
     }
 
+    /// Runs `f` with a plain etcd client, on a runtime of its own.
+    #[allow(dead_code)]
+    pub fn with_client<T, Fut: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(etcd_client::Client) -> Fut,
+    ) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let client = etcd_client::Client::connect([self.endpoint.as_str()], None)
+                .await
+                .expect("etcd reachable");
+            f(client).await
+        })
+    }
+
     /// The server's process id.
     #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
