@@ -21,6 +21,7 @@ use super::tap::TapQueue;
 use super::udp::Underlay;
 use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr};
 use crate::switch::{Output, PortConfig, PortId, Switch, SwitchConfig, SwitchError};
+use crate::tunnel::VXLAN_HEADER_LEN;
 
 const WAKER: Token = Token(0);
 const UNDERLAY: Token = Token(1);
@@ -100,7 +101,7 @@ impl Datapath {
             ports: Vec::new(),
             slots: FxHashMap::default(),
             out: Output::default(),
-            segments: Segments::new(),
+            segments: Segments::with_headroom(VXLAN_HEADER_LEN),
             coalescer: Coalescer::new(),
             counters: IoCounters::default(),
             running: true,
@@ -329,7 +330,6 @@ impl Worker {
                     let Some(frame) = datagram.get_mut(self.out.frame_range()) else {
                         continue;
                     };
-                    complete_partial_checksum(frame);
                     let Self {
                         out,
                         ports,
@@ -338,6 +338,9 @@ impl Worker {
                         counters,
                         ..
                     } = self;
+                    // A sender whose checksum offload never ran (a Linux peer behind a veth)
+                    // left only the pseudo-header sum: finish it, as its NIC would have.
+                    complete_partial_checksum(frame);
                     for id in out.ports() {
                         let Some(&slot) = slots.get(id) else { continue };
                         let Some(Some(port)) = ports.get(slot) else {
@@ -450,23 +453,42 @@ impl Worker {
                 }
                 segmented = true;
             }
-            for transmit in self.out.transmits() {
-                if segmented {
-                    for piece in self.segments.iter() {
-                        self.underlay.queue(
-                            transmit.addr,
-                            self.out.flow_hash(),
-                            self.out.vxlan_header(),
-                            piece,
-                        );
-                    }
-                } else {
+            if !segmented {
+                for transmit in self.out.transmits() {
                     self.underlay.queue(
                         transmit.addr,
                         self.out.flow_hash(),
                         self.out.vxlan_header(),
                         frame,
                     );
+                }
+                continue;
+            }
+            // The segments already sit behind room for the VXLAN header: fill it in and send
+            // them as they lie, one GSO train per peer.
+            self.segments.fill_headroom(self.out.vxlan_header());
+            let stride = self
+                .segments
+                .uniform_len()
+                .map(|len| len + VXLAN_HEADER_LEN);
+            for transmit in self.out.transmits() {
+                match stride {
+                    Some(stride) => self.underlay.send_train(
+                        transmit.addr,
+                        self.out.flow_hash(),
+                        self.segments.as_bytes(),
+                        stride,
+                    ),
+                    None => {
+                        for piece in self.segments.iter() {
+                            self.underlay.queue(
+                                transmit.addr,
+                                self.out.flow_hash(),
+                                self.out.vxlan_header(),
+                                piece,
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -205,29 +205,69 @@ impl Underlay {
         std::mem::take(&mut self.stats)
     }
 
+    /// Sends datagrams of `stride` bytes laid back to back in `bytes` (the last may be
+    /// shorter), such as a segmented super-frame behind its VXLAN headers, to `destination`:
+    /// after whatever is queued for it on the same socket, in as few GSO sends as allowed.
+    pub fn send_train(
+        &mut self,
+        destination: SocketAddr,
+        flow_hash: u32,
+        bytes: &[u8],
+        stride: usize,
+    ) {
+        let socket = flow_hash as usize % self.senders.len();
+        while let Some(i) = self
+            .open
+            .iter()
+            .position(|b| b.socket == socket && b.destination == destination)
+        {
+            self.flush_one(i);
+        }
+        let stride = stride.max(1);
+        let per_send = self.max_segments.min(MAX_BATCH_BYTES / stride).max(1) * stride;
+        for chunk in bytes.chunks(per_send) {
+            let count = chunk.len().div_ceil(stride);
+            self.send_now(socket, destination, chunk, stride, count);
+        }
+    }
+
     fn flush_one(&mut self, index: usize) {
         let batch = self.open.remove(index);
-        let sender = &self.senders[batch.socket];
+        self.send_now(
+            batch.socket,
+            batch.destination,
+            &batch.bytes,
+            batch.segment,
+            batch.count,
+        );
+        self.spare.push(batch.bytes);
+    }
+
+    /// One GSO send of `count` datagrams, or one send per datagram if the path refuses GSO.
+    fn send_now(
+        &mut self,
+        socket: usize,
+        destination: SocketAddr,
+        bytes: &[u8],
+        segment: usize,
+        count: usize,
+    ) {
+        let sender = &self.senders[socket];
         self.stats.syscalls += 1;
-        match sender.send(batch.destination, &batch.bytes, batch.segment) {
-            Ok(()) => self.stats.sent += batch.count as u64,
-            Err(e)
-                if batch.count > 1
-                    && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
-            {
-                // The path refused segmentation offload: send the datagrams one by one.
-                for chunk in batch.bytes.chunks(batch.segment) {
+        match sender.send(destination, bytes, segment) {
+            Ok(()) => self.stats.sent += count as u64,
+            Err(e) if count > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                for datagram in bytes.chunks(segment) {
                     self.stats.syscalls += 1;
-                    match sender.send(batch.destination, chunk, chunk.len()) {
+                    match sender.send(destination, datagram, datagram.len()) {
                         Ok(()) => self.stats.sent += 1,
                         Err(_) => self.stats.failed += 1,
                     }
                 }
                 self.max_segments = 1;
             }
-            Err(_) => self.stats.failed += batch.count as u64,
+            Err(_) => self.stats.failed += count as u64,
         }
-        self.spare.push(batch.bytes);
     }
 }
 
@@ -276,6 +316,30 @@ mod tests {
         }
         assert_eq!(&got[10][8..], &[99; 10]);
         assert_eq!(&got[11][8..], &[98; 100]);
+    }
+
+    #[test]
+    fn trains_follow_what_was_queued_and_arrive_whole() {
+        let sink = UdpSocket::bind(loopback()).unwrap();
+        let dest = sink.local_addr().unwrap();
+        let mut underlay = Underlay::bind(loopback(), 1).unwrap();
+        underlay.queue(dest, 3, &[0; 8], &[1; 40]);
+        // 100 datagrams of 108 bytes and a short last one: more than one GSO send.
+        let mut train = Vec::new();
+        for i in 0..100u8 {
+            train.extend_from_slice(&[i; 108]);
+        }
+        train.extend_from_slice(&[200; 20]);
+        underlay.send_train(dest, 3, &train, 108);
+        let stats = underlay.flush();
+        assert_eq!(stats.sent, 102);
+        let got = receive_all(&sink, 102);
+        assert_eq!(got.len(), 102);
+        assert_eq!(got[0].len(), 48);
+        for (i, d) in got[1..101].iter().enumerate() {
+            assert_eq!(d, &vec![i as u8; 108]);
+        }
+        assert_eq!(got[101], vec![200; 20]);
     }
 
     #[test]
