@@ -180,6 +180,8 @@ pub struct Lab {
     pub containers: Vec<Container>,
     cleanup: Arc<Mutex<Cleanup>>,
     kernel_links: usize,
+    /// Leave `node_subnet` out of the configs, so each daemon claims one from its store.
+    pub claim_node_subnets: bool,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -213,12 +215,18 @@ impl Lab {
             containers: Vec::new(),
             cleanup,
             kernel_links: 0,
+            claim_node_subnets: false,
         })
     }
 
     /// The handle a signal handler can use to clean up.
     pub fn cleanup_handle(&self) -> Arc<Mutex<Cleanup>> {
         Arc::clone(&self.cleanup)
+    }
+
+    /// The underlay segment's namespace (its bridge is `br0`).
+    pub fn underlay(&self) -> &NetNs {
+        &self.underlay
     }
 
     /// The directory holding configs, state and logs.
@@ -338,11 +346,13 @@ impl Lab {
             let [a, b, _, _] = network.subnet.octets();
             let _ = write!(
                 config,
-                "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{a}.{b}.0.0/16\"\nnode_subnet = \"{a}.{b}.{}.0/24\"\n\n",
-                network.name,
-                network.vni,
-                index + 1
+                "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{a}.{b}.0.0/16\"\n",
+                network.name, network.vni,
             );
+            if !self.claim_node_subnets {
+                let _ = writeln!(config, "node_subnet = \"{a}.{b}.{}.0/24\"", index + 1);
+            }
+            config.push('\n');
         }
         for peer in self.hosts.iter().filter(|h| h.index != index) {
             let _ = write!(
