@@ -26,8 +26,9 @@ fn start_etcd(lab: &Lab) -> Etcd {
         std::path::Path::new(ETCD).exists(),
         "{ETCD} is missing: scripts/install-deps installs etcd-server"
     );
-    let nl = netns::Netlink::in_namespace(lab.underlay()).unwrap();
-    nl.add_address("br0", IpAddr::V4(ETCD_IP), 24).unwrap();
+    let nl = netns::Netlink::in_namespace(lab.underlay()).expect("netlink in the underlay");
+    nl.add_address("br0", IpAddr::V4(ETCD_IP), 24)
+        .expect("addressing the underlay bridge");
     let client = format!("http://{ETCD_IP}:2379");
     let peer = format!("http://{ETCD_IP}:2380");
     let child = lab
@@ -47,7 +48,7 @@ fn start_etcd(lab: &Lab) -> Etcd {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("starting etcd");
     let etcd = Etcd(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let host = &lab.hosts[0].ns;
@@ -58,7 +59,7 @@ fn start_etcd(lab: &Lab) -> Etcd {
                 Duration::from_millis(200),
             )
         })
-        .unwrap()
+        .expect("entering a host namespace")
         .is_err()
     {
         assert!(Instant::now() < deadline, "etcd did not start");
