@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,8 +132,10 @@ pub struct Host {
     pub name: String,
     /// Its namespace.
     pub ns: NetNs,
-    /// Its underlay address.
+    /// Its underlay IPv4 address.
     pub address: Ipv4Addr,
+    /// Its underlay IPv6 address.
+    pub address6: Ipv6Addr,
     /// What runs there.
     pub kind: HostKind,
     /// Its `vswitchd` control socket.
@@ -182,6 +184,8 @@ pub struct Lab {
     kernel_links: usize,
     /// Leave `node_subnet` out of the configs, so each daemon claims one from its store.
     pub claim_node_subnets: bool,
+    /// Run VXLAN between `vswitchd` hosts over IPv6 (set before adding hosts).
+    pub ipv6_underlay: bool,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -216,6 +220,7 @@ impl Lab {
             cleanup,
             kernel_links: 0,
             claim_node_subnets: false,
+            ipv6_underlay: false,
         })
     }
 
@@ -251,13 +256,23 @@ impl Lab {
             .map_err(|_| LabError::Daemon("a lab holds at most 254 hosts".into()))?;
         let [a, b, c] = UNDERLAY_PREFIX;
         let address = Ipv4Addr::new(a, b, c, octet);
+        let address6 = Ipv6Addr::new(0xfd00, 198, 18, 0, 0, 0, 0, u16::from(octet));
         let nl = Netlink::in_namespace(&ns)?;
         let outside = format!("u{index}");
         nl.create_veth("eth0", &outside)?;
         nl.move_to_namespace(&outside, &self.underlay)?;
+        // The address is usable at once, without duplicate address detection.
+        ns.run(|| fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"))?
+            .map_err(io_err("turning off duplicate address detection"))?;
         nl.add_address("eth0", IpAddr::V4(address), 24)?;
-        nl.set_up("eth0")?;
+        nl.add_address("eth0", IpAddr::V6(address6), 64)?;
         let under = Netlink::in_namespace(&self.underlay)?;
+        if self.ipv6_underlay {
+            // Room for VXLAN over IPv6 (70 bytes) around 1450-byte inner packets.
+            nl.set_mtu("eth0", 1600)?;
+            under.set_mtu(&outside, 1600)?;
+        }
+        nl.set_up("eth0")?;
         under.set_master(&outside, "br0")?;
         under.set_up(&outside)?;
         let host_dir = self.dir.join(&name);
@@ -277,6 +292,7 @@ impl Lab {
             name,
             ns,
             address,
+            address6,
             kind,
             socket: host_dir.join("vswitchd.sock"),
             config: host_dir.join("vswitchd.toml"),
@@ -338,7 +354,7 @@ impl Lab {
         let mut config = format!(
             "[node]\nname = \"{}\"\naddress = \"{}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n{node_extra}\n\n",
             host.name,
-            host.address,
+            self.underlay_address(host),
             self.dir.join(&host.name).join("state").display(),
             host.socket.display()
         );
@@ -358,13 +374,23 @@ impl Lab {
             let _ = write!(
                 config,
                 "[[peers]]\nname = \"{}\"\naddress = \"{}\"\n\n",
-                peer.name, peer.address
+                peer.name,
+                self.underlay_address(peer)
             );
         }
         config.push_str(extra);
         fs::write(&host.config, &config)
             .map_err(io_err(format!("writing {}", host.config.display())))?;
         self.spawn_vswitchd(index)
+    }
+
+    /// The address `vswitchd` on `host` uses on the underlay.
+    fn underlay_address(&self, host: &Host) -> IpAddr {
+        if self.ipv6_underlay {
+            IpAddr::V6(host.address6)
+        } else {
+            IpAddr::V4(host.address)
+        }
     }
 
     /// Starts `vswitchd` on host `index` with the config already written there.
