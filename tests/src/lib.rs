@@ -25,6 +25,26 @@ pub fn vswitch_lab(tag: &str, hosts: usize, networks: &[NetworkSpec<'_>], extra:
     lab
 }
 
+/// A `vswitchd` host (index 0) and a Linux kernel VXLAN host (index 1) on VNI 42, with one
+/// container each: ours attached by the daemon, the kernel's at `kernel_ip`. Returns the lab
+/// and the two containers' indexes.
+pub fn kernel_pair(tag: &str, kernel_ip: Ipv4Addr) -> (Lab, usize, usize) {
+    let mut lab = Lab::new(tag).expect("creating the lab");
+    let ours = lab.add_host(HostKind::Vswitch).expect("adding a host");
+    let kernel = lab
+        .add_host(HostKind::Kernel { vni: 42 })
+        .expect("adding a kernel host");
+    lab.start_vswitchd(ours, &[NetworkSpec::DEFAULT], "")
+        .expect("starting vswitchd");
+    let a = lab
+        .add_container(ours, "default", None)
+        .expect("attaching a container");
+    let b = lab
+        .add_container(kernel, "default", Some(kernel_ip))
+        .expect("adding a container on the kernel host");
+    (lab, a, b)
+}
+
 /// Whether `from` gets an ICMP echo reply from `to` within a few tries.
 pub fn reaches(from: &NetNs, to: Ipv4Addr) -> bool {
     !vswitch::lab::traffic::ping(

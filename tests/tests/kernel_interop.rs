@@ -4,19 +4,12 @@
 
 use std::net::Ipv4Addr;
 
-use vswitch_e2e::{HostKind, Lab, NetworkSpec, fdb, reaches, tcp_transfer};
+use vswitch_e2e::{fdb, kernel_pair, reaches, tcp_transfer};
 
 #[test]
 fn vswitchd_and_kernel_vxlan_interoperate_both_ways() {
-    let mut lab = Lab::new("kx").unwrap();
-    let ours = lab.add_host(HostKind::Vswitch).unwrap();
-    let kernel = lab.add_host(HostKind::Kernel { vni: 42 }).unwrap();
-    lab.start_vswitchd(ours, &[NetworkSpec::DEFAULT], "")
-        .unwrap();
-    let a = lab.add_container(ours, "default", None).unwrap();
-    let b = lab
-        .add_container(kernel, "default", Some(Ipv4Addr::new(10, 244, 200, 2)))
-        .unwrap();
+    let (lab, a, b) = kernel_pair("kx", Ipv4Addr::new(10, 244, 200, 2));
+    let ours = 0;
     let c = &lab.containers;
     assert!(reaches(&c[a].ns, c[b].ip), "vswitch -> kernel");
     assert!(reaches(&c[b].ns, c[a].ip), "kernel -> vswitch");

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use vswitch_e2e::wire_check::check_capture;
-use vswitch_e2e::{HostKind, Lab, NetworkSpec, reaches, tcp_transfer};
+use vswitch_e2e::{HostKind, Lab, NetworkSpec, kernel_pair, reaches, tcp_transfer};
 
 fn ethtool_off(ns: &netns::NetNs) {
     let status = ns
@@ -45,15 +45,7 @@ fn offloading_and_plain_vswitchd_interoperate() {
 
 #[test]
 fn kernel_vxlan_without_offloads_interoperates() {
-    let mut lab = Lab::new("ko").unwrap();
-    let ours = lab.add_host(HostKind::Vswitch).unwrap();
-    let kernel = lab.add_host(HostKind::Kernel { vni: 42 }).unwrap();
-    lab.start_vswitchd(ours, &[NetworkSpec::DEFAULT], "")
-        .unwrap();
-    let a = lab.add_container(ours, "default", None).unwrap();
-    let b = lab
-        .add_container(kernel, "default", Some(Ipv4Addr::new(10, 244, 200, 3)))
-        .unwrap();
+    let (lab, a, b) = kernel_pair("ko", Ipv4Addr::new(10, 244, 200, 3));
     ethtool_off(&lab.containers[b].ns);
     let c = &lab.containers;
     tcp_transfer(&c[a].ns, &c[b].ns, c[b].ip, 8 << 20);
@@ -62,15 +54,8 @@ fn kernel_vxlan_without_offloads_interoperates() {
 
 #[test]
 fn frames_on_the_underlay_are_mtu_sized_with_correct_checksums() {
-    let mut lab = Lab::new("wc").unwrap();
-    let ours = lab.add_host(HostKind::Vswitch).unwrap();
-    let kernel = lab.add_host(HostKind::Kernel { vni: 42 }).unwrap();
-    lab.start_vswitchd(ours, &[NetworkSpec::DEFAULT], "")
-        .unwrap();
-    let a = lab.add_container(ours, "default", None).unwrap();
-    let b = lab
-        .add_container(kernel, "default", Some(Ipv4Addr::new(10, 244, 200, 4)))
-        .unwrap();
+    let (lab, a, b) = kernel_pair("wc", Ipv4Addr::new(10, 244, 200, 4));
+    let (ours, kernel) = (0, 1);
     let capture = lab.dir().join("underlay.pcap");
     let mut tcpdump = lab.hosts[kernel]
         .ns
