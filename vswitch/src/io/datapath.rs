@@ -31,8 +31,6 @@ const FIRST_PORT: usize = 2;
 const PORT_BUDGET: usize = 64;
 /// recvmmsg calls per round before the worker turns to the TAP queues.
 const UNDERLAY_BUDGET: usize = 4;
-/// How long the worker keeps polling after the last event before it sleeps.
-const SPIN_AFTER_ACTIVITY: Duration = Duration::from_micros(50);
 /// Room for one frame read from a TAP queue (a 64 KB super-frame when offloads are on).
 const FRAME_BUFFER: usize = 65_536 + VNET_HDR_LEN;
 /// Room for one (possibly GRO-coalesced) receive.
@@ -248,15 +246,10 @@ impl Worker {
         let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut underlay_pending = true;
         let mut next_tick: Option<Instant> = None;
-        let mut last_activity = Instant::now();
 
         while self.running {
             let busy = underlay_pending || self.ports.iter().flatten().any(|p| p.pending);
-            // Right after traffic, poll instead of sleeping for a moment: the answer to what
-            // was just forwarded usually follows within microseconds, and a sleeping thread
-            // takes longer than that to wake.
-            let spinning = last_activity.elapsed() < SPIN_AFTER_ACTIVITY;
-            let timeout = if busy || spinning {
+            let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
                 next_tick.map(|t| t.saturating_duration_since(Instant::now()))
@@ -267,9 +260,6 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             self.counters.wakeups += 1;
-            if !events.is_empty() {
-                last_activity = Instant::now();
-            }
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
