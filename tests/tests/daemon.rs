@@ -130,3 +130,27 @@ fn sigterm_stops_cleanly_and_a_killed_daemon_comes_back_with_its_containers() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_container_that_vanishes_without_detach_is_cleaned_up() {
+    let mut lab = vswitch_lab("gn", 1, &[NetworkSpec::DEFAULT], "");
+    let c = lab.add_container(0, "default", None).unwrap();
+    let address = lab.containers[c].ip;
+    netns::NetNs::delete(&lab.containers[c].name).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match lab.call(0, &Request::Ports).unwrap() {
+            Reply::Ports(ports) if ports.is_empty() => break,
+            Reply::Ports(_) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port was not removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Its address went back to the pool: asking for it by name succeeds.
+    let again = lab.add_container(0, "default", Some(address)).unwrap();
+    assert_eq!(lab.containers[again].ip, address);
+}
