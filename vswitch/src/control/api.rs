@@ -193,6 +193,8 @@ pub struct StatusView {
     pub tap_write_errors: u64,
     /// Datagrams the underlay refused (socket buffer full, no route, larger than the path MTU).
     pub udp_send_errors: u64,
+    /// Super-frames from a TAP that could not be segmented (an offload the switch does not do).
+    pub offload_errors: u64,
 }
 
 /// A successful reply's payload.

@@ -574,6 +574,7 @@ impl Daemon {
                 .collect(),
             tap_write_errors: io.tap_write_errors,
             udp_send_errors: io.udp_send_errors,
+            offload_errors: io.offload_errors,
         })
     }
 

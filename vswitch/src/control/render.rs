@@ -92,8 +92,8 @@ pub fn status(s: &StatusView) -> String {
     let _ = write!(
         text,
         "\ntraffic  rx {rx} frames ({rxb})  tx {tx} frames ({txb})  dropped {drops}\n\
-         refused  by TAPs {}  by the underlay {}\n",
-        s.tap_write_errors, s.udp_send_errors
+         refused  by TAPs {}  by the underlay {}  unsegmentable super-frames {}\n",
+        s.tap_write_errors, s.udp_send_errors, s.offload_errors
     );
     if !s.drops.is_empty() {
         let rows: Vec<Vec<String>> = s
