@@ -171,3 +171,20 @@ fn vxlan_runs_over_an_ipv6_underlay() {
     let peers = vswitch_cli(&lab, 0, &["peers"]);
     assert!(peers.contains("[fd00:c6:12::2]:4789"), "{peers}");
 }
+
+#[test]
+fn the_underlay_can_be_named_by_interface() {
+    let mut lab = Lab::new("if").unwrap();
+    lab.underlay_by_interface = true;
+    lab.add_host(HostKind::Vswitch).unwrap();
+    lab.add_host(HostKind::Vswitch).unwrap();
+    for host in 0..2 {
+        lab.start_vswitchd(host, &[NetworkSpec::DEFAULT], "")
+            .unwrap();
+    }
+    let a = lab.add_container(0, "default", None).unwrap();
+    let b = lab.add_container(1, "default", None).unwrap();
+    assert!(reaches(&lab.containers[a].ns, lab.containers[b].ip));
+    let status = vswitch_cli(&lab, 0, &["status"]);
+    assert!(status.contains("endpoint 198.18.0.1:4789"), "{status}");
+}

@@ -34,6 +34,18 @@ fn a_bad_config_names_the_file_the_key_and_the_reason() {
 }
 
 #[test]
+fn an_underlay_interface_that_does_not_exist_is_a_config_error() {
+    let out = vswitchd("[node]\nname = \"a\"\ninterface = \"nosuchif0\"\n");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("vswitchd.toml: node.interface:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nosuchif0"), "{stderr}");
+}
+
+#[test]
 fn a_missing_config_file_is_reported() {
     let out = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
         .args(["--config", "/nonexistent/vswitchd.toml"])

@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 use vswitch::control::api::{Request, Response};
 use vswitch::control::config::Config;
-use vswitch::control::daemon::{Daemon, SWEEP_INTERVAL};
+use vswitch::control::daemon::{Daemon, SWEEP_INTERVAL, resolve_underlay};
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +35,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match Config::load(&args.config) {
+    let config = match Config::load(&args.config).and_then(|mut config| {
+        resolve_underlay(&mut config, &args.config)?;
+        Ok(config)
+    }) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("vswitchd: {e}");

@@ -59,7 +59,12 @@ pub struct NodeConfig {
     /// A name unique in the cluster.
     pub name: String,
     /// The underlay address VXLAN is sent from and received on (IPv4 or IPv6).
-    pub address: IpAddr,
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// Instead of `address`: the interface whose address (its first IPv4 one, else its first
+    /// global IPv6 one) is the underlay address, looked up at start.
+    #[serde(default)]
+    pub interface: Option<String>,
     /// The VXLAN UDP port, the same on every node.
     #[serde(default = "default_udp_port")]
     pub port: u16,
@@ -306,11 +311,26 @@ impl Config {
         if self.node.port == 0 {
             return err("node.port".into(), "must not be 0".into());
         }
-        if self.node.address.is_unspecified() || self.node.address.is_multicast() {
-            return err(
-                "node.address".into(),
-                format!("{} is not a unicast address", self.node.address),
-            );
+        match (&self.node.address, &self.node.interface) {
+            (Some(_), Some(_)) | (None, None) => {
+                return err(
+                    "node.address".into(),
+                    "set either node.address or node.interface".into(),
+                );
+            }
+            (Some(address), None) if address.is_unspecified() || address.is_multicast() => {
+                return err(
+                    "node.address".into(),
+                    format!("{address} is not a unicast address"),
+                );
+            }
+            (None, Some(name)) if name.is_empty() || name.len() > 15 || name.contains('/') => {
+                return err(
+                    "node.interface".into(),
+                    format!("{name:?} is not an interface name"),
+                );
+            }
+            _ => {}
         }
         if !(1..=256).contains(&self.node.source_ports) {
             return err(
@@ -389,14 +409,8 @@ impl Config {
             if !peer_names.insert(peer.name.as_str()) {
                 return err(key("name"), format!("peer {:?} is listed twice", peer.name));
             }
-            if peer.address.is_ipv4() != self.node.address.is_ipv4() {
-                return err(
-                    key("address"),
-                    format!(
-                        "{} is not of the same IP family as node.address {}",
-                        peer.address, self.node.address
-                    ),
-                );
+            if let Some(address) = self.node.address {
+                check_family(peer.address, address).or_else(|r| err(key("address"), r))?;
             }
             if peer.address.is_unspecified() || peer.address.is_multicast() {
                 return err(
@@ -447,6 +461,29 @@ impl Config {
                 "limits must be at least 1".into(),
             );
         }
+        Ok(())
+    }
+}
+
+/// A peer must be reachable from this node's underlay address: same IP family.
+fn check_family(peer: IpAddr, node: IpAddr) -> Result<(), String> {
+    if peer.is_ipv4() == node.is_ipv4() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{peer} is not of the same IP family as this node's underlay address {node}"
+        ))
+    }
+}
+
+impl Config {
+    /// Fixes the underlay address (looked up from `node.interface`) and checks the peers
+    /// against it.
+    pub fn set_underlay_address(&mut self, address: IpAddr) -> Result<(), (String, String)> {
+        for (i, peer) in self.peers.iter().enumerate() {
+            check_family(peer.address, address).map_err(|r| (format!("peers[{i}].address"), r))?;
+        }
+        self.node.address = Some(address);
         Ok(())
     }
 }
@@ -584,7 +621,7 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
 
         let e = error_of("[node]\nname = \"a\"\n");
-        assert!(e.contains("address"), "{e}");
+        assert!(e.contains("node.address"), "{e}");
 
         let e = error_of(&format!(
             "{MINIMAL}[[peers]]\nname = \"b\"\naddress = \"fd00::2\"\n"

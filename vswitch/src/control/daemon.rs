@@ -18,7 +18,7 @@ use super::api::{
     Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
-use super::config::{Config, NetworkConfig, StoreConfig};
+use super::config::{Config, ConfigError, NetworkConfig, StoreConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, Location};
@@ -84,7 +84,11 @@ impl Daemon {
     /// Binds the underlay, opens the stores, sets up networks and peers, and re-adopts the
     /// containers attached before a restart.
     pub fn start(config_path: &Path, config: Config) -> anyhow::Result<Arc<Self>> {
-        let local = SocketAddr::new(config.node.address, config.node.port);
+        let address = config
+            .node
+            .address
+            .context("node.address was not resolved")?;
+        let local = SocketAddr::new(address, config.node.port);
         let datapath = Datapath::start(switch_config(&config), local, config.node.source_ports)
             .with_context(|| format!("binding the VXLAN socket on {local}"))?;
         let store = PortStore::open(&config.node.state_dir)?;
@@ -403,10 +407,12 @@ impl Daemon {
     }
 
     fn reload(&self, state: &mut State) -> anyhow::Result<String> {
-        let config = Config::load(&self.config_path)?;
+        let mut config = Config::load(&self.config_path)?;
+        resolve_underlay(&mut config, &self.config_path)?;
         let mut changes = Vec::new();
         if config.node.name != state.config.node.name
-            || config.node.address != state.config.node.address
+            || config.node.interface != state.config.node.interface
+            || (config.node.interface.is_none() && config.node.address != state.config.node.address)
             || config.node.port != state.config.node.port
         {
             changes.push("node settings changed: restart vswitchd to apply them".to_owned());
@@ -703,6 +709,41 @@ impl Daemon {
     pub fn store_kind(&self) -> StoreConfig {
         self.lock().config.store.clone()
     }
+}
+
+/// Looks up the underlay address of `node.interface` (its first IPv4 address, else its first
+/// global IPv6 one) and checks the peers against it; nothing to do with `node.address`.
+pub fn resolve_underlay(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
+    let fail = |key: &str, reason: String| ConfigError {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let Some(interface) = config.node.interface.clone() else {
+        return Ok(());
+    };
+    let addresses = netns::Netlink::current()
+        .and_then(|nl| nl.addresses(&interface))
+        .map_err(|e| fail("node.interface", e.to_string()))?;
+    let address = addresses
+        .iter()
+        .map(IpNet::addr)
+        .find(IpAddr::is_ipv4)
+        .or_else(|| {
+            addresses.iter().map(IpNet::addr).find(|a| match a {
+                IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_loopback(),
+                IpAddr::V4(_) => false,
+            })
+        })
+        .ok_or_else(|| {
+            fail(
+                "node.interface",
+                format!("{interface} has no usable address"),
+            )
+        })?;
+    config
+        .set_underlay_address(address)
+        .map_err(|(key, reason)| fail(&key, reason))
 }
 
 /// Opens the namespace a record was made in, if it still exists and is the same one.

@@ -186,6 +186,8 @@ pub struct Lab {
     pub claim_node_subnets: bool,
     /// Run VXLAN between `vswitchd` hosts over IPv6 (set before adding hosts).
     pub ipv6_underlay: bool,
+    /// Name the underlay by interface (`node.interface = "eth0"`) rather than by address.
+    pub underlay_by_interface: bool,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -221,6 +223,7 @@ impl Lab {
             kernel_links: 0,
             claim_node_subnets: false,
             ipv6_underlay: false,
+            underlay_by_interface: false,
         })
     }
 
@@ -351,10 +354,14 @@ impl Lab {
         extra: &str,
     ) -> Result<(), LabError> {
         let host = &self.hosts[index];
+        let underlay = if self.underlay_by_interface {
+            "interface = \"eth0\"".to_owned()
+        } else {
+            format!("address = \"{}\"", self.underlay_address(host))
+        };
         let mut config = format!(
-            "[node]\nname = \"{}\"\naddress = \"{}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n{node_extra}\n\n",
+            "[node]\nname = \"{}\"\n{underlay}\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n{node_extra}\n\n",
             host.name,
-            self.underlay_address(host),
             self.dir.join(&host.name).join("state").display(),
             host.socket.display()
         );
