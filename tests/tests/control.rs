@@ -188,3 +188,43 @@ fn the_underlay_can_be_named_by_interface() {
     let status = vswitch_cli(&lab, 0, &["status"]);
     assert!(status.contains("endpoint 198.18.0.1:4789"), "{status}");
 }
+
+#[test]
+fn prometheus_scrapes_get_the_counters() {
+    let mut lab = Lab::new("pm").unwrap();
+    lab.add_host(HostKind::Vswitch).unwrap();
+    lab.start_vswitchd_with(
+        0,
+        &[NetworkSpec::DEFAULT],
+        "metrics_address = \"127.0.0.1:9489\"",
+        "",
+    )
+    .unwrap();
+    let a = lab.add_container(0, "default", None).unwrap();
+    let gateway = Ipv4Addr::new(10, 244, 1, 1);
+    assert!(reaches(&lab.containers[a].ns, gateway));
+    // The scrape comes from the host's own loopback, inside its namespace.
+    let scrape = |path: &str| {
+        lab.hosts[0]
+            .ns
+            .run(|| {
+                use std::io::{Read, Write};
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", 9489))?;
+                write!(stream, "GET {path} HTTP/1.1\r\nHost: vswitchd\r\n\r\n")?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok::<_, std::io::Error>(response)
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let metrics = scrape("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(metrics.contains("vswitch_ports 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("vswitch_drops_total{reason=\"spoofed_source\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("direction=\"rx\"}"), "{metrics}");
+    assert!(scrape("/").starts_with("HTTP/1.1 404"));
+}

@@ -6,5 +6,6 @@ pub mod attach;
 pub mod config;
 pub mod daemon;
 pub mod leases;
+pub mod metrics;
 pub mod render;
 pub mod state;

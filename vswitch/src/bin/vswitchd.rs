@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
@@ -61,8 +61,16 @@ fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let socket_path = config.node.control_socket.clone();
+    let config_metrics = config.node.metrics_address;
     let daemon = Daemon::start(config_path, config)?;
+    let metrics_address = config_metrics;
     let listener = runtime.block_on(async { bind_control_socket(&socket_path) })?;
+    if let Some(address) = metrics_address {
+        let metrics = runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .with_context(|| format!("binding node.metrics_address {address}"))?;
+        runtime.spawn(serve_metrics(Arc::clone(&daemon), metrics));
+    }
     let served = runtime.block_on(serve(Arc::clone(&daemon), listener));
     let _ = std::fs::remove_file(&socket_path);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -120,6 +128,42 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Result<()
             _ = terminate.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = interrupt.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
         }
+    }
+}
+
+/// Answers Prometheus scrapes: `GET /metrics` gets the counters, anything else a 404.
+async fn serve_metrics(daemon: Arc<Daemon>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let daemon = Arc::clone(&daemon);
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut request = String::new();
+            // A request line longer than this is not a scrape.
+            let mut reader = BufReader::new(read.take(8192));
+            let read_line = reader.read_line(&mut request);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read_line)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let response = if request.starts_with("GET /metrics ") {
+                match off_runtime(move || daemon.metrics()).await {
+                    Some(Ok(body)) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    _ => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+                }
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = write.write_all(response.as_bytes()).await;
+        });
     }
 }
 

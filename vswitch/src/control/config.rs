@@ -83,6 +83,9 @@ pub struct NodeConfig {
     /// from them. Off: one MTU-sized frame per read and write.
     #[serde(default = "default_true")]
     pub offloads: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.

@@ -696,6 +696,27 @@ impl Daemon {
             .collect())
     }
 
+    /// The daemon's counters in the Prometheus text format.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let state = self.lock();
+        let (counters, io, fdb_entries) = self.datapath.run(|w| {
+            (
+                w.switch().counters().clone(),
+                w.io_counters(),
+                w.switch().fdb().len(),
+            )
+        })?;
+        let ports = self.ports(&state)?;
+        let peers = self.peers(&state)?;
+        Ok(super::metrics::render(&super::metrics::Snapshot {
+            counters: &counters,
+            io,
+            fdb_entries,
+            ports: &ports,
+            peers: &peers,
+        }))
+    }
+
     /// Stops the datapath. Containers keep their (persistent) interfaces; the next start
     /// re-adopts them.
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
