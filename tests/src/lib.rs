@@ -14,7 +14,19 @@ pub use vswitch::lab::{HostKind, Lab, NetworkSpec};
 /// A lab with `hosts` `vswitchd` hosts, each carrying `networks` and started with `extra`
 /// config appended.
 pub fn vswitch_lab(tag: &str, hosts: usize, networks: &[NetworkSpec<'_>], extra: &str) -> Lab {
+    vswitch_lab_with(tag, hosts, networks, extra, |_| {})
+}
+
+/// [`vswitch_lab`] with `configure` applied to the lab before its hosts are added.
+pub fn vswitch_lab_with(
+    tag: &str,
+    hosts: usize,
+    networks: &[NetworkSpec<'_>],
+    extra: &str,
+    configure: impl FnOnce(&mut Lab),
+) -> Lab {
     let mut lab = Lab::new(tag).expect("creating the lab");
+    configure(&mut lab);
     for _ in 0..hosts {
         lab.add_host(HostKind::Vswitch).expect("adding a host");
     }

@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use vswitch::control::api::{AttachRequest, Reply, Request};
-use vswitch_e2e::{HostKind, Lab, NetworkSpec, reaches, tcp_transfer, vswitch_lab};
+use vswitch_e2e::{
+    HostKind, Lab, NetworkSpec, reaches, tcp_transfer, vswitch_lab, vswitch_lab_with,
+};
 
 fn vswitch_cli(lab: &Lab, host: usize, args: &[&str]) -> String {
     let exe = vswitch::lab::vswitchd_path().with_file_name("vswitch");
@@ -154,14 +156,9 @@ fn reload_adds_networks_and_drops_peers_without_disturbing_the_rest() {
 
 #[test]
 fn vxlan_runs_over_an_ipv6_underlay() {
-    let mut lab = Lab::new("v6").unwrap();
-    lab.ipv6_underlay = true;
-    lab.add_host(HostKind::Vswitch).unwrap();
-    lab.add_host(HostKind::Vswitch).unwrap();
-    for host in 0..2 {
-        lab.start_vswitchd(host, &[NetworkSpec::DEFAULT], "")
-            .unwrap();
-    }
+    let mut lab = vswitch_lab_with("v6", 2, &[NetworkSpec::DEFAULT], "", |lab| {
+        lab.ipv6_underlay = true;
+    });
     let a = lab.add_container(0, "default", None).unwrap();
     let b = lab.add_container(1, "default", None).unwrap();
     let c = &lab.containers;
@@ -174,14 +171,9 @@ fn vxlan_runs_over_an_ipv6_underlay() {
 
 #[test]
 fn the_underlay_can_be_named_by_interface() {
-    let mut lab = Lab::new("if").unwrap();
-    lab.underlay_by_interface = true;
-    lab.add_host(HostKind::Vswitch).unwrap();
-    lab.add_host(HostKind::Vswitch).unwrap();
-    for host in 0..2 {
-        lab.start_vswitchd(host, &[NetworkSpec::DEFAULT], "")
-            .unwrap();
-    }
+    let mut lab = vswitch_lab_with("if", 2, &[NetworkSpec::DEFAULT], "", |lab| {
+        lab.underlay_by_interface = true;
+    });
     let a = lab.add_container(0, "default", None).unwrap();
     let b = lab.add_container(1, "default", None).unwrap();
     assert!(reaches(&lab.containers[a].ns, lab.containers[b].ip));

@@ -4,11 +4,9 @@
 //! Everything here is mechanism: what to do with a frame is decided by the core.
 
 mod datapath;
-mod partial_checksum;
 mod tap;
 mod udp;
 
 pub use datapath::{Datapath, DatapathStopped, IoCounters, PortError, Worker};
-pub use partial_checksum::complete_partial_checksum;
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};

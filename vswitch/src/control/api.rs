@@ -92,6 +92,25 @@ pub struct Attachment {
     pub mtu: u16,
 }
 
+#[cfg(test)]
+impl Attachment {
+    /// A container `id` on the default network at 10.244.1.2/16, for tests.
+    pub(crate) fn example(id: &str) -> Self {
+        Attachment {
+            container_id: id.into(),
+            netns: id.into(),
+            ifname: "eth0".into(),
+            network: "default".into(),
+            vni: 42,
+            mac: MacAddr([0x0a, 0x58, 10, 244, 1, 2]),
+            address: IpNet::V4(ipnet::Ipv4Net::new([10, 244, 1, 2].into(), 16).unwrap_or_default()),
+            address6: None,
+            gateway: IpAddr::V4([10, 244, 1, 1].into()),
+            mtu: 1450,
+        }
+    }
+}
+
 /// Traffic counters of one port or peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {

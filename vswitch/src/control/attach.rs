@@ -128,18 +128,7 @@ mod tests {
 
     #[test]
     fn staging_names_fit_an_interface_name() {
-        let a = Attachment {
-            container_id: "a-very-long-container-identifier-0123456789".into(),
-            netns: "x".into(),
-            ifname: "eth0".into(),
-            network: "default".into(),
-            vni: 42,
-            mac: mac_for(Ipv4Addr::new(10, 244, 1, 2)),
-            address: "10.244.1.2/16".parse().unwrap(),
-            address6: None,
-            gateway: "10.244.1.1".parse().unwrap(),
-            mtu: 1450,
-        };
+        let a = Attachment::example("a-very-long-container-identifier-0123456789");
         let name = staging_name(&a);
         assert!(name.len() <= 15 && name.starts_with("vs"), "{name}");
     }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::wire::Vni;
@@ -526,11 +526,6 @@ impl fmt::Display for StoreConfig {
             StoreConfig::Etcd { endpoints, .. } => write!(f, "etcd {}", endpoints.join(",")),
         }
     }
-}
-
-/// An address inside a network: the gateway or a container's, with the network's prefix.
-pub fn with_prefix(addr: IpAddr, net: &Ipv4Net) -> IpNet {
-    IpNet::new(addr, net.prefix_len()).unwrap_or(IpNet::V4(*net))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::api::{
     Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
-use super::config::{Config, ConfigError, NetworkConfig, StoreConfig};
+use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, Location};
@@ -724,11 +724,6 @@ impl Daemon {
             Ok(daemon) => daemon.datapath.stop().context("stopping the datapath"),
             Err(_) => Ok(()),
         }
-    }
-
-    /// The store this daemon uses, for logs.
-    pub fn store_kind(&self) -> StoreConfig {
-        self.lock().config.store.clone()
     }
 }
 

@@ -186,18 +186,7 @@ mod tests {
             ..Counters::default()
         };
         let ports = vec![PortView {
-            attachment: Attachment {
-                container_id: "web\"1".into(),
-                netns: "web1".into(),
-                ifname: "eth0".into(),
-                network: "default".into(),
-                vni: 42,
-                mac: "0a:58:0a:f4:01:02".parse().unwrap(),
-                address: "10.244.1.2/16".parse().unwrap(),
-                address6: None,
-                gateway: "10.244.1.1".parse().unwrap(),
-                mtu: 1450,
-            },
+            attachment: Attachment::example("web\"1"),
             traffic: Traffic {
                 rx_bytes: 100,
                 tx_bytes: 200,

@@ -111,18 +111,7 @@ mod tests {
 
     fn record(id: &str) -> PortRecord {
         PortRecord {
-            attachment: Attachment {
-                container_id: id.into(),
-                netns: id.into(),
-                ifname: "eth0".into(),
-                network: "default".into(),
-                vni: 42,
-                mac: "0a:58:0a:f4:01:02".parse().unwrap(),
-                address: "10.244.1.2/16".parse().unwrap(),
-                address6: None,
-                gateway: "10.244.1.1".parse().unwrap(),
-                mtu: 1450,
-            },
+            attachment: Attachment::example(id),
             netns_id: (4, 4026532000),
         }
     }

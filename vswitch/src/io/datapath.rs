@@ -16,10 +16,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::RecvMeta;
 use rustc_hash::FxHashMap;
 
-use super::partial_checksum::complete_partial_checksum;
 use super::tap::TapQueue;
 use super::udp::Underlay;
-use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr};
+use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum};
 use crate::switch::{Output, PortConfig, PortId, Switch, SwitchConfig, SwitchError};
 use crate::tunnel::VXLAN_HEADER_LEN;
 
@@ -304,8 +303,10 @@ impl Worker {
     ) -> bool {
         let mut more = true;
         for _ in 0..UNDERLAY_BUDGET {
-            let mut slices: Vec<IoSliceMut<'_>> =
-                buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut free = buffers.iter_mut();
+            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(free.next().map_or(&mut [][..], |b| b.as_mut_slice()))
+            });
             self.counters.udp_recv_calls += 1;
             let count = match self.underlay.recv(&mut slices, meta) {
                 Ok(count) => count,
@@ -317,7 +318,6 @@ impl Worker {
                     break;
                 }
             };
-            drop(slices);
             for (buffer, meta) in buffers.iter_mut().zip(meta.iter()).take(count) {
                 let stride = meta.stride.max(1);
                 let len = meta.len.min(buffer.len());

@@ -129,11 +129,6 @@ impl Underlay {
         self.receiver.socket.as_raw_fd()
     }
 
-    /// How many datagrams one GRO receive may coalesce (1 when GRO is off).
-    pub fn gro_segments(&self) -> usize {
-        self.receiver.state.gro_segments()
-    }
-
     /// Receives a batch of datagrams (each buffer may hold several of `stride` bytes).
     pub fn recv(
         &self,

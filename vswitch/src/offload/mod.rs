@@ -6,13 +6,16 @@
 //! MTU-sized frames with complete checksums: [`segment`] cuts a super-frame into them the way
 //! Linux's GSO does, into a reusable [`Segments`] buffer. In the other direction, a
 //! [`Coalescer`] merges consecutive TCP segments of a flow arriving from peers into one
-//! super-frame marked GSO, so the container's kernel handles one large packet instead of many.
+//! super-frame marked GSO, so the container's kernel handles one large packet instead of many;
+//! [`complete_partial_checksum`] finishes checksums a software sender left to an offload that
+//! never ran.
 //!
 //! Everything here works on caller-owned, reused buffers, reads headers at fixed offsets, and
 //! returns an [`OffloadError`] (or passes the frame through) on any input it cannot handle.
 
 mod checksum;
 mod coalesce;
+mod partial;
 mod segment;
 mod vnet;
 
@@ -21,6 +24,7 @@ mod fixtures;
 
 pub use checksum::{checksum, fold, partial_sum, pseudo_header_v4, pseudo_header_v6};
 pub use coalesce::Coalescer;
+pub use partial::complete_partial_checksum;
 pub use segment::{MAX_SEGMENTS, Segments, complete_checksum, segment};
 pub use vnet::{VNET_HDR_LEN, VnetHdr};
 

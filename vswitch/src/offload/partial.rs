@@ -7,118 +7,42 @@
 //! the checksum itself before the frame reaches a container that would otherwise drop it. A
 //! correct checksum is never touched.
 
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-
-/// Where an L4 checksum lives and what its pseudo-header adds.
-struct L4 {
-    start: usize,
-    end: usize,
-    field: usize,
-    pseudo: u32,
-    udp: bool,
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-    }
-    let rest = words.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
-    }
-    if let [last] = pairs.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-fn locate(frame: &[u8]) -> Option<L4> {
-    let mut l3 = 14;
-    let mut ethertype = be16(frame, 12)?;
-    if ethertype == ETHERTYPE_VLAN {
-        ethertype = be16(frame, 16)?;
-        l3 = 18;
-    }
-    let (proto, start, end, pseudo_addrs) = match ethertype {
-        ETHERTYPE_IPV4 => {
-            let ihl = usize::from(frame.get(l3)? & 0x0f) * 4;
-            let total = usize::from(be16(frame, l3 + 2)?);
-            let fragment = be16(frame, l3 + 6)? & 0x3fff;
-            if ihl < 20 || fragment != 0 || total < ihl {
-                return None;
-            }
-            let addrs = frame.get(l3 + 12..l3 + 20)?;
-            (*frame.get(l3 + 9)?, l3 + ihl, l3 + total, addrs)
-        }
-        ETHERTYPE_IPV6 => {
-            let payload = usize::from(be16(frame, l3 + 4)?);
-            let addrs = frame.get(l3 + 8..l3 + 40)?;
-            (*frame.get(l3 + 6)?, l3 + 40, l3 + 40 + payload, addrs)
-        }
-        _ => return None,
-    };
-    if end > frame.len() {
-        return None;
-    }
-    let (offset, udp) = match proto {
-        PROTO_TCP => (16, false),
-        PROTO_UDP => (6, true),
-        _ => return None,
-    };
-    let len = end - start;
-    if len < offset + 2 {
-        return None;
-    }
-    let pseudo = sum(pseudo_addrs, u64::from(proto) + len as u64);
-    Some(L4 {
-        start,
-        end,
-        field: start + offset,
-        pseudo: u32::from(fold(pseudo)),
-        udp,
-    })
-}
+use super::checksum::{checksum, fold};
+use super::layout::{PROTO_TCP, PROTO_UDP, TCP_CSUM, UDP_CSUM, be16, parse_ip, pseudo, put16};
 
 /// Finishes the TCP or UDP checksum of `frame` if its field holds only the pseudo-header sum
 /// and the packet does not already verify. Returns whether the frame was changed.
 pub fn complete_partial_checksum(frame: &mut [u8]) -> bool {
-    let Some(l4) = locate(frame) else {
+    let Ok(ip) = parse_ip(frame) else {
         return false;
     };
-    let Some(field) = be16(frame, l4.field) else {
-        return false;
+    let (offset, udp) = match ip.proto {
+        PROTO_TCP if !ip.fragment => (TCP_CSUM, false),
+        PROTO_UDP if !ip.fragment => (UDP_CSUM, true),
+        _ => return false,
     };
-    if u32::from(field) != l4.pseudo || (l4.udp && field == 0) {
+    let field = ip.l4 + offset;
+    if field + 2 > ip.end {
         return false;
     }
-    let segment = &frame[l4.start..l4.end];
-    if fold(sum(segment, u64::from(l4.pseudo))) == 0xffff {
+    let pseudo = pseudo(frame, &ip, ip.end - ip.l4);
+    let Some(value) = be16(frame, field) else {
+        return false;
+    };
+    if value != fold(pseudo) || (udp && value == 0) {
+        return false;
+    }
+    let segment = &frame[ip.l4..ip.end];
+    if checksum(segment, pseudo) == 0 {
         return false;
     }
     // The field holds the pseudo-header sum already: summing the segment as it is gives the
     // full sum.
-    let mut checksum = !fold(sum(segment, 0));
-    if l4.udp && checksum == 0 {
-        checksum = 0xffff;
+    let mut sum = checksum(segment, 0);
+    if udp && sum == 0 {
+        sum = 0xffff;
     }
-    frame[l4.field..l4.field + 2].copy_from_slice(&checksum.to_be_bytes());
+    put16(frame, field, sum);
     true
 }
 
@@ -146,11 +70,16 @@ mod tests {
     }
 
     /// What a Linux sender with checksum offload puts on the wire.
-    fn make_partial(frame: &mut [u8]) -> u16 {
-        let l4 = locate(frame).unwrap();
-        let full = be16(frame, l4.field).unwrap();
-        frame[l4.field..l4.field + 2].copy_from_slice(&(l4.pseudo as u16).to_be_bytes());
-        full
+    fn make_partial(frame: &mut [u8]) {
+        let ip = parse_ip(frame).unwrap();
+        let field = ip.l4
+            + if ip.proto == PROTO_TCP {
+                TCP_CSUM
+            } else {
+                UDP_CSUM
+            };
+        let partial = fold(pseudo(frame, &ip, ip.end - ip.l4));
+        put16(frame, field, partial);
     }
 
     #[test]
