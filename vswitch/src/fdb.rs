@@ -5,6 +5,11 @@
 //! them. Memory is bounded: learned entries never exceed [`FdbConfig::max_entries`] in total nor
 //! [`FdbConfig::max_per_port`] on one local port; a MAC that would break a limit is not learned.
 //! Aging is a sweep the switch runs from its timer, not work done per frame.
+//!
+//! When the switch runs as several replicas (one per datapath worker), an entry one replica
+//! learned reaches the others as a *mirrored* entry: it forwards like any other, never ages on
+//! its own and goes when the replica that learned it forgets it. Traffic seen locally turns a
+//! mirrored entry into a learned one.
 
 use std::time::{Duration, Instant};
 
@@ -74,8 +79,10 @@ pub struct FdbEntry {
     pub location: Location,
     /// True for entries that never age.
     pub is_static: bool,
-    /// Time since the MAC was last seen; `None` for static entries.
+    /// Time since the MAC was last seen (or mirrored); `None` for static entries.
     pub age: Option<Duration>,
+    /// True for entries another replica learned.
+    pub mirrored: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +116,21 @@ struct Entry {
     location: Location,
     /// `None` for static entries.
     last_seen: Option<Instant>,
+    /// Learned by another replica: never aged here.
+    mirrored: bool,
+}
+
+/// What [`Fdb::forget_mirrored`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    /// The mirrored entry was removed.
+    Removed,
+    /// The entry was learned by this replica too, and stays.
+    Kept(Location),
+    /// A static entry holds the MAC, and stays.
+    Static,
+    /// There was no entry.
+    Absent,
 }
 
 /// MAC learning per VNI.
@@ -151,6 +173,7 @@ impl Fdb {
             };
             if entry.location == location {
                 *last_seen = now;
+                entry.mirrored = false;
                 return Learned::Refreshed;
             }
             if let Location::Port(port) = location
@@ -160,6 +183,7 @@ impl Fdb {
             }
             let from = entry.location;
             entry.location = location;
+            entry.mirrored = false;
             *last_seen = now;
             self.uncount(from);
             self.count(location);
@@ -178,11 +202,61 @@ impl Fdb {
             Entry {
                 location,
                 last_seen: Some(now),
+                mirrored: false,
             },
         );
         self.learned += 1;
         self.count(location);
         Learned::New
+    }
+
+    /// Records what another replica learned: `mac` on `vni` is at `location`. Static entries
+    /// and this replica's own entry at the same location stay as they are; otherwise the entry
+    /// becomes a mirrored one (limits permitting). Returns true when something changed.
+    pub fn mirror(&mut self, now: Instant, vni: Vni, mac: MacAddr, location: Location) -> bool {
+        let key = Key::new(vni, mac);
+        if let Some(entry) = self.entries.get_mut(&key) {
+            if entry.last_seen.is_none() || entry.location == location {
+                return false;
+            }
+            let from = entry.location;
+            entry.location = location;
+            entry.last_seen = Some(now);
+            entry.mirrored = true;
+            self.uncount(from);
+            self.count(location);
+            return true;
+        }
+        if self.learned >= self.config.max_entries {
+            return false;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                location,
+                last_seen: Some(now),
+                mirrored: true,
+            },
+        );
+        self.learned += 1;
+        self.count(location);
+        true
+    }
+
+    /// Another replica forgot `mac` on `vni`: removes the entry if it is mirrored.
+    pub fn forget_mirrored(&mut self, vni: Vni, mac: MacAddr) -> Forgotten {
+        let key = Key::new(vni, mac);
+        match self.entries.get(&key) {
+            None => Forgotten::Absent,
+            Some(entry) if entry.last_seen.is_none() => Forgotten::Static,
+            Some(entry) if !entry.mirrored => Forgotten::Kept(entry.location),
+            Some(_) => {
+                if let Some(old) = self.entries.remove(&key) {
+                    self.forget(&old);
+                }
+                Forgotten::Removed
+            }
+        }
     }
 
     /// Pins `mac` on `vni` to `location`: never aged, never overwritten by learning. Replaces any
@@ -198,6 +272,7 @@ impl Fdb {
             Entry {
                 location,
                 last_seen: None,
+                mirrored: false,
             },
         );
         old.map(|old| {
@@ -232,10 +307,21 @@ impl Fdb {
 
     /// Removes the learned entries not seen for the aging time; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
+        self.expire_with(now, |_, _| {})
+    }
+
+    /// Like [`expire`](Fdb::expire), telling `expired` of each entry removed. Mirrored entries
+    /// never expire here.
+    pub fn expire_with(&mut self, now: Instant, mut expired: impl FnMut(Vni, MacAddr)) -> usize {
         let aging = self.config.aging;
-        self.remove_where(|_, e| {
-            e.last_seen
-                .is_some_and(|seen| now.saturating_duration_since(seen) >= aging)
+        self.remove_where(|key, e| {
+            let old = !e.mirrored
+                && e.last_seen
+                    .is_some_and(|seen| now.saturating_duration_since(seen) >= aging);
+            if old {
+                expired(key.vni(), key.mac());
+            }
+            old
         })
     }
 
@@ -269,6 +355,7 @@ impl Fdb {
             age: entry
                 .last_seen
                 .map(|seen| now.saturating_duration_since(seen)),
+            mirrored: entry.mirrored,
         })
     }
 
@@ -405,6 +492,42 @@ mod tests {
     }
 
     #[test]
+    fn mirrored_entries_follow_the_replica_that_learned_them() {
+        let t0 = Instant::now();
+        let aging = FdbConfig::default().aging;
+        let mut fdb = Fdb::new(FdbConfig::default());
+        assert!(fdb.mirror(t0, vni(42), mac(1), R1));
+        assert!(!fdb.mirror(t0, vni(42), mac(1), R1));
+        assert_eq!(fdb.lookup(vni(42), mac(1)), Some(R1));
+        assert!(fdb.iter(t0).next().unwrap().mirrored);
+        // Mirrored entries never age here; the replica that learned them says when they go.
+        assert_eq!(fdb.expire(t0 + aging * 2), 0);
+        assert_eq!(fdb.forget_mirrored(vni(42), mac(1)), Forgotten::Removed);
+        assert_eq!(fdb.forget_mirrored(vni(42), mac(1)), Forgotten::Absent);
+        assert_eq!(fdb.learned_len(), 0);
+
+        // Local traffic makes a mirrored entry this replica's own.
+        assert!(fdb.mirror(t0, vni(42), mac(2), R1));
+        assert_eq!(fdb.learn(t0, vni(42), mac(2), R1), Learned::Refreshed);
+        assert_eq!(fdb.forget_mirrored(vni(42), mac(2)), Forgotten::Kept(R1));
+        // A move seen by another replica overrides an own entry.
+        assert!(fdb.mirror(t0, vni(42), mac(2), P1));
+        assert_eq!(fdb.lookup(vni(42), mac(2)), Some(P1));
+        assert_eq!(fdb.port_len(PortId(1)), 1);
+
+        // Static entries win.
+        let _ = fdb.insert_static(vni(42), mac(3), P2);
+        assert!(!fdb.mirror(t0, vni(42), mac(3), R2));
+        assert_eq!(fdb.forget_mirrored(vni(42), mac(3)), Forgotten::Static);
+
+        // Own entries that expire are reported.
+        let _ = fdb.learn(t0, vni(42), mac(4), R2);
+        let mut expired = Vec::new();
+        fdb.expire_with(t0 + aging, |v, m| expired.push((v, m)));
+        assert_eq!(expired, vec![(vni(42), mac(4))]);
+    }
+
+    #[test]
     fn static_entries() {
         let t0 = Instant::now();
         let mut fdb = Fdb::new(FdbConfig::default());
@@ -480,6 +603,7 @@ mod tests {
                 location: R1,
                 is_static: false,
                 age: Some(Duration::from_secs(3)),
+                mirrored: false,
             }]
         );
     }

@@ -18,6 +18,7 @@ mod counters;
 mod neigh;
 mod output;
 mod path;
+mod replica;
 
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
+pub use replica::{Site, Update};
 
 use neigh::Neighbours;
 
@@ -150,6 +152,8 @@ pub struct Switch {
     neighbours: Neighbours,
     counters: Counters,
     next_sweep: Option<Instant>,
+    replicated: bool,
+    updates: Vec<Update>,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -173,6 +177,8 @@ impl Switch {
             neighbours,
             counters: Counters::default(),
             next_sweep: None,
+            replicated: false,
+            updates: Vec::new(),
         }
     }
 
@@ -513,8 +519,19 @@ impl Switch {
         if self.next_sweep.is_none_or(|due| now < due) {
             return;
         }
-        self.counters.fdb_aged += self.fdb.expire(now) as u64;
-        self.counters.neighbours_aged += self.neighbours.expire(now) as u64;
+        let mut forgotten = Vec::new();
+        let publish = self.replicated;
+        self.counters.fdb_aged += self.fdb.expire_with(now, |vni, mac| {
+            if publish {
+                forgotten.push(Update::Forgot { vni, mac });
+            }
+        }) as u64;
+        self.counters.neighbours_aged += self.neighbours.expire_with(now, |vni, ip| {
+            if publish {
+                forgotten.push(Update::NeighbourForgot { vni, ip });
+            }
+        }) as u64;
+        self.updates.append(&mut forgotten);
         if self.dynamic_peers > 0 {
             let aging = self.config.fdb.aging;
             let stale: Vec<PeerId> = self
@@ -530,6 +547,9 @@ impl Switch {
                 .map(|(id, _)| id)
                 .collect();
             for id in stale {
+                if let Some(addr) = self.peer(id).map(|p| p.addr) {
+                    self.publish(Update::PeerLost { addr });
+                }
                 self.remove_peer(id);
             }
         }

@@ -1,7 +1,8 @@
 //! The neighbour table: IPv4 address to MAC per VNI, for answering ARP locally.
 //!
 //! Port addresses are static entries; addresses seen in ARP traffic on the VNI are learned and age
-//! like FDB entries. Learned entries are bounded in number.
+//! like FDB entries. Learned entries are bounded in number. Entries another replica learned are
+//! mirrored as in the FDB: they never age here and go when that replica forgets them.
 
 use core::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ pub struct NeighbourEntry {
 struct Entry {
     mac: MacAddr,
     last_seen: Option<Instant>,
+    mirrored: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -57,14 +59,30 @@ impl Neighbours {
         self.entries.get(&key(vni, ip)).map(|e| e.mac)
     }
 
-    /// Records `ip` at `mac`; returns true when a new entry was created. Static entries win.
+    /// Records `ip` at `mac`; returns true when that is news (a new entry or a new MAC).
+    /// Static entries win.
     pub(super) fn learn(&mut self, now: Instant, vni: Vni, ip: Ipv4Addr, mac: MacAddr) -> bool {
+        self.record(now, vni, ip, mac, false)
+    }
+
+    /// Records what another replica learned; returns true when something changed.
+    pub(super) fn mirror(&mut self, now: Instant, vni: Vni, ip: Ipv4Addr, mac: MacAddr) -> bool {
+        self.record(now, vni, ip, mac, true)
+    }
+
+    fn record(&mut self, now: Instant, vni: Vni, ip: Ipv4Addr, mac: MacAddr, mirror: bool) -> bool {
         if let Some(entry) = self.entries.get_mut(&key(vni, ip)) {
-            if let Some(seen) = entry.last_seen.as_mut() {
-                *seen = now;
-                entry.mac = mac;
+            let Some(seen) = entry.last_seen.as_mut() else {
+                return false;
+            };
+            let changed = entry.mac != mac;
+            if mirror && !changed {
+                return false;
             }
-            return false;
+            *seen = now;
+            entry.mac = mac;
+            entry.mirrored = mirror;
+            return changed;
         }
         if self.learned >= self.max_learned {
             return false;
@@ -74,10 +92,27 @@ impl Neighbours {
             Entry {
                 mac,
                 last_seen: Some(now),
+                mirrored: mirror,
             },
         );
         self.learned += 1;
         true
+    }
+
+    /// Another replica forgot `ip`: removes a mirrored entry and returns `None`; returns the
+    /// MAC of an entry this replica learned itself, which stays.
+    pub(super) fn forget_mirrored(&mut self, vni: Vni, ip: Ipv4Addr) -> Option<MacAddr> {
+        let k = key(vni, ip);
+        let entry = self.entries.get(&k)?;
+        match (entry.mirrored, entry.last_seen) {
+            (true, _) => {
+                self.entries.remove(&k);
+                self.learned -= 1;
+                None
+            }
+            (false, Some(_)) => Some(entry.mac),
+            (false, None) => None,
+        }
     }
 
     pub(super) fn insert_static(&mut self, vni: Vni, ip: Ipv4Addr, mac: MacAddr) {
@@ -86,6 +121,7 @@ impl Neighbours {
             Entry {
                 mac,
                 last_seen: None,
+                mirrored: false,
             },
         );
         if old.is_some_and(|old| old.last_seen.is_some()) {
@@ -110,11 +146,21 @@ impl Neighbours {
         self.remove_where(|k, _| k.0 == vni)
     }
 
-    pub(super) fn expire(&mut self, now: Instant) -> usize {
+    /// Removes learned entries not seen for the aging time, telling `expired` of each.
+    pub(super) fn expire_with(
+        &mut self,
+        now: Instant,
+        mut expired: impl FnMut(Vni, Ipv4Addr),
+    ) -> usize {
         let aging = self.aging;
-        self.remove_where(|_, e| {
-            e.last_seen
-                .is_some_and(|seen| now.saturating_duration_since(seen) >= aging)
+        self.remove_where(|&(vni, ip), e| {
+            let old = !e.mirrored
+                && e.last_seen
+                    .is_some_and(|seen| now.saturating_duration_since(seen) >= aging);
+            if old {
+                expired(Vni::from_u24(vni), Ipv4Addr::from_bits(ip));
+            }
+            old
         })
     }
 
@@ -162,6 +208,7 @@ mod tests {
         let mac = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
         let mut n = Neighbours::new(2, Duration::from_secs(60));
         assert!(n.learn(t0, vni, ip(1), mac(1)));
+        assert!(n.learn(t0, vni, ip(1), mac(9)));
         assert!(!n.learn(t0, vni, ip(1), mac(9)));
         assert_eq!(n.lookup(vni, ip(1)), Some(mac(9)));
         assert!(n.learn(t0, vni, ip(2), mac(2)));
@@ -171,12 +218,34 @@ mod tests {
         assert_eq!(n.learned_len(), 1);
         assert!(!n.learn(t0, vni, ip(1), mac(7)));
         assert_eq!(n.lookup(vni, ip(1)), Some(mac(1)));
-        assert_eq!(n.expire(t0 + Duration::from_secs(60)), 1);
+        assert_eq!(n.expire_with(t0 + Duration::from_secs(60), |_, _| {}), 1);
         assert_eq!(n.lookup(vni, ip(2)), None);
         n.remove_static(vni, ip(1), mac(2));
         assert_eq!(n.lookup(vni, ip(1)), Some(mac(1)));
         n.remove_static(vni, ip(1), mac(1));
         assert_eq!(n.lookup(vni, ip(1)), None);
         assert_eq!(n.learned_len(), 0);
+    }
+
+    #[test]
+    fn mirrored_entries_do_not_age_and_go_when_told() {
+        let t0 = Instant::now();
+        let vni = Vni::DEFAULT;
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        let mac = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
+        let mut n = Neighbours::new(4, Duration::from_secs(60));
+        assert!(n.mirror(t0, vni, ip, mac(1)));
+        assert!(!n.mirror(t0, vni, ip, mac(1)));
+        assert_eq!(n.expire_with(t0 + Duration::from_secs(600), |_, _| {}), 0);
+        assert_eq!(n.forget_mirrored(vni, ip), None);
+        assert_eq!(n.lookup(vni, ip), None);
+        assert_eq!(n.learned_len(), 0);
+        // Seen here: the entry is this replica's own and outlives the other replica's.
+        assert!(n.mirror(t0, vni, ip, mac(1)));
+        assert!(!n.learn(t0, vni, ip, mac(1)));
+        assert_eq!(n.forget_mirrored(vni, ip), Some(mac(1)));
+        let mut expired = Vec::new();
+        n.expire_with(t0 + Duration::from_secs(60), |v, i| expired.push((v, i)));
+        assert_eq!(expired, vec![(vni, ip)]);
     }
 }

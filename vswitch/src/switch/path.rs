@@ -11,7 +11,7 @@ use crate::wire::{
     MacAddr, Vni,
 };
 
-use super::{DropReason, Gateway, Output, PeerId, Port, PortId, Switch, Transmit};
+use super::{DropReason, Gateway, Output, PeerId, Port, PortId, Switch, Transmit, Update};
 
 const ARP_FRAME_LEN: usize = ETHERNET_HEADER_LEN + ArpPacket::<&[u8]>::LEN;
 
@@ -146,8 +146,12 @@ impl Switch {
             Learned::New => {
                 self.counters.fdb_learned += 1;
                 self.schedule_sweep(now);
+                self.publish_learned(vni, mac, at);
             }
-            Learned::Moved { .. } => self.counters.fdb_moves += 1,
+            Learned::Moved { .. } => {
+                self.counters.fdb_moves += 1;
+                self.publish_learned(vni, mac, at);
+            }
             Learned::Refreshed | Learned::Static => {}
             Learned::Full => return Err(DropReason::FdbFull),
         }
@@ -162,6 +166,7 @@ impl Switch {
         }
         if self.neighbours.learn(now, vni, ip, mac) {
             self.schedule_sweep(now);
+            self.publish(Update::Neighbour { vni, ip, mac });
         }
     }
 
@@ -308,7 +313,9 @@ impl Switch {
                     }
                     p.vnis.push(vni);
                     p.vnis.sort_unstable();
+                    let addr = p.addr;
                     self.rebuild_membership(id);
+                    self.publish(Update::PeerFound { addr, vni });
                 }
                 id
             }
@@ -319,6 +326,7 @@ impl Switch {
                 let to = SocketAddr::new(from.ip(), self.config.vxlan_port);
                 let id = self.insert_peer(to, vec![vni], true, Some(now));
                 self.counters.dynamic_peers_created += 1;
+                self.publish(Update::PeerFound { addr: to, vni });
                 self.schedule_sweep(now);
                 if let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
                     p.stats.rx_datagrams += 1;
