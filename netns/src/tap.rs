@@ -154,6 +154,10 @@ pub struct TapOptions {
     /// Number of queues (descriptors); more than one makes the device
     /// multi-queue (`IFF_MULTI_QUEUE`).
     pub queues: usize,
+    /// Make the device multi-queue even with one queue, so that it can be attached to later
+    /// with any number of queues. A device's multi-queue flag is fixed when it is created,
+    /// and attaching must use the same.
+    pub multi_queue: bool,
     /// Offloads to enable; needs `vnet_hdr`. The kernel may accept fewer.
     pub offloads: Offloads,
     /// Keep the device when its last queue closes.
@@ -167,6 +171,7 @@ impl TapOptions {
             name: name.into(),
             vnet_hdr: false,
             queues: 1,
+            multi_queue: false,
             offloads: Offloads::NONE,
             persist: false,
         }
@@ -202,7 +207,7 @@ impl TapOptions {
         if self.vnet_hdr {
             flags |= consts::IFF_VNET_HDR;
         }
-        if self.queues > 1 {
+        if self.queues > 1 || self.multi_queue {
             flags |= consts::IFF_MULTI_QUEUE;
         }
         flags

@@ -47,6 +47,39 @@ fn offloads_need_vnet_header() {
 }
 
 #[test]
+fn a_multi_queue_device_takes_any_number_of_queues_later() {
+    let t = TestNs::new("tq");
+    let name = format!("tq{}", unique());
+    let mut o = TapOptions::new(&name);
+    o.multi_queue = true;
+    o.persist = true;
+    let tap = t.ns.run(|| Tap::create(&o)).unwrap().unwrap();
+    assert_eq!(tap.queues().len(), 1);
+    drop(tap);
+    o.queues = 3;
+    let tap = t.ns.run(|| Tap::attach(&o)).unwrap().unwrap();
+    assert_eq!(tap.queues().len(), 3);
+    drop(tap);
+
+    // A single-queue device refuses a multi-queue attach, and takes a plain one.
+    let single = format!("ts{}", unique());
+    let mut o = TapOptions::new(&single);
+    o.persist = true;
+    drop(t.ns.run(|| Tap::create(&o)).unwrap().unwrap());
+    o.multi_queue = true;
+    assert!(t.ns.run(|| Tap::attach(&o)).unwrap().is_err());
+    o.multi_queue = false;
+    assert_eq!(
+        t.ns.run(|| Tap::attach(&o))
+            .unwrap()
+            .unwrap()
+            .queues()
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn vnet_header_offloads_multi_queue() {
     let t = TestNs::new("tv");
     let features = Tap::features().unwrap();

@@ -1,12 +1,15 @@
-//! The thin shell around the sans-IO core: TAP queues, the underlay UDP sockets, and the worker
-//! loop that moves bytes between them and [`crate::switch::Switch`] in bounded batches.
+//! The thin shell around the sans-IO core: TAP queues, the underlay UDP sockets, and the workers
+//! (one per core) whose loops move bytes between them and their replica of
+//! [`crate::switch::Switch`] in bounded batches.
 //!
 //! Everything here is mechanism: what to do with a frame is decided by the core.
 
 mod datapath;
 mod tap;
 mod udp;
+mod worker;
 
-pub use datapath::{Datapath, DatapathStopped, IoCounters, PortError, Worker};
+pub use datapath::{Datapath, DatapathStopped};
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};
+pub use worker::{IoCounters, PortError, Worker};

@@ -214,6 +214,9 @@ pub struct StatusView {
     pub udp_send_errors: u64,
     /// Super-frames from a TAP that could not be segmented (an offload the switch does not do).
     pub offload_errors: u64,
+    /// Traffic of each datapath worker, in worker order: how evenly flows spread over cores.
+    #[serde(default)]
+    pub workers: Vec<Traffic>,
 }
 
 /// A successful reply's payload.

@@ -44,9 +44,13 @@ fn staging_name(a: &Attachment) -> String {
     format!("vs{:08x}", hasher.finish() as u32)
 }
 
-fn tap_options(name: &str, offloads: bool) -> TapOptions {
+/// Options for the container's TAP: always multi-queue, so that it can be re-adopted by a
+/// daemon running any number of workers, with `queues` queues.
+fn tap_options(name: &str, offloads: bool, queues: usize) -> TapOptions {
     let mut options = TapOptions::new(name);
     options.persist = true;
+    options.multi_queue = true;
+    options.queues = queues.max(1);
     if offloads {
         // The kernel may accept fewer; netns falls back and reports what it took.
         options.vnet_hdr = true;
@@ -57,13 +61,25 @@ fn tap_options(name: &str, offloads: bool) -> TapOptions {
 }
 
 /// Makes sure the container has the interface `a` describes, fully configured, and returns the
-/// open TAP. Creates it when absent, re-opens it when present. With `offloads`, the TAP carries
-/// virtio-net headers and takes checksum offload and TCP/UDP segmentation offload.
-pub fn ensure_interface(a: &Attachment, ns: &NetNs, offloads: bool) -> Result<Tap, AttachError> {
+/// open TAP with one queue per datapath worker (`queues`); a single-queue TAP made by an older
+/// daemon is re-adopted with its one queue. Creates the interface when absent, re-opens it
+/// when present. With `offloads`, the TAP carries virtio-net headers and takes checksum
+/// offload and TCP/UDP segmentation offload.
+pub fn ensure_interface(
+    a: &Attachment,
+    ns: &NetNs,
+    offloads: bool,
+    queues: usize,
+) -> Result<Tap, AttachError> {
     let inside = Netlink::in_namespace(ns)?;
     let tap = if inside.link_index(&a.ifname)?.is_some() {
-        let options = tap_options(&a.ifname, offloads);
-        ns.run(|| Tap::attach(&options))?
+        let options = tap_options(&a.ifname, offloads, queues);
+        let single = TapOptions {
+            multi_queue: false,
+            queues: 1,
+            ..options.clone()
+        };
+        ns.run(|| Tap::attach(&options).or_else(|_| Tap::attach(&single)))?
             .map_err(|_| AttachError::NameTaken {
                 ifname: a.ifname.clone(),
                 netns: a.netns.clone(),
@@ -73,7 +89,7 @@ pub fn ensure_interface(a: &Attachment, ns: &NetNs, offloads: bool) -> Result<Ta
         let staging = staging_name(a);
         // A leftover of an attach interrupted before the move.
         here.delete_link(&staging)?;
-        let tap = Tap::create(&tap_options(&staging, offloads))?;
+        let tap = Tap::create(&tap_options(&staging, offloads, queues))?;
         here.set_mac(&staging, a.mac.0)?;
         here.set_mtu(&staging, u32::from(a.mtu))?;
         if let Err(e) = here.move_to_namespace_as(&staging, ns, &a.ifname) {

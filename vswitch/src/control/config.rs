@@ -78,6 +78,10 @@ pub struct NodeConfig {
     /// over flows.
     #[serde(default = "default_source_ports")]
     pub source_ports: usize,
+    /// Datapath worker threads, each serving one queue of every TAP and one socket of the
+    /// VXLAN port. Default: one per CPU the daemon may run on.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// Let containers hand the switch 64 KB TCP/UDP super-frames with partial checksums
     /// (virtio-net headers on the TAPs), segmented in userspace towards peers and coalesced
     /// from them. Off: one MTU-sized frame per read and write.
@@ -203,6 +207,12 @@ fn default_control_socket() -> PathBuf {
 fn default_source_ports() -> usize {
     8
 }
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+}
+
+/// Most datapath workers: a TAP has at most 256 queues.
+const MAX_WORKERS: usize = 256;
 fn default_vni() -> u32 {
     Vni::DEFAULT.get()
 }
@@ -339,6 +349,12 @@ impl Config {
             return err(
                 "node.source_ports".into(),
                 format!("{} is not in 1..=256", self.node.source_ports),
+            );
+        }
+        if !(1..=MAX_WORKERS).contains(&self.node.workers) {
+            return err(
+                "node.workers".into(),
+                format!("{} is not in 1..={MAX_WORKERS}", self.node.workers),
             );
         }
         if self.networks.is_empty() {
@@ -550,6 +566,7 @@ mod tests {
         assert!(matches!(c.store, StoreConfig::Embedded));
         assert_eq!(c.switch.fdb_aging_secs, 300);
         assert!(!c.switch.accept_unknown_peers);
+        assert!(c.node.workers >= 1);
     }
 
     #[test]
@@ -644,6 +661,12 @@ mod tests {
         ));
         assert!(
             e.contains("networks[1].vni") && e.contains("two networks"),
+            "{e}"
+        );
+
+        let e = error_of("[node]\nname = \"a\"\naddress = \"192.0.2.1\"\nworkers = 0\n");
+        assert!(
+            e.contains("node.workers") && e.contains("0 is not in"),
             "{e}"
         );
 

@@ -21,9 +21,9 @@ use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
-use crate::fdb::{FdbConfig, Location};
-use crate::io::{Datapath, TapQueue};
-use crate::switch::{self, Gateway, PeerId, PortConfig, PortId, SwitchConfig};
+use crate::fdb::{FdbConfig, FdbEntry, Location};
+use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue};
+use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
 
 /// A network as the daemon runs it.
@@ -36,7 +36,6 @@ struct Network {
 
 /// A configured peer.
 struct Peer {
-    id: PeerId,
     endpoint: SocketAddr,
     networks: Vec<String>,
 }
@@ -89,8 +88,13 @@ impl Daemon {
             .address
             .context("node.address was not resolved")?;
         let local = SocketAddr::new(address, config.node.port);
-        let datapath = Datapath::start(switch_config(&config), local, config.node.source_ports)
-            .with_context(|| format!("binding the VXLAN socket on {local}"))?;
+        let datapath = Datapath::start(
+            switch_config(&config),
+            local,
+            config.node.source_ports,
+            config.node.workers,
+        )
+        .with_context(|| format!("binding the VXLAN socket on {local}"))?;
         let store = PortStore::open(&config.node.state_dir)?;
         let leases = Leases::open(&config).context("opening the address store")?;
         let daemon = Arc::new(Self {
@@ -195,8 +199,10 @@ impl Daemon {
                 mac: mac_for(gateway),
             }),
         };
-        self.datapath
-            .run(move |w| w.switch().add_network(switch_network))??;
+        agreed(
+            self.datapath
+                .run(move |w| w.switch().add_network(switch_network.clone()))?,
+        )?;
         info!(network = %config.name, %vni, %node_subnet, %gateway, "network up");
         state.networks.insert(
             config.name.clone(),
@@ -220,17 +226,11 @@ impl Daemon {
             .iter()
             .filter_map(|n| state.networks.get(n).map(|n| n.vni))
             .collect();
-        let id = self
-            .datapath
+        self.datapath
             .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
-        state.peers.insert(
-            peer.name.clone(),
-            Peer {
-                id,
-                endpoint,
-                networks,
-            },
-        );
+        state
+            .peers
+            .insert(peer.name.clone(), Peer { endpoint, networks });
         Ok(())
     }
 
@@ -284,13 +284,14 @@ impl Daemon {
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
-        let tap = attach::ensure_interface(a, ns, state.config.node.offloads)?;
+        let tap =
+            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
         let vnet_hdr = tap.vnet_hdr_len() > 0;
-        let queue = tap
+        let queues: Arc<[Arc<TapQueue>]> = tap
             .into_queues()
             .into_iter()
-            .next()
-            .context("the TAP has no queue")?;
+            .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr)))
+            .collect();
         let port = PortConfig {
             vni: network.vni,
             mac: a.mac,
@@ -300,10 +301,23 @@ impl Daemon {
                 .collect(),
             port_security: true,
         };
-        let id = self
+        let added = self
             .datapath
-            .run(move |w| w.add_port(TapQueue::new(queue, vnet_hdr), port))??;
-        Ok(id)
+            .run(move |w| w.add_port(&queues, port.clone()))?;
+        let ids: Vec<PortId> = added
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        match agreed(added) {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                // Take back what the workers that succeeded added.
+                if let Some(&id) = ids.first() {
+                    self.datapath.run(move |w| w.remove_port(id))?;
+                }
+                Err(e)
+            }
+        }
     }
 
     fn attach(&self, state: &mut State, r: AttachRequest) -> anyhow::Result<Attachment> {
@@ -475,8 +489,10 @@ impl Daemon {
                             mac: mac_for(current.gateway),
                         }),
                     };
-                    self.datapath
-                        .run(move |w| w.switch().add_network(update))??;
+                    agreed(
+                        self.datapath
+                            .run(move |w| w.switch().add_network(update.clone()))?,
+                    )?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu = network.mtu;
                     }
@@ -499,8 +515,11 @@ impl Daemon {
             });
             if !same {
                 if let Some(peer) = state.peers.remove(&name) {
-                    let id = peer.id;
-                    self.datapath.run(move |w| w.switch().remove_peer(id))?;
+                    let endpoint = peer.endpoint;
+                    self.datapath.run(move |w| {
+                        let id = w.switch().peer_id(endpoint);
+                        id.is_some_and(|id| w.switch().remove_peer(id))
+                    })?;
                 }
                 if wanted.is_none() {
                     changes.push(format!("peer {name} removed"));
@@ -533,13 +552,12 @@ impl Daemon {
     }
 
     fn status(&self, state: &State) -> anyhow::Result<StatusView> {
-        let (counters, fdb_entries, io) = self.datapath.run(|w| {
-            (
-                w.switch().counters().clone(),
-                w.switch().fdb().len(),
-                w.io_counters(),
-            )
-        })?;
+        let Totals {
+            counters,
+            io,
+            fdb_entries,
+            workers,
+        } = self.totals()?;
         let networks = state
             .networks
             .values()
@@ -565,13 +583,7 @@ impl Daemon {
             networks,
             peers: state.peers.len(),
             fdb_entries,
-            traffic: Traffic {
-                rx_frames: counters.port_rx_frames + counters.peer_rx_datagrams,
-                rx_bytes: counters.port_rx_bytes + counters.peer_rx_bytes,
-                tx_frames: counters.port_tx_frames + counters.peer_tx_datagrams,
-                tx_bytes: counters.port_tx_bytes + counters.peer_tx_bytes,
-                drops: counters.drops.total(),
-            },
+            traffic: traffic_of(&counters),
             drops: counters
                 .drops
                 .iter()
@@ -581,16 +593,39 @@ impl Daemon {
             tap_write_errors: io.tap_write_errors,
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
+            workers,
         })
+    }
+
+    /// The switch and I/O counters summed over the workers, the FDB's size, and each worker's
+    /// traffic.
+    fn totals(&self) -> anyhow::Result<Totals> {
+        let per_worker = self.datapath.run(|w| {
+            (
+                w.switch().counters().clone(),
+                w.io_counters(),
+                w.switch().fdb().len(),
+            )
+        })?;
+        let mut totals = Totals::default();
+        for (counters, io, fdb_entries) in &per_worker {
+            totals.counters.add(counters);
+            totals.io.add(io);
+            // Every worker holds the whole table (its own entries and its siblings').
+            totals.fdb_entries = totals.fdb_entries.max(*fdb_entries);
+            totals.workers.push(traffic_of(counters));
+        }
+        Ok(totals)
     }
 
     fn ports(&self, state: &State) -> anyhow::Result<Vec<PortView>> {
         let ids: Vec<PortId> = state.ports.iter().map(|p| p.id).collect();
-        let stats = self.datapath.run(move |w| {
+        let per_worker = self.datapath.run(move |w| {
             ids.iter()
                 .map(|&id| w.switch().port_stats(id).copied().unwrap_or_default())
                 .collect::<Vec<_>>()
         })?;
+        let stats = sum_columns(per_worker, PortStats::add);
         Ok(state
             .ports
             .iter()
@@ -610,22 +645,36 @@ impl Daemon {
 
     fn fdb(&self, state: &State) -> anyhow::Result<Vec<FdbView>> {
         let now = Instant::now();
-        let entries = self.datapath.run(move |w| {
-            w.switch()
+        let per_worker = self.datapath.run(move |w| {
+            let switch = w.switch();
+            switch
                 .fdb_entries(now)
                 .map(|e| {
-                    (
-                        e.vni,
-                        e.mac,
-                        e.location,
-                        e.is_static,
-                        e.age.unwrap_or_default(),
-                    )
+                    let site = match e.location {
+                        Location::Port(port) => Site::Port(port),
+                        Location::Peer(peer) => match switch.peer(peer) {
+                            Some(p) => Site::Peer(p.addr),
+                            None => Site::Peer(SocketAddr::from(([0, 0, 0, 0], 0))),
+                        },
+                    };
+                    (e, site)
                 })
                 .collect::<Vec<_>>()
         })?;
+        // One row per MAC: the entry of the worker that learned it (the others mirror it).
+        let mut entries: BTreeMap<(u32, [u8; 6]), (FdbEntry, Site)> = BTreeMap::new();
+        for (entry, site) in per_worker.into_iter().flatten() {
+            let key = (entry.vni.get(), entry.mac.0);
+            match entries.get(&key) {
+                Some((known, _)) if !known.mirrored || entry.mirrored => {}
+                _ => {
+                    entries.insert(key, (entry, site));
+                }
+            }
+        }
         let mut views: Vec<FdbView> = entries
-            .into_iter()
+            .into_values()
+            .map(|(e, site)| (e.vni, e.mac, site, e.is_static, e.age.unwrap_or_default()))
             .map(|(vni, mac, location, is_static, age)| FdbView {
                 network: Self::network_name(state, vni),
                 vni: vni.get(),
@@ -639,9 +688,9 @@ impl Daemon {
         Ok(views)
     }
 
-    fn describe(&self, state: &State, location: Location) -> String {
-        match location {
-            Location::Port(id) => state
+    fn describe(&self, state: &State, site: Site) -> String {
+        match site {
+            Site::Port(id) => state
                 .ports
                 .iter()
                 .find(|p| p.id == id)
@@ -652,30 +701,39 @@ impl Daemon {
                     )
                 })
                 .unwrap_or_else(|| format!("port {id:?}")),
-            Location::Peer(id) => state
+            Site::Peer(addr) => state
                 .peers
                 .iter()
-                .find(|(_, p)| p.id == id)
+                .find(|(_, p)| p.endpoint.ip() == addr.ip())
                 .map(|(name, p)| format!("peer {name} {}", p.endpoint))
-                .unwrap_or_else(|| format!("peer {id:?}")),
+                .unwrap_or_else(|| format!("peer {addr}")),
         }
     }
 
     fn peers(&self, state: &State) -> anyhow::Result<Vec<PeerView>> {
-        let ids: Vec<PeerId> = state.peers.values().map(|p| p.id).collect();
+        let endpoints: Vec<SocketAddr> = state.peers.values().map(|p| p.endpoint).collect();
         let now = Instant::now();
-        let stats = self.datapath.run(move |w| {
-            ids.iter()
-                .map(|&id| {
-                    let macs = w
-                        .switch()
+        let per_worker = self.datapath.run(move |w| {
+            let switch = w.switch();
+            endpoints
+                .iter()
+                .map(|&endpoint| {
+                    let Some(id) = switch.peer_id(endpoint) else {
+                        return (PeerStats::default(), 0);
+                    };
+                    let macs = switch
                         .fdb_entries(now)
                         .filter(|e| e.location == Location::Peer(id))
                         .count();
-                    (w.switch().peer_stats(id).copied().unwrap_or_default(), macs)
+                    (switch.peer_stats(id).copied().unwrap_or_default(), macs)
                 })
                 .collect::<Vec<_>>()
         })?;
+        let stats = sum_columns(per_worker, |total: &mut (PeerStats, usize), one| {
+            total.0.add(&one.0);
+            // Every worker lists every MAC (learned or mirrored): the most is the count.
+            total.1 = total.1.max(one.1);
+        });
         Ok(state
             .peers
             .iter()
@@ -699,21 +757,16 @@ impl Daemon {
     /// The daemon's counters in the Prometheus text format.
     pub fn metrics(&self) -> anyhow::Result<String> {
         let state = self.lock();
-        let (counters, io, fdb_entries) = self.datapath.run(|w| {
-            (
-                w.switch().counters().clone(),
-                w.io_counters(),
-                w.switch().fdb().len(),
-            )
-        })?;
+        let totals = self.totals()?;
         let ports = self.ports(&state)?;
         let peers = self.peers(&state)?;
         Ok(super::metrics::render(&super::metrics::Snapshot {
-            counters: &counters,
-            io,
-            fdb_entries,
+            counters: &totals.counters,
+            io: totals.io,
+            fdb_entries: totals.fdb_entries,
             ports: &ports,
             peers: &peers,
+            workers: &totals.workers,
         }))
     }
 
@@ -777,3 +830,49 @@ pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
 
 /// How often the daemon looks for containers that vanished without a detach.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counters summed over the workers.
+#[derive(Default)]
+struct Totals {
+    counters: switch::Counters,
+    io: IoCounters,
+    fdb_entries: usize,
+    workers: Vec<Traffic>,
+}
+
+/// Everything in and out, from the switch's counters.
+fn traffic_of(counters: &switch::Counters) -> Traffic {
+    Traffic {
+        rx_frames: counters.port_rx_frames + counters.peer_rx_datagrams,
+        rx_bytes: counters.port_rx_bytes + counters.peer_rx_bytes,
+        tx_frames: counters.port_tx_frames + counters.peer_tx_datagrams,
+        tx_bytes: counters.port_tx_bytes + counters.peer_tx_bytes,
+        drops: counters.drops.total(),
+    }
+}
+
+/// The one answer of a change every worker made: the first refusal, else the first result
+/// (the workers apply the same changes in the same order, so they agree).
+fn agreed<T, E>(results: Vec<Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut first = None;
+    for result in results {
+        let value = result?;
+        first.get_or_insert(value);
+    }
+    first.ok_or_else(|| DatapathStopped.into())
+}
+
+/// Folds the workers' rows of per-item values into one row, item by item.
+fn sum_columns<T: Default + Clone>(per_worker: Vec<Vec<T>>, add: impl Fn(&mut T, &T)) -> Vec<T> {
+    let mut rows = per_worker.into_iter();
+    let mut total = rows.next().unwrap_or_default();
+    for row in rows {
+        for (sum, one) in total.iter_mut().zip(&row) {
+            add(sum, one);
+        }
+    }
+    total
+}

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::api::{PeerView, PortView};
+use super::api::{PeerView, PortView, Traffic};
 use crate::io::IoCounters;
 use crate::switch::Counters;
 
@@ -19,6 +19,8 @@ pub struct Snapshot<'a> {
     pub ports: &'a [PortView],
     /// Peers.
     pub peers: &'a [PeerView],
+    /// Each datapath worker's traffic, in worker order.
+    pub workers: &'a [Traffic],
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -118,6 +120,20 @@ pub fn render(s: &Snapshot<'_>) -> String {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    family(
+        &mut out,
+        "vswitch_worker_frames_total",
+        "counter",
+        "Frames and datagrams each datapath worker took in (rx) and sent (tx).",
+    );
+    for (index, traffic) in s.workers.iter().enumerate() {
+        for (direction, value) in [("rx", traffic.rx_frames), ("tx", traffic.tx_frames)] {
+            let _ = writeln!(
+                out,
+                "vswitch_worker_frames_total{{worker=\"{index}\",direction=\"{direction}\"}} {value}"
+            );
+        }
+    }
     let gauges: [(&str, &str, usize); 3] = [
         ("vswitch_fdb_entries", "MAC table entries.", s.fdb_entries),
         ("vswitch_ports", "Attached containers.", s.ports.len()),
@@ -199,7 +215,9 @@ mod tests {
             fdb_entries: 3,
             ports: &ports,
             peers: &[],
+            workers: &[Traffic::default(), Traffic::default()],
         });
+        assert!(text.contains("vswitch_worker_frames_total{worker=\"1\",direction=\"rx\"} 0\n"));
         assert!(text.contains(
             "# TYPE vswitch_port_rx_frames_total counter\nvswitch_port_rx_frames_total 7\n"
         ));

@@ -58,8 +58,14 @@ fn traffic_cells(t: &Traffic) -> [String; 5] {
 /// `vswitch status`.
 pub fn status(s: &StatusView) -> String {
     let mut text = format!(
-        "node {}  endpoint {}  up {}s  store {}\npeers {}  fdb entries {}\n\n",
-        s.node, s.endpoint, s.uptime_secs, s.store, s.peers, s.fdb_entries
+        "node {}  endpoint {}  up {}s  store {}\npeers {}  fdb entries {}  workers {}\n\n",
+        s.node,
+        s.endpoint,
+        s.uptime_secs,
+        s.store,
+        s.peers,
+        s.fdb_entries,
+        s.workers.len()
     );
     let rows: Vec<Vec<String>> = s
         .networks
@@ -95,6 +101,10 @@ pub fn status(s: &StatusView) -> String {
          refused  by TAPs {}  by the underlay {}  unsegmentable super-frames {}\n",
         s.tap_write_errors, s.udp_send_errors, s.offload_errors
     );
+    if s.workers.len() > 1 {
+        let spread: Vec<String> = s.workers.iter().map(|w| w.rx_frames.to_string()).collect();
+        let _ = writeln!(text, "per worker  rx frames {}", spread.join(" / "));
+    }
     if !s.drops.is_empty() {
         let rows: Vec<Vec<String>> = s
             .drops

@@ -4,6 +4,10 @@
 //!
 //! Receives are batched (recvmmsg, UDP GRO); sends are batched per socket and destination into
 //! UDP GSO super-datagrams of equal-sized segments, one system call per batch.
+//!
+//! Every datapath worker has an underlay of its own. Their receive sockets share the VXLAN port
+//! through `SO_REUSEPORT`, whose hash of the source address and port keeps each flow on one
+//! worker (a VTEP picks the source port from the inner flow).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -26,10 +30,13 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn bind(addr: SocketAddr) -> io::Result<Self> {
+    fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
+        }
+        if reuse_port {
+            socket.set_reuse_port(true)?;
         }
         socket.set_cloexec(true)?;
         socket.bind(&addr.into())?;
@@ -89,11 +96,12 @@ pub struct Underlay {
 
 impl Underlay {
     /// Binds the receive socket on `local` and `source_ports` send sockets on ephemeral ports of
-    /// the same address.
-    pub fn bind(local: SocketAddr, source_ports: usize) -> io::Result<Self> {
-        let receiver = Endpoint::bind(local)?;
+    /// the same address. With `shared`, the receive socket joins the `SO_REUSEPORT` group of
+    /// the other workers' sockets on the same address.
+    pub fn bind(local: SocketAddr, source_ports: usize, shared: bool) -> io::Result<Self> {
+        let receiver = Endpoint::bind(local, shared)?;
         let senders = (0..source_ports.max(1))
-            .map(|_| Endpoint::bind(SocketAddr::new(local.ip(), 0)))
+            .map(|_| Endpoint::bind(SocketAddr::new(local.ip(), 0), false))
             .collect::<io::Result<Vec<_>>>()?;
         let max_segments = senders
             .iter()
@@ -293,7 +301,7 @@ mod tests {
     fn batches_are_split_into_the_original_datagrams() {
         let sink = UdpSocket::bind(loopback()).unwrap();
         let dest = sink.local_addr().unwrap();
-        let mut underlay = Underlay::bind(loopback(), 1).unwrap();
+        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
         let header = [8u8, 0, 0, 0, 0, 0, 42, 0];
         for i in 0..10u8 {
             underlay.queue(dest, 7, &header, &[i; 100]);
@@ -317,7 +325,7 @@ mod tests {
     fn trains_follow_what_was_queued_and_arrive_whole() {
         let sink = UdpSocket::bind(loopback()).unwrap();
         let dest = sink.local_addr().unwrap();
-        let mut underlay = Underlay::bind(loopback(), 1).unwrap();
+        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
         underlay.queue(dest, 3, &[0; 8], &[1; 40]);
         // 100 datagrams of 108 bytes and a short last one: more than one GSO send.
         let mut train = Vec::new();
@@ -341,7 +349,7 @@ mod tests {
     fn flow_hash_picks_the_source_port() {
         let sink = UdpSocket::bind(loopback()).unwrap();
         let dest = sink.local_addr().unwrap();
-        let mut underlay = Underlay::bind(loopback(), 4).unwrap();
+        let mut underlay = Underlay::bind(loopback(), 4, false).unwrap();
         let ports = underlay.source_ports();
         assert_eq!(ports.len(), 4);
         sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -112,6 +112,13 @@ impl DropCounters {
     pub(crate) fn bump(&mut self, reason: DropReason) {
         self.0[reason.index()] += 1;
     }
+
+    /// Adds another replica's counts to these.
+    pub fn add(&mut self, other: &DropCounters) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// Switch-wide counters. Transmit counters count what the switch asked the caller to send.
@@ -183,6 +190,52 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     /// Datagrams from the peer that were dropped.
     pub drops: u64,
+}
+
+impl Counters {
+    /// Adds another replica's counters to these (the daemon sums its workers').
+    pub fn add(&mut self, other: &Counters) {
+        self.port_rx_frames += other.port_rx_frames;
+        self.port_rx_bytes += other.port_rx_bytes;
+        self.port_tx_frames += other.port_tx_frames;
+        self.port_tx_bytes += other.port_tx_bytes;
+        self.peer_rx_datagrams += other.peer_rx_datagrams;
+        self.peer_rx_bytes += other.peer_rx_bytes;
+        self.peer_tx_datagrams += other.peer_tx_datagrams;
+        self.peer_tx_bytes += other.peer_tx_bytes;
+        self.flooded += other.flooded;
+        self.fdb_learned += other.fdb_learned;
+        self.fdb_moves += other.fdb_moves;
+        self.fdb_aged += other.fdb_aged;
+        self.neighbours_aged += other.neighbours_aged;
+        self.gateway_arp_replies += other.gateway_arp_replies;
+        self.gateway_echo_replies += other.gateway_echo_replies;
+        self.arp_suppressed += other.arp_suppressed;
+        self.dynamic_peers_created += other.dynamic_peers_created;
+        self.drops.add(&other.drops);
+    }
+}
+
+impl PortStats {
+    /// Adds another replica's counters to these.
+    pub fn add(&mut self, other: &PortStats) {
+        self.rx_frames += other.rx_frames;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_frames += other.tx_frames;
+        self.tx_bytes += other.tx_bytes;
+        self.drops += other.drops;
+    }
+}
+
+impl PeerStats {
+    /// Adds another replica's counters to these.
+    pub fn add(&mut self, other: &PeerStats) {
+        self.rx_datagrams += other.rx_datagrams;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_datagrams += other.tx_datagrams;
+        self.tx_bytes += other.tx_bytes;
+        self.drops += other.drops;
+    }
 }
 
 #[cfg(test)]

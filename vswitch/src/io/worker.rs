@@ -1,0 +1,546 @@
+//! One datapath worker: a thread that owns a replica of the switch core, an underlay of its own
+//! and one queue of every TAP, waits on them with epoll (mio), and feeds the core in bounded
+//! batches.
+//!
+//! Workers share nothing on the per-frame path. The control plane reaches them with jobs
+//! (closures run between batches); what a worker's switch learns from traffic reaches its
+//! siblings as [`Update`] messages, applied between their batches.
+
+use std::io::{self, IoSliceMut};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::RecvMeta;
+use rustc_hash::FxHashMap;
+
+use super::tap::TapQueue;
+use super::udp::Underlay;
+use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum};
+use crate::switch::{Output, PortConfig, PortId, Switch, SwitchError, Update};
+use crate::tunnel::VXLAN_HEADER_LEN;
+
+pub(super) const WAKER: Token = Token(0);
+pub(super) const UNDERLAY: Token = Token(1);
+const FIRST_PORT: usize = 2;
+
+/// Frames read from one TAP queue before the worker turns to the others.
+const PORT_BUDGET: usize = 64;
+/// recvmmsg calls per round before the worker turns to the TAP queues.
+const UNDERLAY_BUDGET: usize = 4;
+/// Room for one frame read from a TAP queue (a 64 KB super-frame when offloads are on).
+const FRAME_BUFFER: usize = 65_536 + VNET_HDR_LEN;
+/// Room for one (possibly GRO-coalesced) receive.
+const DATAGRAM_BUFFER: usize = 65_536;
+
+/// A unit of control-plane work, run on a worker between batches.
+pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Why a port could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The core refused the port's configuration.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    /// The TAP queue could not be watched.
+    #[error("watching the TAP queue: {0}")]
+    Register(io::Error),
+}
+
+/// Counters of the I/O shell itself (the core counts what it drops and why).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct IoCounters {
+    /// Frames the kernel refused on a TAP write.
+    pub tap_write_errors: u64,
+    /// Datagrams the kernel refused to send.
+    pub udp_send_errors: u64,
+    /// Send system calls made.
+    pub udp_send_calls: u64,
+    /// Receive system calls made.
+    pub udp_recv_calls: u64,
+    /// Loop iterations (wakeups).
+    pub wakeups: u64,
+    /// Super-frames or offload headers from a TAP that could not be segmented or completed.
+    pub offload_errors: u64,
+    /// Updates received from sibling workers and applied.
+    pub updates_applied: u64,
+}
+
+impl IoCounters {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, other: &IoCounters) {
+        self.tap_write_errors += other.tap_write_errors;
+        self.udp_send_errors += other.udp_send_errors;
+        self.udp_send_calls += other.udp_send_calls;
+        self.udp_recv_calls += other.udp_recv_calls;
+        self.wakeups += other.wakeups;
+        self.offload_errors += other.offload_errors;
+        self.updates_applied += other.updates_applied;
+    }
+}
+
+/// How a worker reaches one of its siblings.
+pub(super) struct Sibling {
+    pub(super) updates: mpsc::Sender<Arc<[Update]>>,
+    pub(super) waker: Arc<Waker>,
+}
+
+/// A port as one worker serves it.
+struct PortSlot {
+    id: PortId,
+    /// The queue this worker reads, if the TAP has one for it.
+    read: Option<Arc<TapQueue>>,
+    /// The queue this worker writes to.
+    write: Arc<TapQueue>,
+    /// Readable and not yet drained (epoll is edge-triggered).
+    pending: bool,
+}
+
+/// The state a datapath thread owns. Jobs get `&mut Worker`.
+pub struct Worker {
+    index: usize,
+    switch: Switch,
+    underlay: Underlay,
+    poll: Poll,
+    inbox: mpsc::Receiver<Job>,
+    updates: mpsc::Receiver<Arc<[Update]>>,
+    siblings: Vec<Sibling>,
+    published: Vec<Update>,
+    ports: Vec<Option<PortSlot>>,
+    slots: FxHashMap<PortId, usize>,
+    out: Output,
+    segments: Segments,
+    coalescer: Coalescer,
+    counters: IoCounters,
+    pub(super) running: bool,
+}
+
+/// What a worker is built from.
+pub(super) struct WorkerParts {
+    pub(super) index: usize,
+    pub(super) switch: Switch,
+    pub(super) underlay: Underlay,
+    pub(super) poll: Poll,
+    pub(super) inbox: mpsc::Receiver<Job>,
+    pub(super) updates: mpsc::Receiver<Arc<[Update]>>,
+    pub(super) siblings: Vec<Sibling>,
+}
+
+impl Worker {
+    pub(super) fn new(parts: WorkerParts) -> io::Result<Self> {
+        let WorkerParts {
+            index,
+            mut switch,
+            underlay,
+            poll,
+            inbox,
+            updates,
+            siblings,
+        } = parts;
+        poll.registry().register(
+            &mut SourceFd(&underlay.receiver_fd()),
+            UNDERLAY,
+            Interest::READABLE,
+        )?;
+        switch.set_replicated(!siblings.is_empty());
+        Ok(Worker {
+            index,
+            switch,
+            underlay,
+            poll,
+            inbox,
+            updates,
+            siblings,
+            published: Vec::new(),
+            ports: Vec::new(),
+            slots: FxHashMap::default(),
+            out: Output::default(),
+            segments: Segments::with_headroom(VXLAN_HEADER_LEN),
+            coalescer: Coalescer::new(),
+            counters: IoCounters::default(),
+            running: true,
+        })
+    }
+
+    /// This worker's position among the datapath's workers, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The switch core, for control-plane changes and inspection.
+    pub fn switch(&mut self) -> &mut Switch {
+        &mut self.switch
+    }
+
+    /// Counters of the I/O shell.
+    pub fn io_counters(&self) -> IoCounters {
+        self.counters
+    }
+
+    /// The source ports this worker sends VXLAN from.
+    pub fn source_ports(&self) -> Vec<u16> {
+        self.underlay.source_ports()
+    }
+
+    /// Adds a port to the core and starts serving the TAP: this worker reads the queue with its
+    /// own index, if there is one, and writes to queue `index % queues.len()`.
+    pub fn add_port(
+        &mut self,
+        queues: &[Arc<TapQueue>],
+        config: PortConfig,
+    ) -> Result<PortId, PortError> {
+        let Some(write) = queues.get(self.index % queues.len().max(1)).cloned() else {
+            return Err(PortError::Register(io::Error::other(
+                "the TAP has no queue",
+            )));
+        };
+        let read = queues.get(self.index).cloned();
+        let id = self.switch.add_port(config)?;
+        let slot = match self.ports.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => {
+                self.ports.push(None);
+                self.ports.len() - 1
+            }
+        };
+        if let Some(queue) = &read
+            && let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&queue.raw_fd()),
+                Token(FIRST_PORT + slot),
+                Interest::READABLE,
+            )
+        {
+            self.switch.remove_port(id);
+            return Err(PortError::Register(e));
+        }
+        // Frames may already be queued: edge-triggered readiness would not report them.
+        self.ports[slot] = Some(PortSlot {
+            id,
+            pending: read.is_some(),
+            read,
+            write,
+        });
+        self.slots.insert(id, slot);
+        Ok(id)
+    }
+
+    /// Removes a port from the core and stops serving its TAP.
+    pub fn remove_port(&mut self, id: PortId) -> bool {
+        let removed = self.switch.remove_port(id);
+        if let Some(slot) = self.slots.remove(&id)
+            && let Some(port) = self.ports[slot].take()
+            && let Some(queue) = &port.read
+        {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&queue.raw_fd()));
+        }
+        removed
+    }
+
+    pub(super) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut frame = vec![0u8; FRAME_BUFFER];
+        let mut datagrams: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
+            .map(|_| vec![0u8; DATAGRAM_BUFFER])
+            .collect();
+        let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut underlay_pending = true;
+        let mut next_tick: Option<Instant> = None;
+
+        while self.running {
+            let busy = underlay_pending || self.ports.iter().flatten().any(|p| p.pending);
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                next_tick.map(|t| t.saturating_duration_since(Instant::now()))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.counters.wakeups += 1;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    UNDERLAY => underlay_pending = true,
+                    Token(t) => {
+                        if let Some(Some(port)) = self.ports.get_mut(t - FIRST_PORT) {
+                            port.pending = true;
+                        }
+                    }
+                }
+            }
+            while let Ok(job) = self.inbox.try_recv() {
+                job(&mut self);
+            }
+
+            let now = Instant::now();
+            while let Ok(updates) = self.updates.try_recv() {
+                for update in updates.iter() {
+                    self.switch.apply(now, update);
+                }
+                self.counters.updates_applied += updates.len() as u64;
+            }
+            if underlay_pending {
+                underlay_pending = self.receive_datagrams(now, &mut datagrams, &mut meta);
+            }
+            for slot in 0..self.ports.len() {
+                if self.ports[slot].as_ref().is_some_and(|p| p.pending) {
+                    self.read_port(now, slot, &mut frame);
+                }
+            }
+            self.flush();
+
+            if next_tick.is_none_or(|t| t <= now) {
+                self.switch.handle_timeout(now);
+                next_tick = self.switch.poll_timeout();
+            }
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Sends what this worker's switch learned to its siblings.
+    fn publish(&mut self) {
+        if !self.switch.has_updates() {
+            return;
+        }
+        self.switch.take_updates(&mut self.published);
+        let updates: Arc<[Update]> = self.published.drain(..).collect();
+        for sibling in &self.siblings {
+            // A sibling that stopped takes no more updates; the datapath is shutting down.
+            if sibling.updates.send(Arc::clone(&updates)).is_ok() {
+                let _ = sibling.waker.wake();
+            }
+        }
+    }
+
+    /// Drains up to `UNDERLAY_BUDGET` receive calls; true when more may be waiting. Frames for
+    /// ports with offloads are coalesced per flow and written at the end of the batch.
+    fn receive_datagrams(
+        &mut self,
+        now: Instant,
+        buffers: &mut [Vec<u8>],
+        meta: &mut [RecvMeta],
+    ) -> bool {
+        let mut more = true;
+        for _ in 0..UNDERLAY_BUDGET {
+            let mut free = buffers.iter_mut();
+            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(free.next().map_or(&mut [][..], |b| b.as_mut_slice()))
+            });
+            self.counters.udp_recv_calls += 1;
+            let count = match self.underlay.recv(&mut slices, meta) {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // WouldBlock: drained. Other errors (an ICMP error queued on the socket)
+                    // concern one earlier datagram; the next wakeup carries on.
+                    more = false;
+                    break;
+                }
+            };
+            for (buffer, meta) in buffers.iter_mut().zip(meta.iter()).take(count) {
+                let stride = meta.stride.max(1);
+                let len = meta.len.min(buffer.len());
+                for datagram in buffer[..len].chunks_mut(stride) {
+                    self.switch
+                        .handle_datagram(now, meta.addr, datagram, &mut self.out);
+                    if self.out.ports().is_empty() {
+                        continue;
+                    }
+                    let Some(frame) = datagram.get_mut(self.out.frame_range()) else {
+                        continue;
+                    };
+                    let Self {
+                        out,
+                        ports,
+                        slots,
+                        coalescer,
+                        counters,
+                        ..
+                    } = self;
+                    // A sender whose checksum offload never ran (a Linux peer behind a veth)
+                    // left only the pseudo-header sum: finish it, as its NIC would have.
+                    complete_partial_checksum(frame);
+                    for id in out.ports() {
+                        let Some(&slot) = slots.get(id) else { continue };
+                        let Some(Some(port)) = ports.get(slot) else {
+                            continue;
+                        };
+                        if port.write.has_vnet_hdr() {
+                            coalescer.push(slot as u32, frame, &mut |slot, hdr, bytes| {
+                                write_slot(ports, counters, slot as usize, hdr, bytes);
+                            });
+                        } else if port.write.write(&VnetHdr::default(), frame).is_err() {
+                            counters.tap_write_errors += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let Self {
+            ports,
+            coalescer,
+            counters,
+            ..
+        } = self;
+        coalescer.flush(&mut |slot, hdr, bytes| {
+            write_slot(ports, counters, slot as usize, hdr, bytes);
+        });
+        more
+    }
+
+    /// Reads up to `PORT_BUDGET` frames from one TAP queue.
+    fn read_port(&mut self, now: Instant, slot: usize, buf: &mut [u8]) {
+        for _ in 0..PORT_BUDGET {
+            let Some((id, queue)) = self.ports[slot]
+                .as_ref()
+                .and_then(|p| Some((p.id, p.read.as_ref()?)))
+            else {
+                return;
+            };
+            let (hdr, range) = match queue.read(buf) {
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.counters.offload_errors += 1;
+                    continue;
+                }
+                Err(_) => {
+                    // WouldBlock: drained. Any other error: the device is gone; detach cleans up.
+                    if let Some(port) = self.ports[slot].as_mut() {
+                        port.pending = false;
+                    }
+                    return;
+                }
+            };
+            let frame = &buf[range];
+            let segment_len = if hdr.is_gso() {
+                usize::from(hdr.hdr_len) + usize::from(hdr.gso_size)
+            } else {
+                frame.len()
+            };
+            self.switch
+                .handle_frame_segmented(now, id, frame, segment_len, &mut self.out);
+            let needs_work = hdr.is_gso() || hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
+            let mut segmented = false;
+            for &dest in self.out.ports() {
+                let Some(&dest_slot) = self.slots.get(&dest) else {
+                    continue;
+                };
+                let Some(Some(port)) = self.ports.get(dest_slot) else {
+                    continue;
+                };
+                if port.write.has_vnet_hdr() || !needs_work {
+                    write_slot(&self.ports, &mut self.counters, dest_slot, &hdr, frame);
+                    continue;
+                }
+                // A port without offloads takes only finished, MTU-sized frames.
+                if !segmented {
+                    self.segments.clear();
+                    if offload::segment(&hdr, frame, &mut self.segments).is_err() {
+                        self.counters.offload_errors += 1;
+                        break;
+                    }
+                    segmented = true;
+                }
+                for piece in self.segments.iter() {
+                    write_slot(
+                        &self.ports,
+                        &mut self.counters,
+                        dest_slot,
+                        &VnetHdr::default(),
+                        piece,
+                    );
+                }
+            }
+            if let Some((reply_port, reply)) = self.out.reply() {
+                if let Some(&reply_slot) = self.slots.get(&reply_port) {
+                    write_slot(
+                        &self.ports,
+                        &mut self.counters,
+                        reply_slot,
+                        &VnetHdr::default(),
+                        reply,
+                    );
+                }
+            }
+            if self.out.transmits().is_empty() {
+                continue;
+            }
+            if needs_work && !segmented {
+                self.segments.clear();
+                if offload::segment(&hdr, frame, &mut self.segments).is_err() {
+                    self.counters.offload_errors += 1;
+                    continue;
+                }
+                segmented = true;
+            }
+            if !segmented {
+                for transmit in self.out.transmits() {
+                    self.underlay.queue(
+                        transmit.addr,
+                        self.out.flow_hash(),
+                        self.out.vxlan_header(),
+                        frame,
+                    );
+                }
+                continue;
+            }
+            // The segments already sit behind room for the VXLAN header: fill it in and send
+            // them as they lie, one GSO train per peer.
+            self.segments.fill_headroom(self.out.vxlan_header());
+            let stride = self
+                .segments
+                .uniform_len()
+                .map(|len| len + VXLAN_HEADER_LEN);
+            for transmit in self.out.transmits() {
+                match stride {
+                    Some(stride) => self.underlay.send_train(
+                        transmit.addr,
+                        self.out.flow_hash(),
+                        self.segments.as_bytes(),
+                        stride,
+                    ),
+                    None => {
+                        for piece in self.segments.iter() {
+                            self.underlay.queue(
+                                transmit.addr,
+                                self.out.flow_hash(),
+                                self.out.vxlan_header(),
+                                piece,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let stats = self.underlay.flush();
+        self.counters.udp_send_calls += stats.syscalls;
+        self.counters.udp_send_errors += stats.failed;
+    }
+}
+
+/// Writes one frame to the port in `slot`, counting a refusal.
+fn write_slot(
+    ports: &[Option<PortSlot>],
+    counters: &mut IoCounters,
+    slot: usize,
+    hdr: &VnetHdr,
+    frame: &[u8],
+) {
+    if let Some(Some(port)) = ports.get(slot)
+        && port.write.write(hdr, frame).is_err()
+    {
+        counters.tap_write_errors += 1;
+    }
+}
