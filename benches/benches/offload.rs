@@ -4,6 +4,9 @@
 //! segments (ours against the two-bytes-at-a-time `wire::internet_checksum`). Throughput is
 //! the bytes of the wire-sized frames. 64 segments do not fit in one 64 KB super-frame: they
 //! are the two (46 + 18 segments) that coalescing them produces.
+//!
+//! `offload/coalesce_udp` coalesces 1, 16 and 64 UDP datagrams of 64 payload bytes (a
+//! small-packet flood) into USO super-frames; its throughput counts datagrams.
 
 #![allow(missing_docs)]
 
@@ -49,6 +52,50 @@ fn tcp_segment(seq: u32, payload: &[u8]) -> Vec<u8> {
     let c = offload::checksum(&f[L4..], pseudo);
     f[L4 + 16..L4 + 18].copy_from_slice(&c.to_be_bytes());
     f
+}
+
+/// UDP payload bytes per datagram in the UDP benches.
+const UDP_PAYLOAD: usize = 64;
+
+/// One UDP datagram with correct checksums: Ethernet, IPv4 (DF), UDP.
+fn udp_datagram(id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; L4 + 8 + payload.len()];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (f.len() - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[18..20].copy_from_slice(&id.to_be_bytes());
+    f[20] = 0x40;
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 244, 1, 2]);
+    f[30..34].copy_from_slice(&[10, 244, 2, 3]);
+    let c = offload::checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let udp_len = (f.len() - L4) as u16;
+    f[L4..L4 + 2].copy_from_slice(&40000u16.to_be_bytes());
+    f[L4 + 2..L4 + 4].copy_from_slice(&5201u16.to_be_bytes());
+    f[L4 + 4..L4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+    f[L4 + 8..].copy_from_slice(payload);
+    let pseudo = offload::pseudo_header_v4([10, 244, 1, 2], [10, 244, 2, 3], 17, udp_len);
+    let c = match offload::checksum(&f[L4..], pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[L4 + 6..L4 + 8].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// `n` consecutive datagrams of one flow.
+fn datagrams(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let payload: Vec<u8> = (0..UDP_PAYLOAD).map(|b| (b * 7 + i) as u8).collect();
+            udp_datagram(i as u16, &payload)
+        })
+        .collect()
 }
 
 /// `n` consecutive segments of one flow.
@@ -119,6 +166,39 @@ fn coalesce(c: &mut Criterion) {
     g.finish();
 }
 
+fn coalesce_udp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("offload/coalesce_udp");
+    for n in COUNTS {
+        let dgrams = datagrams(n);
+        let mut co = Coalescer::new();
+        let mut writes = 0usize;
+        co_check(&mut co, &dgrams, &mut writes);
+        assert_eq!(writes, 1, "{n} datagrams make one super-frame");
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &dgrams, |b, dgrams| {
+            b.iter(|| {
+                let mut bytes = 0usize;
+                let mut emit = |_: u32, _: &VnetHdr, f: &[u8]| bytes += black_box(f).len();
+                for d in dgrams {
+                    co.push(0, black_box(d), &mut emit);
+                }
+                co.flush(&mut emit);
+                bytes
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Coalesces `frames` once, counting the frames emitted.
+fn co_check(co: &mut Coalescer, frames: &[Vec<u8>], writes: &mut usize) {
+    let mut emit = |_: u32, _: &VnetHdr, _: &[u8]| *writes += 1;
+    for f in frames {
+        co.push(0, f, &mut emit);
+    }
+    co.flush(&mut emit);
+}
+
 fn checksum(c: &mut Criterion) {
     let mut g = c.benchmark_group("offload/checksum");
     for n in COUNTS {
@@ -146,5 +226,5 @@ fn checksum(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, segment, coalesce, checksum);
+criterion_group!(benches, segment, coalesce, coalesce_udp, checksum);
 criterion_main!(benches);

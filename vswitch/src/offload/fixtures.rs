@@ -167,6 +167,25 @@ pub fn make_partial(frame: &mut [u8], spec: &Spec, proto: u8) {
     frame[at..at + 2].copy_from_slice(&p.to_be_bytes());
 }
 
+/// Recomputes the IPv4 header checksum of `frame` after a test changed the header.
+pub fn set_ipv4_checksum(frame: &mut [u8]) {
+    let l3 = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let ihl = usize::from(frame[l3] & 0x0f) * 4;
+    frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+    let c = super::checksum(&frame[l3..l3 + ihl], 0);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Stores `value` in the UDP checksum field (0: "no checksum" over IPv4).
+pub fn set_udp_checksum(frame: &mut [u8], spec: &Spec, value: u16) {
+    let at = l4(spec) + 6;
+    frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
 /// A TSO super-frame as a TAP hands it over: partial checksum and its vnet header.
 pub fn tso(spec: &Spec, seq: u32, flags: u8, payload: &[u8], mss: u16) -> (VnetHdr, Vec<u8>) {
     let mut f = tcp(spec, seq, flags, payload);

@@ -1,14 +1,14 @@
 //! Offloads done in userspace: virtio-net headers, segmentation of TSO/USO super-frames,
-//! coalescing of TCP segments (userspace GRO) and a fast Internet checksum.
+//! coalescing of TCP segments and UDP datagrams (userspace GRO) and a fast Internet checksum.
 //!
 //! A TAP queue opened with `IFF_VNET_HDR` and `TUNSETOFFLOAD` hands the switch 64 KB TCP and
 //! UDP super-frames with partial checksums, each behind a [`VnetHdr`]. Peers only take real,
 //! MTU-sized frames with complete checksums: [`segment`] cuts a super-frame into them the way
 //! Linux's GSO does, into a reusable [`Segments`] buffer. In the other direction, a
-//! [`Coalescer`] merges consecutive TCP segments of a flow arriving from peers into one
-//! super-frame marked GSO, so the container's kernel handles one large packet instead of many;
-//! [`complete_partial_checksum`] finishes checksums a software sender left to an offload that
-//! never ran.
+//! [`Coalescer`] merges consecutive TCP segments or UDP datagrams of a flow arriving from
+//! peers into one super-frame marked GSO (TSO or USO), so the container's kernel handles one
+//! large packet instead of many; [`complete_partial_checksum`] finishes checksums a software
+//! sender left to an offload that never ran.
 //!
 //! Everything here works on caller-owned, reused buffers, reads headers at fixed offsets, and
 //! returns an [`OffloadError`] (or passes the frame through) on any input it cannot handle.
