@@ -14,6 +14,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p vswitch-benches --bench e2e`
 //! (as root). `VSWITCH_BENCH_ROUNDS` (default 3) and `VSWITCH_BENCH_SECONDS` (default 5) set
 //! the length; each UDP search takes up to about five times `VSWITCH_BENCH_SECONDS` per path.
+//! `VSWITCH_BENCH_ONLY` (`tcp`, `udp` or `rtt`) runs one kind of test.
 
 use std::time::Duration;
 
@@ -160,7 +161,14 @@ fn main() {
     for path in [&ours, &theirs] {
         measure(&lab, path, Test::Rtt, seconds);
     }
-    let tests = [Test::Tcp(1), Test::Tcp(4), Test::Udp64, Test::Rtt];
+    // `VSWITCH_BENCH_ONLY=rtt` (or `tcp`, `udp`) runs the tests whose rows name it.
+    let only = std::env::var("VSWITCH_BENCH_ONLY")
+        .unwrap_or_default()
+        .to_lowercase();
+    let tests: Vec<Test> = [Test::Tcp(1), Test::Tcp(4), Test::Udp64, Test::Rtt]
+        .into_iter()
+        .filter(|t| t.rows().iter().any(|r| r.to_lowercase().contains(&only)))
+        .collect();
     println!(
         "end-to-end: {rounds} rounds x {}s, container on h0 -> container on h1",
         seconds.as_secs()
