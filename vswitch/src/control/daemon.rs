@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ipnet::{IpNet, Ipv4Net};
-use netns::{NetNs, NsRef};
+use netns::{NetNs, NsRef, Offloads};
 use tracing::{info, warn};
 
 use super::api::{
@@ -287,10 +287,11 @@ impl Daemon {
         let tap =
             attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
         let vnet_hdr = tap.vnet_hdr_len() > 0;
+        let uso = tap.offloads().contains(Offloads::USO4);
         let queues: Arc<[Arc<TapQueue>]> = tap
             .into_queues()
             .into_iter()
-            .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr)))
+            .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr).with_uso(uso)))
             .collect();
         let port = PortConfig {
             vni: network.vni,

@@ -12,13 +12,30 @@ use crate::offload::{VNET_HDR_LEN, VnetHdr};
 pub struct TapQueue {
     fd: OwnedFd,
     vnet_hdr: bool,
+    uso: bool,
 }
 
 impl TapQueue {
     /// Takes over an open, non-blocking TAP queue; `vnet_hdr` says whether every frame on it
     /// carries a 12-byte virtio-net header.
     pub fn new(fd: OwnedFd, vnet_hdr: bool) -> Self {
-        Self { fd, vnet_hdr }
+        Self {
+            fd,
+            vnet_hdr,
+            uso: false,
+        }
+    }
+
+    /// Marks the queue as taking UDP segmentation offload (the kernel accepted `TUN_F_USO4`),
+    /// which tells that USO super-frames may be written to it too.
+    pub fn with_uso(mut self, uso: bool) -> Self {
+        self.uso = uso && self.vnet_hdr;
+        self
+    }
+
+    /// Whether USO super-frames may be written to the queue.
+    pub fn takes_uso(&self) -> bool {
+        self.uso
     }
 
     /// Whether frames carry a virtio-net header (and may be super-frames).

@@ -198,6 +198,10 @@ impl Worker {
         };
         let read = queues.get(self.index).cloned();
         let id = self.switch.add_port(config)?;
+        if write.has_vnet_hdr() && !write.takes_uso() {
+            // A kernel without USO on TAPs: UDP is written as it came, datagram by datagram.
+            self.coalescer.set_udp(false);
+        }
         let slot = match self.ports.iter().position(Option::is_none) {
             Some(slot) => slot,
             None => {

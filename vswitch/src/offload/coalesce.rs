@@ -103,6 +103,7 @@ struct Flow {
 pub struct Coalescer {
     flows: Vec<Flow>,
     tick: u64,
+    udp: bool,
 }
 
 impl Default for Coalescer {
@@ -139,7 +140,17 @@ impl Coalescer {
                 used: 0,
             })
             .collect();
-        Self { flows, tick: 0 }
+        Self {
+            flows,
+            tick: 0,
+            udp: true,
+        }
+    }
+
+    /// Whether UDP datagrams are merged; on by default. USO super-frames need a kernel that
+    /// takes them on a TAP write (Linux 6.2, the release that also offers `TUN_F_USO4`).
+    pub fn set_udp(&mut self, on: bool) {
+        self.udp = on;
     }
 
     /// How many flows hold data now.
@@ -184,7 +195,8 @@ impl Coalescer {
     /// run is the first packet's; segmenting the super-frame gives each packet the next number.
     pub fn push(&mut self, port: u32, frame: &[u8], emit: &mut dyn FnMut(u32, &VnetHdr, &[u8])) {
         self.tick += 1;
-        let Some(seg) = parse(port, frame) else {
+        let parsed = parse(port, frame).filter(|s| self.udp || !matches!(s.l4, L4::Udp));
+        let Some(seg) = parsed else {
             emit(port, &VnetHdr::default(), frame);
             return;
         };
@@ -532,6 +544,17 @@ mod tests {
                 (0, zero(), pure_ack),
             ]
         );
+    }
+
+    #[test]
+    fn udp_passes_through_when_merging_it_is_off() {
+        let spec = Spec::default();
+        let (_, _, dgrams) = split_udp(&spec, 4 * 100, 100);
+        let mut c = Coalescer::new();
+        c.set_udp(false);
+        let out = push_all(&mut c, &on(0, &dgrams), true);
+        assert_eq!(out.len(), 4);
+        assert!(out.iter().all(|(_, h, _)| *h == zero()));
     }
 
     #[test]
