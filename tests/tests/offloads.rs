@@ -112,15 +112,15 @@ fn udp_bursts(
     use std::net::UdpSocket;
     let sink = to_ns
         .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5300)))
-        .unwrap()
-        .unwrap();
+        .expect("entering the namespace")
+        .expect("binding the sink");
     sink.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+        .expect("sink timeout");
     let source = from
         .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
-        .unwrap()
-        .unwrap();
-    source.connect((to, 5300)).unwrap();
+        .expect("entering the namespace")
+        .expect("binding the source");
+    source.connect((to, 5300)).expect("connecting");
     let receiver = std::thread::spawn(move || {
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
@@ -134,11 +134,11 @@ fn udp_bursts(
             let n = burst * per_burst + i;
             let mut datagram = vec![(n % 251) as u8; size];
             datagram[..4].copy_from_slice(&n.to_be_bytes());
-            source.send(&datagram).unwrap();
+            source.send(&datagram).expect("sending");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    receiver.join().unwrap()
+    receiver.join().expect("the receiver")
 }
 
 #[test]

@@ -9,7 +9,7 @@ use vswitch_e2e::{Lab, NetworkSpec, fdb, reaches, tcp_transfer};
 
 fn status(lab: &Lab, host: usize) -> StatusView {
     match lab.call(host, &Request::Status).expect("vswitch status") {
-        Reply::Status(status) => status,
+        Reply::Status(status) => *status,
         other => panic!("unexpected reply {other:?}"),
     }
 }

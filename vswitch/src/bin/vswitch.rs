@@ -136,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(o) => match call(Request::Status)? {
-            Reply::Status(s) => print(o.json, &s, render::status),
+            Reply::Status(s) => print(o.json, &*s, render::status),
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Ports(o) => match call(Request::Ports)? {

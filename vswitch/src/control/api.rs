@@ -228,7 +228,7 @@ pub enum Reply {
     /// A container was detached; `false` when there was nothing to detach.
     Detached(bool),
     /// The daemon's state.
-    Status(StatusView),
+    Status(Box<StatusView>),
     /// Attached containers.
     Ports(Vec<PortView>),
     /// MAC table entries.

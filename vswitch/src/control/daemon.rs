@@ -142,7 +142,7 @@ impl Daemon {
         let result = match request {
             Request::Attach(r) => self.attach(&mut state, r).map(Reply::Attached),
             Request::Detach(r) => self.detach(&mut state, &r).map(Reply::Detached),
-            Request::Status => self.status(&state).map(Reply::Status),
+            Request::Status => self.status(&state).map(|s| Reply::Status(Box::new(s))),
             Request::Ports => self.ports(&state).map(Reply::Ports),
             Request::Fdb => self.fdb(&state).map(Reply::Fdb),
             Request::Peers => self.peers(&state).map(Reply::Peers),
