@@ -3,15 +3,18 @@
 //! spreads flows (RFC 7348 §5: the source port is derived from the inner frame).
 //!
 //! Receives are batched (recvmmsg, UDP GRO); sends are batched per socket and destination into
-//! UDP GSO super-datagrams of equal-sized segments, one system call per batch.
+//! UDP GSO super-datagrams of equal-sized segments, and the batches of one socket that share a
+//! segment size (a flood to every peer, say) leave together in one sendmmsg.
 //!
 //! Every datapath worker has an underlay of its own. Their receive sockets share the VXLAN port
 //! through `SO_REUSEPORT`, whose hash of the source address and port keeps each flow on one
 //! worker (a VTEP picks the source port from the inner flow).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -200,12 +203,65 @@ impl Underlay {
         batch.closed = len < batch.segment;
     }
 
-    /// Sends every queued batch.
+    /// Sends every queued batch: those of one socket with one segment size in a single
+    /// sendmmsg, any other alone.
     pub fn flush(&mut self) -> FlushStats {
-        while !self.open.is_empty() {
-            self.flush_one(0);
+        while let Some(first) = self.open.first() {
+            let (socket, segment) = (first.socket, first.segment);
+            let together = self
+                .open
+                .iter()
+                .filter(|b| b.socket == socket && b.segment == segment)
+                .count();
+            if together == 1 {
+                self.flush_one(0);
+                continue;
+            }
+            let (group, rest): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut self.open)
+                .into_iter()
+                .partition(|b| b.socket == socket && b.segment == segment);
+            self.open = rest;
+            self.send_together(socket, segment, &group);
+            self.spare.extend(group.into_iter().map(|b| b.bytes));
         }
         std::mem::take(&mut self.stats)
+    }
+
+    /// One sendmmsg of several batches with the same segment size from one socket; what the
+    /// kernel did not take is sent batch by batch.
+    fn send_together(&mut self, socket: usize, segment: usize, batches: &[Batch]) {
+        let iovs: Vec<[IoSlice<'_>; 1]> =
+            batches.iter().map(|b| [IoSlice::new(&b.bytes)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = batches
+            .iter()
+            .map(|b| Some(SockaddrStorage::from(b.destination)))
+            .collect();
+        let sent = match u16::try_from(segment) {
+            Ok(gso) => {
+                let cmsgs = [ControlMessage::UdpGsoSegments(&gso)];
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                    batches.len(),
+                    Some(nix::cmsg_space!(u16)),
+                );
+                let fd = self.senders[socket].socket.as_raw_fd();
+                self.stats.syscalls += 1;
+                sendmmsg(fd, &mut headers, &iovs, &addrs, cmsgs, MsgFlags::empty())
+                    .map_or(0, |results| results.count())
+            }
+            Err(_) => 0,
+        };
+        for batch in &batches[..sent.min(batches.len())] {
+            self.stats.sent += batch.count as u64;
+        }
+        for batch in batches.iter().skip(sent) {
+            self.send_now(
+                batch.socket,
+                batch.destination,
+                &batch.bytes,
+                batch.segment,
+                batch.count,
+            );
+        }
     }
 
     /// Sends datagrams of `stride` bytes laid back to back in `bytes` (the last may be
@@ -343,6 +399,39 @@ mod tests {
             assert_eq!(d, &vec![i as u8; 108]);
         }
         assert_eq!(got[101], vec![200; 20]);
+    }
+
+    #[test]
+    fn batches_for_several_destinations_leave_in_one_call() {
+        let sinks: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind(loopback()).unwrap())
+            .collect();
+        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
+        let header = [8u8, 0, 0, 0, 0, 0, 42, 0];
+        // A flood: one frame to every destination, then a run of three to each.
+        for (i, sink) in sinks.iter().enumerate() {
+            underlay.queue(sink.local_addr().unwrap(), 1, &header, &[i as u8; 100]);
+        }
+        let stats = underlay.flush();
+        assert_eq!((stats.sent, stats.syscalls), (3, 1), "{stats:?}");
+        // Runs of three: two destinations of one size together, the third size alone.
+        for (i, sink) in sinks.iter().enumerate() {
+            let len = if i == 2 { 30 } else { 100 };
+            for n in 0..3u8 {
+                underlay.queue(sink.local_addr().unwrap(), 1, &header, &vec![n; len]);
+            }
+        }
+        let stats = underlay.flush();
+        assert_eq!((stats.sent, stats.syscalls), (9, 2), "{stats:?}");
+        for (i, sink) in sinks.iter().enumerate() {
+            let got = receive_all(sink, 4);
+            assert_eq!(got.len(), 4);
+            assert_eq!(got[0][8..], [i as u8; 100]);
+            let len = if i == 2 { 30 } else { 100 };
+            for n in 0..3u8 {
+                assert_eq!(got[1 + n as usize][8..], vec![n; len]);
+            }
+        }
     }
 
     #[test]
