@@ -14,13 +14,20 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, sendmsg,
+};
+
+use crate::offload::SplitSegments;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Largest UDP payload a GSO batch may carry.
 const MAX_BATCH_BYTES: usize = 65_000;
+/// Most datagrams in one gather-list send (Linux's `UDP_MAX_SEGMENTS`).
+const MAX_GATHER: usize = 64;
 /// Batches kept open at once; more destinations in one round flush the oldest.
 const OPEN_BATCHES: usize = 16;
 /// Socket buffer sizes: deep enough to ride out a scheduling hiccup at line rate.
@@ -290,6 +297,69 @@ impl Underlay {
         }
     }
 
+    /// Sends split segments (each one's headers, behind the VXLAN header in its headroom,
+    /// then its payload in `source`) to `destination`: after whatever is queued for it on the
+    /// same socket, as GSO sends of datagrams of `stride` bytes, each a gather list, so the
+    /// payload is copied once, into the kernel.
+    pub fn send_split(
+        &mut self,
+        destination: SocketAddr,
+        flow_hash: u32,
+        segments: &SplitSegments,
+        source: &[u8],
+        stride: usize,
+    ) {
+        let socket = flow_hash as usize % self.senders.len();
+        while let Some(i) = self
+            .open
+            .iter()
+            .position(|b| b.socket == socket && b.destination == destination)
+        {
+            self.flush_one(i);
+        }
+        let Ok(gso) = u16::try_from(stride.max(1)) else {
+            self.stats.failed += segments.len() as u64;
+            return;
+        };
+        let addr = SockaddrStorage::from(destination);
+        let fd = self.senders[socket].socket.as_raw_fd();
+        let per_send = self
+            .max_segments
+            .min(MAX_BATCH_BYTES / usize::from(gso))
+            .clamp(1, MAX_GATHER);
+        let mut start = 0;
+        while start < segments.len() {
+            let end = (start + per_send).min(segments.len());
+            let mut iov: [IoSlice<'_>; 2 * MAX_GATHER] = std::array::from_fn(|_| IoSlice::new(&[]));
+            for (slot, i) in (start..end).enumerate() {
+                if let Some((headers, payload)) = segments.get(i) {
+                    iov[2 * slot] = IoSlice::new(headers);
+                    iov[2 * slot + 1] = IoSlice::new(source.get(payload).unwrap_or(&[]));
+                }
+            }
+            let count = end - start;
+            let segment = [ControlMessage::UdpGsoSegments(&gso)];
+            let cmsgs: &[ControlMessage<'_>] = if count > 1 { &segment } else { &[] };
+            self.stats.syscalls += 1;
+            match sendmsg(fd, &iov[..2 * count], cmsgs, MsgFlags::empty(), Some(&addr)) {
+                Ok(_) => self.stats.sent += count as u64,
+                Err(Errno::EIO | Errno::EINVAL) if count > 1 => {
+                    // The path refuses GSO: one datagram per call from now on.
+                    self.max_segments = 1;
+                    for pair in iov[..2 * count].chunks(2) {
+                        self.stats.syscalls += 1;
+                        match sendmsg(fd, pair, &[], MsgFlags::empty(), Some(&addr)) {
+                            Ok(_) => self.stats.sent += 1,
+                            Err(_) => self.stats.failed += 1,
+                        }
+                    }
+                }
+                Err(_) => self.stats.failed += count as u64,
+            }
+            start = end;
+        }
+    }
+
     fn flush_one(&mut self, index: usize) {
         let batch = self.open.remove(index);
         self.send_now(
@@ -431,6 +501,37 @@ mod tests {
             for n in 0..3u8 {
                 assert_eq!(got[1 + n as usize][8..], vec![n; len]);
             }
+        }
+    }
+
+    #[test]
+    fn split_segments_arrive_as_whole_datagrams() {
+        use crate::offload::fixtures::{self, ACK, Spec};
+        use crate::offload::{Segments, segment, segment_split};
+        let sink = UdpSocket::bind(loopback()).unwrap();
+        let dest = sink.local_addr().unwrap();
+        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
+        let header = [8u8, 0, 0, 0, 0, 0, 42, 0];
+        // 70 segments with a short last one: two gather sends.
+        let data = fixtures::payload(70 * 900 - 123);
+        let (hdr, frame) = fixtures::tso(&Spec::default(), 1, ACK, &data, 900);
+        let mut split = SplitSegments::with_headroom(header.len());
+        segment_split(&hdr, &frame, &mut split).unwrap();
+        split.fill_headroom(&header);
+        let stride = split.uniform_len().unwrap();
+        underlay.queue(dest, 3, &header, &[1; 40]);
+        underlay.send_split(dest, 3, &split, &frame, stride);
+        let stats = underlay.flush();
+        assert_eq!(stats.sent, 71);
+        assert_eq!(stats.syscalls, 3);
+        let mut whole = Segments::new();
+        segment(&hdr, &frame, &mut whole).unwrap();
+        let got = receive_all(&sink, 71);
+        assert_eq!(got.len(), 71);
+        assert_eq!(got[0][8..], [1; 40]);
+        for (datagram, seg) in got[1..].iter().zip(whole.iter()) {
+            assert_eq!(&datagram[..8], &header);
+            assert_eq!(&datagram[8..], seg);
         }
     }
 

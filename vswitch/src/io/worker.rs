@@ -18,7 +18,9 @@ use rustc_hash::FxHashMap;
 
 use super::tap::TapQueue;
 use super::udp::Underlay;
-use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum};
+use crate::offload::{
+    self, Coalescer, Segments, SplitSegments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum,
+};
 use crate::switch::{Output, PortConfig, PortId, Switch, SwitchError, Update};
 use crate::tunnel::VXLAN_HEADER_LEN;
 
@@ -112,6 +114,7 @@ pub struct Worker {
     slots: FxHashMap<PortId, usize>,
     out: Output,
     segments: Segments,
+    split: SplitSegments,
     coalescer: Coalescer,
     counters: IoCounters,
     pub(super) running: bool,
@@ -158,6 +161,7 @@ impl Worker {
             slots: FxHashMap::default(),
             out: Output::default(),
             segments: Segments::with_headroom(VXLAN_HEADER_LEN),
+            split: SplitSegments::with_headroom(VXLAN_HEADER_LEN),
             coalescer: Coalescer::new(),
             counters: IoCounters::default(),
             running: true,
@@ -478,6 +482,9 @@ impl Worker {
             if self.out.transmits().is_empty() {
                 continue;
             }
+            if hdr.is_gso() && self.send_split(&hdr, frame) {
+                continue;
+            }
             if needs_work && !segmented {
                 self.segments.clear();
                 if offload::segment(&hdr, frame, &mut self.segments).is_err() {
@@ -525,6 +532,31 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sends a super-frame to the transmits of the last output as split segments, their
+    /// payload gathered from `frame` itself; false when it must take the copying path (a
+    /// segmentation error is counted and the frame dropped).
+    fn send_split(&mut self, hdr: &VnetHdr, frame: &[u8]) -> bool {
+        self.split.clear();
+        if offload::segment_split(hdr, frame, &mut self.split).is_err() {
+            self.counters.offload_errors += 1;
+            return true;
+        }
+        self.split.fill_headroom(self.out.vxlan_header());
+        let Some(stride) = self.split.uniform_len() else {
+            return false;
+        };
+        for transmit in self.out.transmits() {
+            self.underlay.send_split(
+                transmit.addr,
+                self.out.flow_hash(),
+                &self.split,
+                frame,
+                stride,
+            );
+        }
+        true
     }
 
     fn flush(&mut self) {
