@@ -261,13 +261,7 @@ impl Underlay {
             self.stats.sent += batch.count as u64;
         }
         for batch in batches.iter().skip(sent) {
-            self.send_now(
-                batch.socket,
-                batch.destination,
-                &batch.bytes,
-                batch.segment,
-                batch.count,
-            );
+            self.send_batch(batch);
         }
     }
 
@@ -281,14 +275,7 @@ impl Underlay {
         bytes: &[u8],
         stride: usize,
     ) {
-        let socket = flow_hash as usize % self.senders.len();
-        while let Some(i) = self
-            .open
-            .iter()
-            .position(|b| b.socket == socket && b.destination == destination)
-        {
-            self.flush_one(i);
-        }
+        let socket = self.flushed_socket(destination, flow_hash);
         let stride = stride.max(1);
         let per_send = self.max_segments.min(MAX_BATCH_BYTES / stride).max(1) * stride;
         for chunk in bytes.chunks(per_send) {
@@ -309,14 +296,7 @@ impl Underlay {
         source: &[u8],
         stride: usize,
     ) {
-        let socket = flow_hash as usize % self.senders.len();
-        while let Some(i) = self
-            .open
-            .iter()
-            .position(|b| b.socket == socket && b.destination == destination)
-        {
-            self.flush_one(i);
-        }
+        let socket = self.flushed_socket(destination, flow_hash);
         let Ok(gso) = u16::try_from(stride.max(1)) else {
             self.stats.failed += segments.len() as u64;
             return;
@@ -360,8 +340,27 @@ impl Underlay {
         }
     }
 
+    /// The pool socket `flow_hash` selects, once what is queued on it for `destination` has
+    /// been sent (so that nothing overtakes it).
+    fn flushed_socket(&mut self, destination: SocketAddr, flow_hash: u32) -> usize {
+        let socket = flow_hash as usize % self.senders.len();
+        while let Some(i) = self
+            .open
+            .iter()
+            .position(|b| b.socket == socket && b.destination == destination)
+        {
+            self.flush_one(i);
+        }
+        socket
+    }
+
     fn flush_one(&mut self, index: usize) {
         let batch = self.open.remove(index);
+        self.send_batch(&batch);
+        self.spare.push(batch.bytes);
+    }
+
+    fn send_batch(&mut self, batch: &Batch) {
         self.send_now(
             batch.socket,
             batch.destination,
@@ -369,7 +368,6 @@ impl Underlay {
             batch.segment,
             batch.count,
         );
-        self.spare.push(batch.bytes);
     }
 
     /// One GSO send of `count` datagrams, or one send per datagram if the path refuses GSO.
@@ -423,12 +421,20 @@ mod tests {
         got
     }
 
-    #[test]
-    fn batches_are_split_into_the_original_datagrams() {
+    /// A VXLAN header for VNI 42.
+    const HEADER: [u8; 8] = [8, 0, 0, 0, 0, 0, 42, 0];
+
+    /// A receiving socket on loopback, its address, and an underlay sending from loopback.
+    fn sink_and_underlay() -> (UdpSocket, SocketAddr, Underlay) {
         let sink = UdpSocket::bind(loopback()).unwrap();
         let dest = sink.local_addr().unwrap();
-        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
-        let header = [8u8, 0, 0, 0, 0, 0, 42, 0];
+        (sink, dest, Underlay::bind(loopback(), 1, false).unwrap())
+    }
+
+    #[test]
+    fn batches_are_split_into_the_original_datagrams() {
+        let (sink, dest, mut underlay) = sink_and_underlay();
+        let header = HEADER;
         for i in 0..10u8 {
             underlay.queue(dest, 7, &header, &[i; 100]);
         }
@@ -508,10 +514,8 @@ mod tests {
     fn split_segments_arrive_as_whole_datagrams() {
         use crate::offload::fixtures::{self, ACK, Spec};
         use crate::offload::{Segments, segment, segment_split};
-        let sink = UdpSocket::bind(loopback()).unwrap();
-        let dest = sink.local_addr().unwrap();
-        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
-        let header = [8u8, 0, 0, 0, 0, 0, 42, 0];
+        let (sink, dest, mut underlay) = sink_and_underlay();
+        let header = HEADER;
         // 70 segments with a short last one: two gather sends.
         let data = fixtures::payload(70 * 900 - 123);
         let (hdr, frame) = fixtures::tso(&Spec::default(), 1, ACK, &data, 900);

@@ -43,6 +43,33 @@ fn sync(replicas: &mut [Switch], now: Instant) -> usize {
     }
 }
 
+/// Two replicas aging after 30 s, replica 0 having learned `mac(1, 0)` from peer 1 and told
+/// replica 1: the replicas, the aging time, the frame it came in and when.
+fn remote_mac_learned_by_replica_0() -> (Vec<Switch>, Duration, Vec<u8>, Instant) {
+    let aging = Duration::from_secs(30);
+    let config = SwitchConfig {
+        fdb: FdbConfig {
+            aging,
+            ..FdbConfig::default()
+        },
+        ..SwitchConfig::default()
+    };
+    let (mut r, _) = replicas(2, config);
+    let t0 = Instant::now();
+    let frame = udp(mac(1, 0), mac(0, 0), ip(1, 10), ip(0, 10), 8);
+    from_peer(&mut r[0], t0, peer_addr(1), &frame, &mut Output::new());
+    sync(&mut r, t0);
+    (r, aging, frame, t0)
+}
+
+/// Every replica's timer at `now`, then their updates delivered.
+fn tick_all(r: &mut [Switch], now: Instant) {
+    for sw in r.iter_mut() {
+        sw.handle_timeout(now);
+    }
+    sync(r, now);
+}
+
 fn from_peer(sw: &mut Switch, now: Instant, peer: SocketAddr, frame: &[u8], out: &mut Output) {
     sw.handle_datagram(now, peer, &datagram(Vni::DEFAULT, frame), out);
 }
@@ -77,65 +104,32 @@ fn what_one_replica_learns_the_others_forward_by() {
 
 #[test]
 fn mirrored_entries_go_when_their_replica_forgets_them() {
-    let aging = Duration::from_secs(30);
-    let config = SwitchConfig {
-        fdb: FdbConfig {
-            aging,
-            ..FdbConfig::default()
-        },
-        ..SwitchConfig::default()
-    };
-    let (mut r, _) = replicas(2, config);
-    let t0 = Instant::now();
+    let (mut r, aging, frame, t0) = remote_mac_learned_by_replica_0();
     let mut out = Output::new();
     let remote = mac(1, 0);
-    let frame = udp(remote, mac(0, 0), ip(1, 10), ip(0, 10), 8);
-    from_peer(&mut r[0], t0, peer_addr(1), &frame, &mut out);
-    sync(&mut r, t0);
     // Replica 0 keeps seeing it: replica 1's copy does not age although it saw nothing.
     let t1 = t0 + aging - Duration::from_secs(1);
     from_peer(&mut r[0], t1, peer_addr(1), &frame, &mut out);
     let t2 = t0 + aging * 3 / 2;
-    for sw in r.iter_mut() {
-        sw.handle_timeout(t2);
-    }
-    sync(&mut r, t2);
+    tick_all(&mut r, t2);
     assert!(r[1].fdb().lookup(Vni::DEFAULT, remote).is_some());
     // Replica 0 forgets it: so does replica 1.
     let t3 = t1 + aging;
-    for sw in r.iter_mut() {
-        sw.handle_timeout(t3);
-    }
-    sync(&mut r, t3);
+    tick_all(&mut r, t3);
     assert!(r[0].fdb().lookup(Vni::DEFAULT, remote).is_none());
     assert!(r[1].fdb().lookup(Vni::DEFAULT, remote).is_none());
 }
 
 #[test]
 fn a_replica_that_still_sees_a_mac_announces_it_again() {
-    let aging = Duration::from_secs(30);
-    let config = SwitchConfig {
-        fdb: FdbConfig {
-            aging,
-            ..FdbConfig::default()
-        },
-        ..SwitchConfig::default()
-    };
-    let (mut r, _) = replicas(2, config);
-    let t0 = Instant::now();
+    let (mut r, aging, frame, t0) = remote_mac_learned_by_replica_0();
     let mut out = Output::new();
     let remote = mac(1, 0);
-    let frame = udp(remote, mac(0, 0), ip(1, 10), ip(0, 10), 8);
-    from_peer(&mut r[0], t0, peer_addr(1), &frame, &mut out);
-    sync(&mut r, t0);
     // The MAC's traffic moves to replica 1 (another flow); replica 0's entry ages out.
     let t1 = t0 + aging / 2;
     from_peer(&mut r[1], t1, peer_addr(1), &frame, &mut out);
     let t2 = t0 + aging;
-    for sw in r.iter_mut() {
-        sw.handle_timeout(t2);
-    }
-    sync(&mut r, t2);
+    tick_all(&mut r, t2);
     // Replica 1 answered replica 0's forgetting with its own entry.
     assert!(r[1].fdb().lookup(Vni::DEFAULT, remote).is_some());
     let entry = r[0].fdb_entries(t2).find(|e| e.mac == remote).unwrap();
@@ -223,10 +217,7 @@ fn peers_that_appear_on_their_own_are_shared_and_aged_by_their_replica() {
     assert_eq!(out.transmits()[0].addr.ip(), stranger.ip());
     // Quiet for the aging time: replica 0 forgets it, and replica 1 with it.
     let t1 = t0 + aging;
-    for sw in r.iter_mut() {
-        sw.handle_timeout(t1);
-    }
-    sync(&mut r, t1);
+    tick_all(&mut r, t1);
     for sw in &r {
         assert!(sw.peer_id(stranger).is_none());
     }
