@@ -96,4 +96,16 @@ fn containers_survive_a_change_of_worker_count() {
         let (from, to) = (&lab.containers[b], &lab.containers[a]);
         tcp_transfer(&from.ns, &to.ns, to.ip, 1 << 20);
     }
+    // A reload cannot change the worker count: it says a restart is needed.
+    let config = std::fs::read_to_string(&lab.hosts[0].config).unwrap();
+    std::fs::write(
+        &lab.hosts[0].config,
+        config.replace("workers = 2", "workers = 3"),
+    )
+    .unwrap();
+    match lab.call(0, &Request::Reload).unwrap() {
+        Reply::Reloaded(summary) => assert!(summary.contains("restart vswitchd"), "{summary}"),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    assert_eq!(status(&lab, 0).workers.len(), 2);
 }

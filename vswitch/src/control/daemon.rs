@@ -429,6 +429,9 @@ impl Daemon {
             || config.node.interface != state.config.node.interface
             || (config.node.interface.is_none() && config.node.address != state.config.node.address)
             || config.node.port != state.config.node.port
+            || config.node.workers != state.config.node.workers
+            || config.node.source_ports != state.config.node.source_ports
+            || config.node.offloads != state.config.node.offloads
         {
             changes.push("node settings changed: restart vswitchd to apply them".to_owned());
         }
