@@ -14,7 +14,8 @@
 //! Run: `cargo build --release --bins && cargo bench -p vswitch-benches --bench e2e`
 //! (as root). `VSWITCH_BENCH_ROUNDS` (default 3) and `VSWITCH_BENCH_SECONDS` (default 5) set
 //! the length; each UDP search takes up to about five times `VSWITCH_BENCH_SECONDS` per path.
-//! `VSWITCH_BENCH_ONLY` (`tcp`, `udp` or `rtt`) runs one kind of test.
+//! `VSWITCH_BENCH_ONLY` (`tcp`, `udp` or `rtt`) runs one kind of test; `VSWITCH_BENCH_WORKERS`
+//! sets the daemons' worker count.
 
 use std::time::Duration;
 
@@ -141,12 +142,18 @@ fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
     let rounds = env_or("VSWITCH_BENCH_ROUNDS", 3).max(1);
     let seconds = Duration::from_secs(env_or("VSWITCH_BENCH_SECONDS", 5).max(1));
+    // `VSWITCH_BENCH_WORKERS=N` runs the daemons with N workers (default: one per CPU).
+    let node_extra = std::env::var("VSWITCH_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| format!("workers = {n}"))
+        .unwrap_or_default();
     let mut lab = Lab::new("bench").expect("creating the lab");
     for _ in 0..2 {
         lab.add_host(HostKind::Vswitch).expect("adding a host");
     }
     for host in 0..2 {
-        lab.start_vswitchd(host, &[NetworkSpec::DEFAULT], "")
+        lab.start_vswitchd_with(host, &[NetworkSpec::DEFAULT], &node_extra, "")
             .expect("starting vswitchd");
     }
     let a = lab.add_container(0, "default", None).expect("container");
