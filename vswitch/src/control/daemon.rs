@@ -651,17 +651,15 @@ impl Daemon {
         let now = Instant::now();
         let per_worker = self.datapath.run(move |w| {
             let switch = w.switch();
+            // Peers by address: ids of peers that appeared on their own differ between workers.
             switch
                 .fdb_entries(now)
-                .map(|e| {
+                .filter_map(|e| {
                     let site = match e.location {
                         Location::Port(port) => Site::Port(port),
-                        Location::Peer(peer) => match switch.peer(peer) {
-                            Some(p) => Site::Peer(p.addr),
-                            None => Site::Peer(SocketAddr::from(([0, 0, 0, 0], 0))),
-                        },
+                        Location::Peer(peer) => Site::Peer(switch.peer(peer)?.addr),
                     };
-                    (e, site)
+                    Some((e, site))
                 })
                 .collect::<Vec<_>>()
         })?;
