@@ -65,6 +65,15 @@ fn flows_spread_over_workers_and_arrive_whole() {
         );
         assert_eq!(s.traffic.drops, 0, "host {host}: {:?}", s.drops);
     }
+    // Each TAP holds a descriptor per worker: the daemon runs with its open-file limit raised.
+    let pid = lab.hosts[0].daemon_pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers[0], numbers[1], "soft limit not raised: {files}");
     // One row per MAC, however many workers know it.
     let entries = fdb(&lab, 0);
     for mac in [lab.containers[b].mac, lab.containers[c].mac] {

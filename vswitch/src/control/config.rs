@@ -79,7 +79,7 @@ pub struct NodeConfig {
     #[serde(default = "default_source_ports")]
     pub source_ports: usize,
     /// Datapath worker threads, each serving one queue of every TAP and one socket of the
-    /// VXLAN port. Default: one per CPU the daemon may run on.
+    /// VXLAN port. Default: one per CPU the daemon may run on, at most 16.
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// Let containers hand the switch 64 KB TCP/UDP super-frames with partial checksums
@@ -208,8 +208,12 @@ fn default_source_ports() -> usize {
     8
 }
 fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(DEFAULT_MAX_WORKERS))
 }
+
+/// Most workers chosen by default: past this, more queues and buffers per container cost more
+/// than a host's containers gain; set `node.workers` to go further.
+const DEFAULT_MAX_WORKERS: usize = 16;
 
 /// Most datapath workers: a TAP has at most 256 queues.
 const MAX_WORKERS: usize = 256;
