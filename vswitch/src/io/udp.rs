@@ -265,25 +265,6 @@ impl Underlay {
         }
     }
 
-    /// Sends datagrams of `stride` bytes laid back to back in `bytes` (the last may be
-    /// shorter), such as a segmented super-frame behind its VXLAN headers, to `destination`:
-    /// after whatever is queued for it on the same socket, in as few GSO sends as allowed.
-    pub fn send_train(
-        &mut self,
-        destination: SocketAddr,
-        flow_hash: u32,
-        bytes: &[u8],
-        stride: usize,
-    ) {
-        let socket = self.flushed_socket(destination, flow_hash);
-        let stride = stride.max(1);
-        let per_send = self.max_segments.min(MAX_BATCH_BYTES / stride).max(1) * stride;
-        for chunk in bytes.chunks(per_send) {
-            let count = chunk.len().div_ceil(stride);
-            self.send_now(socket, destination, chunk, stride, count);
-        }
-    }
-
     /// Sends split segments (each one's headers, behind the VXLAN header in its headroom,
     /// then its payload in `source`) to `destination`: after whatever is queued for it on the
     /// same socket, as GSO sends of datagrams of `stride` bytes, each a gather list, so the
@@ -451,30 +432,6 @@ mod tests {
         }
         assert_eq!(&got[10][8..], &[99; 10]);
         assert_eq!(&got[11][8..], &[98; 100]);
-    }
-
-    #[test]
-    fn trains_follow_what_was_queued_and_arrive_whole() {
-        let sink = UdpSocket::bind(loopback()).unwrap();
-        let dest = sink.local_addr().unwrap();
-        let mut underlay = Underlay::bind(loopback(), 1, false).unwrap();
-        underlay.queue(dest, 3, &[0; 8], &[1; 40]);
-        // 100 datagrams of 108 bytes and a short last one: more than one GSO send.
-        let mut train = Vec::new();
-        for i in 0..100u8 {
-            train.extend_from_slice(&[i; 108]);
-        }
-        train.extend_from_slice(&[200; 20]);
-        underlay.send_train(dest, 3, &train, 108);
-        let stats = underlay.flush();
-        assert_eq!(stats.sent, 102);
-        let got = receive_all(&sink, 102);
-        assert_eq!(got.len(), 102);
-        assert_eq!(got[0].len(), 48);
-        for (i, d) in got[1..101].iter().enumerate() {
-            assert_eq!(d, &vec![i as u8; 108]);
-        }
-        assert_eq!(got[101], vec![200; 20]);
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Worker {
             ports: Vec::new(),
             slots: FxHashMap::default(),
             out: Output::default(),
-            segments: Segments::with_headroom(VXLAN_HEADER_LEN),
+            segments: Segments::new(),
             split: SplitSegments::with_headroom(VXLAN_HEADER_LEN),
             coalescer: Coalescer::new(),
             counters: IoCounters::default(),
@@ -428,7 +428,7 @@ impl Worker {
                     return;
                 }
             };
-            let frame = &buf[range];
+            let frame = &buf[range.clone()];
             let segment_len = if hdr.is_gso() {
                 usize::from(hdr.hdr_len) + usize::from(hdr.gso_size)
             } else {
@@ -482,70 +482,40 @@ impl Worker {
             if self.out.transmits().is_empty() {
                 continue;
             }
-            if hdr.is_gso() && self.send_split(&hdr, frame) {
+            if hdr.is_gso() {
+                self.send_split(&hdr, &buf[range]);
                 continue;
             }
-            if needs_work && !segmented {
-                self.segments.clear();
-                if offload::segment(&hdr, frame, &mut self.segments).is_err() {
-                    self.counters.offload_errors += 1;
-                    continue;
-                }
-                segmented = true;
-            }
-            if !segmented {
-                for transmit in self.out.transmits() {
-                    self.underlay.queue(
-                        transmit.addr,
-                        self.out.flow_hash(),
-                        self.out.vxlan_header(),
-                        frame,
-                    );
-                }
+            // Ports have had the frame as it came: its checksum can now be finished in place.
+            let frame = &mut buf[range];
+            if offload::complete_checksum(&hdr, frame).is_err() {
+                self.counters.offload_errors += 1;
                 continue;
             }
-            // The segments already sit behind room for the VXLAN header: fill it in and send
-            // them as they lie, one GSO train per peer.
-            self.segments.fill_headroom(self.out.vxlan_header());
-            let stride = self
-                .segments
-                .uniform_len()
-                .map(|len| len + VXLAN_HEADER_LEN);
             for transmit in self.out.transmits() {
-                match stride {
-                    Some(stride) => self.underlay.send_train(
-                        transmit.addr,
-                        self.out.flow_hash(),
-                        self.segments.as_bytes(),
-                        stride,
-                    ),
-                    None => {
-                        for piece in self.segments.iter() {
-                            self.underlay.queue(
-                                transmit.addr,
-                                self.out.flow_hash(),
-                                self.out.vxlan_header(),
-                                piece,
-                            );
-                        }
-                    }
-                }
+                self.underlay.queue(
+                    transmit.addr,
+                    self.out.flow_hash(),
+                    self.out.vxlan_header(),
+                    frame,
+                );
             }
         }
     }
 
     /// Sends a super-frame to the transmits of the last output as split segments, their
-    /// payload gathered from `frame` itself; false when it must take the copying path (a
-    /// segmentation error is counted and the frame dropped).
-    fn send_split(&mut self, hdr: &VnetHdr, frame: &[u8]) -> bool {
+    /// payload gathered from `frame` itself; a frame that cannot be segmented is counted and
+    /// dropped.
+    fn send_split(&mut self, hdr: &VnetHdr, frame: &[u8]) {
         self.split.clear();
         if offload::segment_split(hdr, frame, &mut self.split).is_err() {
             self.counters.offload_errors += 1;
-            return true;
+            return;
         }
         self.split.fill_headroom(self.out.vxlan_header());
+        // Segmentation cuts at one size, only the last segment shorter: always uniform.
         let Some(stride) = self.split.uniform_len() else {
-            return false;
+            return;
         };
         for transmit in self.out.transmits() {
             self.underlay.send_split(
@@ -556,7 +526,6 @@ impl Worker {
                 stride,
             );
         }
-        true
     }
 
     fn flush(&mut self) {

@@ -26,41 +26,14 @@ pub const MAX_SEGMENTS: usize = 2048;
 pub struct Segments {
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
-    headroom: usize,
 }
 
 impl Segments {
     /// An empty set with room for one 64 KB super-frame's segments.
     pub fn new() -> Self {
-        Self::with_headroom(0)
-    }
-
-    /// An empty set that keeps `headroom` bytes in front of every frame, for an encapsulation
-    /// header: [`fill_headroom`](Segments::fill_headroom) writes it, and
-    /// [`as_bytes`](Segments::as_bytes) then holds ready datagrams back to back.
-    pub fn with_headroom(headroom: usize) -> Self {
         Self {
             buf: Vec::with_capacity(96 * 1024),
             ranges: Vec::with_capacity(64),
-            headroom,
-        }
-    }
-
-    /// The bytes kept in front of every frame.
-    pub fn headroom(&self) -> usize {
-        self.headroom
-    }
-
-    /// Writes `header` (exactly [`headroom`](Segments::headroom) bytes; anything else is
-    /// ignored) in front of every frame.
-    pub fn fill_headroom(&mut self, header: &[u8]) {
-        if header.len() != self.headroom {
-            return;
-        }
-        for range in &self.ranges {
-            if let Some(room) = self.buf.get_mut(range.start - header.len()..range.start) {
-                room.copy_from_slice(header);
-            }
         }
     }
 
@@ -92,15 +65,12 @@ impl Segments {
         self.buf.get(self.ranges.get(index)?.clone())
     }
 
-    /// Bytes held in all frames together, headroom included.
+    /// Bytes held in all frames together.
     pub fn total_len(&self) -> usize {
         self.buf.len()
     }
 
-    /// All frames back to back, each behind its headroom, as one buffer (what a UDP GSO send
-    /// of datagrams of headroom + [`uniform_len`] bytes takes).
-    ///
-    /// [`uniform_len`]: Segments::uniform_len
+    /// All frames back to back, as one buffer.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }
@@ -120,7 +90,6 @@ impl Segments {
 
     /// Appends `head` followed by `tail` as one frame and returns it for patching.
     fn append(&mut self, head: &[u8], tail: &[u8]) -> &mut [u8] {
-        self.buf.resize(self.buf.len() + self.headroom, 0);
         let start = self.buf.len();
         self.buf.extend_from_slice(head);
         self.buf.extend_from_slice(tail);
@@ -542,19 +511,18 @@ mod tests {
         let (hdr, frame) = fixtures::tso(&spec, 1, ACK, &data, 1000);
         let mut plain = Segments::new();
         segment(&hdr, &frame, &mut plain).unwrap();
-        let mut roomy = Segments::with_headroom(8);
-        segment(&hdr, &frame, &mut roomy).unwrap();
+        let mut roomy = SplitSegments::with_headroom(8);
+        segment_split(&hdr, &frame, &mut roomy).unwrap();
         roomy.fill_headroom(&[8, 0, 0, 0, 0, 0, 42, 0]);
         assert_eq!(roomy.len(), 4);
-        assert!(plain.iter().eq(roomy.iter()));
-        let stride = 8 + roomy.uniform_len().unwrap();
-        for (datagram, seg) in roomy.as_bytes().chunks(stride).zip(plain.iter()) {
-            assert_eq!(&datagram[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
-            assert_eq!(&datagram[8..], seg);
+        for (i, seg) in plain.iter().enumerate() {
+            let (headers, payload) = roomy.get(i).unwrap();
+            assert_eq!(&headers[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
+            assert_eq!([&headers[8..], &frame[payload]].concat(), seg);
         }
         // A header of the wrong size changes nothing.
         roomy.fill_headroom(&[1, 2, 3]);
-        assert_eq!(&roomy.as_bytes()[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
+        assert_eq!(&roomy.get(0).unwrap().0[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
     }
 
     #[test]
