@@ -14,20 +14,13 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use nix::errno::Errno;
-use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, sendmsg,
-};
-
-use crate::offload::SplitSegments;
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Largest UDP payload a GSO batch may carry.
 const MAX_BATCH_BYTES: usize = 65_000;
-/// Most datagrams in one gather-list send (Linux's `UDP_MAX_SEGMENTS`).
-const MAX_GATHER: usize = 64;
 /// Batches kept open at once; more destinations in one round flush the oldest.
 const OPEN_BATCHES: usize = 16;
 /// Socket buffer sizes: deep enough to ride out a scheduling hiccup at line rate.
@@ -265,59 +258,25 @@ impl Underlay {
         }
     }
 
-    /// Sends split segments (each one's headers, behind the VXLAN header in its headroom,
-    /// then its payload in `source`) to `destination`: after whatever is queued for it on the
-    /// same socket, as GSO sends of datagrams of `stride` bytes, each a gather list, so the
-    /// payload is copied once, into the kernel.
-    pub fn send_split(
+    /// Sends datagrams of `stride` bytes laid back to back in `bytes` (the last may be
+    /// shorter), such as a segmented super-frame behind its VXLAN headers, to `destination`:
+    /// after whatever is queued for it on the same socket, in as few GSO sends as allowed.
+    ///
+    /// One contiguous buffer per send: the kernel copies a gather list of each segment's
+    /// headers and payload at several times the cost of copying the bytes themselves.
+    pub fn send_train(
         &mut self,
         destination: SocketAddr,
         flow_hash: u32,
-        segments: &SplitSegments,
-        source: &[u8],
+        bytes: &[u8],
         stride: usize,
     ) {
         let socket = self.flushed_socket(destination, flow_hash);
-        let Ok(gso) = u16::try_from(stride.max(1)) else {
-            self.stats.failed += segments.len() as u64;
-            return;
-        };
-        let addr = SockaddrStorage::from(destination);
-        let fd = self.senders[socket].socket.as_raw_fd();
-        let per_send = self
-            .max_segments
-            .min(MAX_BATCH_BYTES / usize::from(gso))
-            .clamp(1, MAX_GATHER);
-        let mut start = 0;
-        while start < segments.len() {
-            let end = (start + per_send).min(segments.len());
-            let mut iov: [IoSlice<'_>; 2 * MAX_GATHER] = std::array::from_fn(|_| IoSlice::new(&[]));
-            for (slot, i) in (start..end).enumerate() {
-                if let Some((headers, payload)) = segments.get(i) {
-                    iov[2 * slot] = IoSlice::new(headers);
-                    iov[2 * slot + 1] = IoSlice::new(source.get(payload).unwrap_or(&[]));
-                }
-            }
-            let count = end - start;
-            let segment = [ControlMessage::UdpGsoSegments(&gso)];
-            let cmsgs: &[ControlMessage<'_>] = if count > 1 { &segment } else { &[] };
-            self.stats.syscalls += 1;
-            match sendmsg(fd, &iov[..2 * count], cmsgs, MsgFlags::empty(), Some(&addr)) {
-                Ok(_) => self.stats.sent += count as u64,
-                Err(Errno::EIO | Errno::EINVAL) if count > 1 => {
-                    // The path refuses GSO: one datagram per call from now on.
-                    self.max_segments = 1;
-                    for pair in iov[..2 * count].chunks(2) {
-                        self.stats.syscalls += 1;
-                        match sendmsg(fd, pair, &[], MsgFlags::empty(), Some(&addr)) {
-                            Ok(_) => self.stats.sent += 1,
-                            Err(_) => self.stats.failed += 1,
-                        }
-                    }
-                }
-                Err(_) => self.stats.failed += count as u64,
-            }
-            start = end;
+        let stride = stride.max(1);
+        let per_send = self.max_segments.min(MAX_BATCH_BYTES / stride).max(1) * stride;
+        for chunk in bytes.chunks(per_send) {
+            let count = chunk.len().div_ceil(stride);
+            self.send_now(socket, destination, chunk, stride, count);
         }
     }
 
@@ -468,29 +427,27 @@ mod tests {
     }
 
     #[test]
-    fn split_segments_arrive_as_whole_datagrams() {
+    fn trains_follow_what_was_queued_and_arrive_whole() {
         use crate::offload::fixtures::{self, ACK, Spec};
-        use crate::offload::{Segments, segment, segment_split};
+        use crate::offload::{Segments, segment};
         let (sink, dest, mut underlay) = sink_and_underlay();
         let header = HEADER;
-        // 70 segments with a short last one: two gather sends.
+        // 70 segments with a short last one: more than one GSO send.
         let data = fixtures::payload(70 * 900 - 123);
         let (hdr, frame) = fixtures::tso(&Spec::default(), 1, ACK, &data, 900);
-        let mut split = SplitSegments::with_headroom(header.len());
-        segment_split(&hdr, &frame, &mut split).unwrap();
-        split.fill_headroom(&header);
-        let stride = split.uniform_len().unwrap();
+        let mut train = Segments::with_headroom(header.len());
+        segment(&hdr, &frame, &mut train).unwrap();
+        train.fill_headroom(&header);
+        let stride = train.uniform_len().unwrap() + header.len();
         underlay.queue(dest, 3, &header, &[1; 40]);
-        underlay.send_split(dest, 3, &split, &frame, stride);
+        underlay.send_train(dest, 3, train.as_bytes(), stride);
         let stats = underlay.flush();
         assert_eq!(stats.sent, 71);
         assert_eq!(stats.syscalls, 3);
-        let mut whole = Segments::new();
-        segment(&hdr, &frame, &mut whole).unwrap();
         let got = receive_all(&sink, 71);
         assert_eq!(got.len(), 71);
         assert_eq!(got[0][8..], [1; 40]);
-        for (datagram, seg) in got[1..].iter().zip(whole.iter()) {
+        for (datagram, seg) in got[1..].iter().zip(train.iter()) {
             assert_eq!(&datagram[..8], &header);
             assert_eq!(&datagram[8..], seg);
         }

@@ -18,9 +18,7 @@ use rustc_hash::FxHashMap;
 
 use super::tap::TapQueue;
 use super::udp::Underlay;
-use crate::offload::{
-    self, Coalescer, Segments, SplitSegments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum,
-};
+use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum};
 use crate::switch::{Output, PortConfig, PortId, Switch, SwitchError, Update};
 use crate::tunnel::VXLAN_HEADER_LEN;
 
@@ -114,7 +112,6 @@ pub struct Worker {
     slots: FxHashMap<PortId, usize>,
     out: Output,
     segments: Segments,
-    split: SplitSegments,
     coalescer: Coalescer,
     counters: IoCounters,
     pub(super) running: bool,
@@ -160,8 +157,7 @@ impl Worker {
             ports: Vec::new(),
             slots: FxHashMap::default(),
             out: Output::default(),
-            segments: Segments::new(),
-            split: SplitSegments::with_headroom(VXLAN_HEADER_LEN),
+            segments: Segments::with_headroom(VXLAN_HEADER_LEN),
             coalescer: Coalescer::new(),
             counters: IoCounters::default(),
             running: true,
@@ -483,7 +479,14 @@ impl Worker {
                 continue;
             }
             if hdr.is_gso() {
-                self.send_split(&hdr, &buf[range]);
+                if !segmented {
+                    self.segments.clear();
+                    if offload::segment(&hdr, frame, &mut self.segments).is_err() {
+                        self.counters.offload_errors += 1;
+                        continue;
+                    }
+                }
+                self.send_segments();
                 continue;
             }
             // Ports have had the frame as it came: its checksum can now be finished in place.
@@ -503,27 +506,20 @@ impl Worker {
         }
     }
 
-    /// Sends a super-frame to the transmits of the last output as split segments, their
-    /// payload gathered from `frame` itself; a frame that cannot be segmented is counted and
-    /// dropped.
-    fn send_split(&mut self, hdr: &VnetHdr, frame: &[u8]) {
-        self.split.clear();
-        if offload::segment_split(hdr, frame, &mut self.split).is_err() {
-            self.counters.offload_errors += 1;
-            return;
-        }
-        self.split.fill_headroom(self.out.vxlan_header());
+    /// Sends the segments of a super-frame, which already sit behind room for the VXLAN
+    /// header, to the transmits of the last output: one GSO train per peer.
+    fn send_segments(&mut self) {
+        self.segments.fill_headroom(self.out.vxlan_header());
         // Segmentation cuts at one size, only the last segment shorter: always uniform.
-        let Some(stride) = self.split.uniform_len() else {
+        let Some(len) = self.segments.uniform_len() else {
             return;
         };
         for transmit in self.out.transmits() {
-            self.underlay.send_split(
+            self.underlay.send_train(
                 transmit.addr,
                 self.out.flow_hash(),
-                &self.split,
-                frame,
-                stride,
+                self.segments.as_bytes(),
+                len + VXLAN_HEADER_LEN,
             );
         }
     }

@@ -25,9 +25,7 @@ pub(crate) mod fixtures;
 pub use checksum::{checksum, fold, partial_sum, pseudo_header_v4, pseudo_header_v6};
 pub use coalesce::Coalescer;
 pub use partial::complete_partial_checksum;
-pub use segment::{
-    MAX_SEGMENTS, Segments, SplitSegments, complete_checksum, segment, segment_split,
-};
+pub use segment::{MAX_SEGMENTS, Segments, complete_checksum, segment};
 pub use vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// Why a frame could not be segmented or its checksum completed.

@@ -1,13 +1,9 @@
 //! Segmentation of TSO/USO super-frames into wire-sized frames, and completion of partial
 //! checksums, the way Linux's GSO (`net/ipv4/tcp_offload.c`, `udp_offload.c`) does it.
-//!
-//! Segments are built either whole, headers and payload copied into one buffer
-//! ([`Segments`]), or as headers only, with the payload left where it lies in the super-frame
-//! ([`SplitSegments`]) for a scatter-gather send that copies it once, into the kernel.
 
 use std::ops::Range;
 
-use super::checksum::{checksum, partial_sum};
+use super::checksum::checksum;
 use super::layout::{
     CWR, FIN, Ip, PROTO_TCP, PROTO_UDP, PSH, TCP_CSUM, TCP_FLAGS, TCP_MIN_LEN, TCP_OFF, TCP_SEQ,
     UDP_CSUM, UDP_LEN, UDP_LEN_FIELD, be16, be32, parse_ip, pseudo, put16, put32,
@@ -26,14 +22,41 @@ pub const MAX_SEGMENTS: usize = 2048;
 pub struct Segments {
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
+    headroom: usize,
 }
 
 impl Segments {
     /// An empty set with room for one 64 KB super-frame's segments.
     pub fn new() -> Self {
+        Self::with_headroom(0)
+    }
+
+    /// An empty set that keeps `headroom` bytes in front of every frame, for an encapsulation
+    /// header: [`fill_headroom`](Segments::fill_headroom) writes it, and
+    /// [`as_bytes`](Segments::as_bytes) then holds ready datagrams back to back.
+    pub fn with_headroom(headroom: usize) -> Self {
         Self {
             buf: Vec::with_capacity(96 * 1024),
             ranges: Vec::with_capacity(64),
+            headroom,
+        }
+    }
+
+    /// The bytes kept in front of every frame.
+    pub fn headroom(&self) -> usize {
+        self.headroom
+    }
+
+    /// Writes `header` (exactly [`headroom`](Segments::headroom) bytes; anything else is
+    /// ignored) in front of every frame.
+    pub fn fill_headroom(&mut self, header: &[u8]) {
+        if header.len() != self.headroom {
+            return;
+        }
+        for range in &self.ranges {
+            if let Some(room) = self.buf.get_mut(range.start - header.len()..range.start) {
+                room.copy_from_slice(header);
+            }
         }
     }
 
@@ -65,12 +88,15 @@ impl Segments {
         self.buf.get(self.ranges.get(index)?.clone())
     }
 
-    /// Bytes held in all frames together.
+    /// Bytes held in all frames together, headroom included.
     pub fn total_len(&self) -> usize {
         self.buf.len()
     }
 
-    /// All frames back to back, as one buffer.
+    /// All frames back to back, each behind its headroom, as one buffer (what a UDP GSO send
+    /// of datagrams of headroom + [`uniform_len`] bytes takes).
+    ///
+    /// [`uniform_len`]: Segments::uniform_len
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }
@@ -90,6 +116,7 @@ impl Segments {
 
     /// Appends `head` followed by `tail` as one frame and returns it for patching.
     fn append(&mut self, head: &[u8], tail: &[u8]) -> &mut [u8] {
+        self.buf.resize(self.buf.len() + self.headroom, 0);
         let start = self.buf.len();
         self.buf.extend_from_slice(head);
         self.buf.extend_from_slice(tail);
@@ -102,127 +129,6 @@ impl Segments {
         self.ranges.truncate(mark.0);
         self.buf.truncate(mark.1);
     }
-}
-
-impl Sink for Segments {
-    const COPIES: bool = true;
-
-    fn append(&mut self, headers: &[u8], payload: &[u8], _at: usize) -> &mut [u8] {
-        Segments::append(self, headers, payload)
-    }
-
-    fn mark(&self) -> (usize, usize) {
-        (self.len(), self.total_len())
-    }
-
-    fn truncate(&mut self, mark: (usize, usize)) {
-        Segments::truncate(self, mark);
-    }
-}
-
-/// Segments whose payload stays in the super-frame they were cut from: each has its own
-/// headers, behind room for an encapsulation header, in one reusable buffer, and the range of
-/// its payload in the super-frame. A segment on the wire is
-/// `headers(i) ++ super_frame[payload(i)]`.
-#[derive(Debug, Clone, Default)]
-pub struct SplitSegments {
-    buf: Vec<u8>,
-    /// Per segment: its headers in `buf` (headroom included) and its payload in the source.
-    segs: Vec<(Range<usize>, Range<usize>)>,
-    headroom: usize,
-}
-
-impl SplitSegments {
-    /// An empty set that keeps `headroom` bytes in front of every segment's headers.
-    pub fn with_headroom(headroom: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(64 * 128),
-            segs: Vec::with_capacity(64),
-            headroom,
-        }
-    }
-
-    /// Writes `header` (exactly the headroom's length; anything else is ignored) in front of
-    /// every segment.
-    pub fn fill_headroom(&mut self, header: &[u8]) {
-        if header.len() != self.headroom {
-            return;
-        }
-        for (headers, _) in &self.segs {
-            if let Some(room) = self
-                .buf
-                .get_mut(headers.start..headers.start + header.len())
-            {
-                room.copy_from_slice(header);
-            }
-        }
-    }
-
-    /// Forgets every segment, keeping the memory.
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.segs.clear();
-    }
-
-    /// How many segments are held.
-    pub fn len(&self) -> usize {
-        self.segs.len()
-    }
-
-    /// Whether no segment is held.
-    pub fn is_empty(&self) -> bool {
-        self.segs.is_empty()
-    }
-
-    /// Segment `index`: its headers (headroom included) and its payload's range in the
-    /// super-frame.
-    pub fn get(&self, index: usize) -> Option<(&[u8], Range<usize>)> {
-        let (headers, payload) = self.segs.get(index)?;
-        Some((self.buf.get(headers.clone())?, payload.clone()))
-    }
-
-    /// When every segment but the last has the same length, headroom included, and the last
-    /// is no longer: that length. `None` when empty.
-    pub fn uniform_len(&self) -> Option<usize> {
-        let len = |(h, p): &(Range<usize>, Range<usize>)| h.len() + p.len();
-        let (last, rest) = self.segs.split_last()?;
-        let first = rest.first().map_or(len(last), len);
-        (rest.iter().all(|s| len(s) == first) && len(last) <= first).then_some(first)
-    }
-}
-
-impl Sink for SplitSegments {
-    const COPIES: bool = false;
-
-    fn append(&mut self, headers: &[u8], payload: &[u8], at: usize) -> &mut [u8] {
-        let room = self.buf.len();
-        self.buf.resize(room + self.headroom, 0);
-        let start = self.buf.len();
-        self.buf.extend_from_slice(headers);
-        self.segs
-            .push((room..self.buf.len(), at..at + payload.len()));
-        &mut self.buf[start..]
-    }
-
-    fn mark(&self) -> (usize, usize) {
-        (self.segs.len(), self.buf.len())
-    }
-
-    fn truncate(&mut self, mark: (usize, usize)) {
-        self.segs.truncate(mark.0);
-        self.buf.truncate(mark.1);
-    }
-}
-
-/// Where segmentation puts its segments.
-trait Sink {
-    /// Whether the payload is copied behind the headers (else it stays in the source frame).
-    const COPIES: bool;
-    /// Appends a segment of `headers` and `payload` (found at `at` in the source frame) and
-    /// returns what it holds of it (headers, and payload when copied) for patching.
-    fn append(&mut self, headers: &[u8], payload: &[u8], at: usize) -> &mut [u8];
-    fn mark(&self) -> (usize, usize);
-    fn truncate(&mut self, mark: (usize, usize));
 }
 
 /// Turns a frame read from a TAP with its vnet header into frames a peer can take.
@@ -242,48 +148,25 @@ trait Sink {
 ///
 /// Appends to `out` (call [`Segments::clear`] yourself); on error `out` is left as it was.
 pub fn segment(hdr: &VnetHdr, frame: &[u8], out: &mut Segments) -> Result<(), OffloadError> {
+    let mark = (out.len(), out.total_len());
     if !hdr.is_gso() {
-        let mark = Sink::mark(out);
-        let seg = Segments::append(out, frame, &[]);
+        let seg = out.append(frame, &[]);
         let done = complete_checksum(hdr, seg);
         if done.is_err() {
-            Segments::truncate(out, mark);
+            out.truncate(mark);
         }
         return done;
     }
-    segment_gso(hdr, frame, out)
-}
-
-/// Like [`segment`], leaving each segment's payload in `frame`: only the headers are written,
-/// and the transport checksums are computed over the headers and the payload where it lies.
-/// Only for GSO frames (a frame that is not GSO goes out as it is).
-pub fn segment_split(
-    hdr: &VnetHdr,
-    frame: &[u8],
-    out: &mut SplitSegments,
-) -> Result<(), OffloadError> {
-    if !hdr.is_gso() {
-        return Err(OffloadError::BadHeader("gso_type"));
-    }
-    segment_gso(hdr, frame, out)
-}
-
-fn segment_gso<S: Sink>(hdr: &VnetHdr, frame: &[u8], out: &mut S) -> Result<(), OffloadError> {
     let gso = usize::from(hdr.gso_size);
     if gso == 0 {
         return Err(OffloadError::BadHeader("gso_size"));
     }
-    let mark = out.mark();
-    let done = match hdr.gso_type & !VnetHdr::GSO_ECN {
+    match hdr.gso_type & !VnetHdr::GSO_ECN {
         VnetHdr::GSO_TCPV4 => segment_tcp(frame, false, gso, out),
         VnetHdr::GSO_TCPV6 => segment_tcp(frame, true, gso, out),
         VnetHdr::GSO_UDP_L4 => segment_udp(frame, gso, out),
         other => Err(OffloadError::Unsupported(other)),
-    };
-    if done.is_err() {
-        out.truncate(mark);
     }
-    done
 }
 
 /// Checks what the transport segmentation of both protocols needs from the IP layer.
@@ -302,10 +185,9 @@ fn transport(frame: &[u8], proto: u8) -> Result<Ip, OffloadError> {
     Ok(ip)
 }
 
-/// Patches the IP header of segment `index` (lengths, identification, header checksum);
-/// `tail` payload bytes follow what `seg` holds.
-fn patch_ip(seg: &mut [u8], ip: &Ip, index: usize, tail: usize) {
-    let ip_len = seg.len() + tail - ip.l3;
+/// Patches the IP header of segment `index` (lengths, identification, header checksum).
+fn patch_ip(seg: &mut [u8], ip: &Ip, index: usize) {
+    let ip_len = seg.len() - ip.l3;
     if ip.v6 {
         put16(seg, ip.l3 + 4, (ip_len - super::layout::IPV6_LEN) as u16);
     } else {
@@ -318,14 +200,11 @@ fn patch_ip(seg: &mut [u8], ip: &Ip, index: usize, tail: usize) {
     }
 }
 
-/// Stores the full transport checksum of a segment whose checksum field is at `field`; the
-/// segment is `seg` followed by `tail` (transport headers are of even length, so the sums
-/// chain).
-fn patch_l4_checksum(seg: &mut [u8], ip: &Ip, field: usize, zero_as_ffff: bool, tail: &[u8]) {
+/// Stores the full transport checksum of a segment whose checksum field is at `field`.
+fn patch_l4_checksum(seg: &mut [u8], ip: &Ip, field: usize, zero_as_ffff: bool) {
     put16(seg, ip.l4 + field, 0);
     let l4 = seg.get(ip.l4..).unwrap_or(&[]);
-    let head = partial_sum(l4, pseudo(seg, ip, l4.len() + tail.len()));
-    let mut sum = checksum(tail, head);
+    let mut sum = checksum(l4, pseudo(seg, ip, l4.len()));
     if zero_as_ffff && sum == 0 {
         sum = 0xffff;
     }
@@ -340,12 +219,7 @@ fn count(payload: usize, gso: usize) -> Result<usize, OffloadError> {
     Ok(n)
 }
 
-fn segment_tcp<S: Sink>(
-    frame: &[u8],
-    v6: bool,
-    gso: usize,
-    out: &mut S,
-) -> Result<(), OffloadError> {
+fn segment_tcp(frame: &[u8], v6: bool, gso: usize, out: &mut Segments) -> Result<(), OffloadError> {
     let ip = transport(frame, PROTO_TCP)?;
     if ip.v6 != v6 {
         return Err(OffloadError::BadHeader(
@@ -368,9 +242,8 @@ fn segment_tcp<S: Sink>(
         let chunk = payload
             .get(start..(start + gso).min(payload.len()))
             .unwrap_or(&[]);
-        let seg = out.append(headers, chunk, hdrs + start);
-        let tail = if S::COPIES { &[][..] } else { chunk };
-        patch_ip(seg, &ip, i, tail.len());
+        let seg = out.append(headers, chunk);
+        patch_ip(seg, &ip, i);
         put32(seg, ip.l4 + TCP_SEQ, seq.wrapping_add(start as u32));
         let mut f = flags;
         if i + 1 != n {
@@ -380,12 +253,12 @@ fn segment_tcp<S: Sink>(
             f &= !CWR;
         }
         seg[ip.l4 + TCP_FLAGS] = f;
-        patch_l4_checksum(seg, &ip, TCP_CSUM, false, tail);
+        patch_l4_checksum(seg, &ip, TCP_CSUM, false);
     }
     Ok(())
 }
 
-fn segment_udp<S: Sink>(frame: &[u8], gso: usize, out: &mut S) -> Result<(), OffloadError> {
+fn segment_udp(frame: &[u8], gso: usize, out: &mut Segments) -> Result<(), OffloadError> {
     let ip = transport(frame, PROTO_UDP)?;
     let hdrs = ip.l4 + UDP_LEN;
     if hdrs > ip.end {
@@ -399,11 +272,10 @@ fn segment_udp<S: Sink>(frame: &[u8], gso: usize, out: &mut S) -> Result<(), Off
         let chunk = payload
             .get(start..(start + gso).min(payload.len()))
             .unwrap_or(&[]);
-        let seg = out.append(headers, chunk, hdrs + start);
-        let tail = if S::COPIES { &[][..] } else { chunk };
-        patch_ip(seg, &ip, i, tail.len());
+        let seg = out.append(headers, chunk);
+        patch_ip(seg, &ip, i);
         put16(seg, ip.l4 + UDP_LEN_FIELD, (UDP_LEN + chunk.len()) as u16);
-        patch_l4_checksum(seg, &ip, UDP_CSUM, true, tail);
+        patch_l4_checksum(seg, &ip, UDP_CSUM, true);
     }
     Ok(())
 }
@@ -440,36 +312,13 @@ mod tests {
     use crate::offload::fixtures::{self, ACK, CWR, ECE, FIN, PSH, Spec, check, payload};
     use proptest::prelude::*;
 
-    /// Checks that split segmentation, behind `headroom`, gives the same frames as whole
-    /// segmentation: headers and payload where it lies.
-    fn split_matches(hdr: &VnetHdr, frame: &[u8], whole: &Segments) {
-        const HEADROOM: usize = 8;
-        let mut split = SplitSegments::with_headroom(HEADROOM);
-        segment_split(hdr, frame, &mut split).unwrap();
-        split.fill_headroom(&[0xee; HEADROOM]);
-        assert_eq!(split.len(), whole.len());
-        for (i, seg) in whole.iter().enumerate() {
-            let (headers, payload) = split.get(i).unwrap();
-            assert_eq!(&headers[..HEADROOM], &[0xee; HEADROOM]);
-            let mut joined = headers[HEADROOM..].to_vec();
-            joined.extend_from_slice(&frame[payload]);
-            assert_eq!(joined, seg, "segment {i}");
-        }
-        assert_eq!(
-            split.uniform_len(),
-            whole.uniform_len().map(|l| l + HEADROOM)
-        );
-    }
-
-    /// Segments a TSO super-frame and checks every segment independently, and that split
-    /// segmentation gives the same bytes.
+    /// Segments a TSO super-frame and checks every segment independently.
     fn tso_case(spec: Spec, total: usize, mss: u16, flags: u8) -> Segments {
         let data = payload(total);
         let seq0 = 0xffff_f000u32;
         let (hdr, frame) = fixtures::tso(&spec, seq0, flags, &data, mss);
         let mut out = Segments::new();
         segment(&hdr, &frame, &mut out).unwrap();
-        split_matches(&hdr, &frame, &out);
         let n = total.div_ceil(usize::from(mss)).max(1);
         assert_eq!(out.len(), n);
         let mut joined = Vec::new();
@@ -511,18 +360,19 @@ mod tests {
         let (hdr, frame) = fixtures::tso(&spec, 1, ACK, &data, 1000);
         let mut plain = Segments::new();
         segment(&hdr, &frame, &mut plain).unwrap();
-        let mut roomy = SplitSegments::with_headroom(8);
-        segment_split(&hdr, &frame, &mut roomy).unwrap();
+        let mut roomy = Segments::with_headroom(8);
+        segment(&hdr, &frame, &mut roomy).unwrap();
         roomy.fill_headroom(&[8, 0, 0, 0, 0, 0, 42, 0]);
         assert_eq!(roomy.len(), 4);
-        for (i, seg) in plain.iter().enumerate() {
-            let (headers, payload) = roomy.get(i).unwrap();
-            assert_eq!(&headers[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
-            assert_eq!([&headers[8..], &frame[payload]].concat(), seg);
+        assert!(plain.iter().eq(roomy.iter()));
+        let stride = 8 + roomy.uniform_len().unwrap();
+        for (datagram, seg) in roomy.as_bytes().chunks(stride).zip(plain.iter()) {
+            assert_eq!(&datagram[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
+            assert_eq!(&datagram[8..], seg);
         }
         // A header of the wrong size changes nothing.
         roomy.fill_headroom(&[1, 2, 3]);
-        assert_eq!(&roomy.get(0).unwrap().0[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
+        assert_eq!(&roomy.as_bytes()[..8], &[8, 0, 0, 0, 0, 0, 42, 0]);
     }
 
     #[test]
@@ -594,7 +444,6 @@ mod tests {
         let (hdr, frame) = fixtures::uso(&spec, &data, size);
         let mut out = Segments::new();
         segment(&hdr, &frame, &mut out).unwrap();
-        split_matches(&hdr, &frame, &out);
         assert_eq!(out.len(), total.div_ceil(usize::from(size)).max(1));
         let mut joined = Vec::new();
         for (i, seg) in out.iter().enumerate() {
