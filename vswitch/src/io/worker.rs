@@ -443,7 +443,8 @@ impl Worker {
             self.switch
                 .handle_frame_segmented(now, id, frame, segment_len, &mut self.out);
             let needs_work = hdr.is_gso() || hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
-            let mut segmented = false;
+            // Whether the frame has been cut into `self.segments`, once an output needs it.
+            let mut segmented = None;
             for &dest in self.out.ports() {
                 let Some(&dest_slot) = self.slots.get(&dest) else {
                     continue;
@@ -456,13 +457,14 @@ impl Worker {
                     continue;
                 }
                 // A port without offloads takes only finished, MTU-sized frames.
-                if !segmented {
-                    self.segments.clear();
-                    if offload::segment(&hdr, frame, &mut self.segments).is_err() {
-                        self.counters.offload_errors += 1;
-                        break;
-                    }
-                    segmented = true;
+                if !cut_once(
+                    &mut self.segments,
+                    &mut self.counters,
+                    &hdr,
+                    frame,
+                    &mut segmented,
+                ) {
+                    break;
                 }
                 for piece in self.segments.iter() {
                     write_slot(
@@ -489,14 +491,15 @@ impl Worker {
                 continue;
             }
             if hdr.is_gso() {
-                if !segmented {
-                    self.segments.clear();
-                    if offload::segment(&hdr, frame, &mut self.segments).is_err() {
-                        self.counters.offload_errors += 1;
-                        continue;
-                    }
+                if cut_once(
+                    &mut self.segments,
+                    &mut self.counters,
+                    &hdr,
+                    frame,
+                    &mut segmented,
+                ) {
+                    self.send_segments();
                 }
-                self.send_segments();
                 continue;
             }
             // Ports have had the frame as it came: its checksum can now be finished in place.
@@ -539,6 +542,25 @@ impl Worker {
         self.counters.udp_send_calls += stats.syscalls;
         self.counters.udp_send_errors += stats.failed;
     }
+}
+
+/// Cuts `frame` into `segments` unless `done` says it already was (or could not be); true when
+/// the segments are there. A frame that cannot be segmented is counted once.
+fn cut_once(
+    segments: &mut Segments,
+    counters: &mut IoCounters,
+    hdr: &VnetHdr,
+    frame: &[u8],
+    done: &mut Option<bool>,
+) -> bool {
+    *done.get_or_insert_with(|| {
+        segments.clear();
+        let cut = offload::segment(hdr, frame, segments).is_ok();
+        if !cut {
+            counters.offload_errors += 1;
+        }
+        cut
+    })
 }
 
 /// How many datagrams to ask for after a receive of `count` datagrams totalling `received`
