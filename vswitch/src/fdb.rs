@@ -2,8 +2,10 @@
 //!
 //! Entries are learned from source addresses and age out after [`FdbConfig::aging`] without
 //! traffic; static entries (the MACs of local ports) never age and learning never overwrites
-//! them. Memory is bounded: learned entries never exceed [`FdbConfig::max_entries`] in total nor
-//! [`FdbConfig::max_per_port`] on one local port; a MAC that would break a limit is not learned.
+//! them. Memory is bounded: learned entries never exceed [`FdbConfig::max_entries`] in total,
+//! [`FdbConfig::max_per_port`] on one local port nor [`FdbConfig::max_per_peer`] behind one
+//! peer, so no single source can fill the table for everyone else; a MAC that would break a
+//! limit is not learned (the switch still forwards its frame).
 //! Aging is a sweep the switch runs from its timer, not work done per frame.
 //!
 //! When the switch runs as several replicas (one per datapath worker), an entry one replica
@@ -34,9 +36,10 @@ pub struct FdbConfig {
     pub aging: Duration,
     /// Most learned entries over all VNIs. Default 65536.
     pub max_entries: usize,
-    /// Most learned entries on one local port (peers are bounded by `max_entries` only).
-    /// Default 1024.
+    /// Most learned entries on one local port. Default 1024.
     pub max_per_port: usize,
+    /// Most learned entries behind one peer. Default 4096.
+    pub max_per_peer: usize,
 }
 
 impl Default for FdbConfig {
@@ -45,6 +48,7 @@ impl Default for FdbConfig {
             aging: Duration::from_secs(300),
             max_entries: 65536,
             max_per_port: 1024,
+            max_per_peer: 4096,
         }
     }
 }
@@ -139,7 +143,7 @@ pub struct Fdb {
     config: FdbConfig,
     entries: FxHashMap<Key, Entry>,
     learned: usize,
-    per_port: FxHashMap<PortId, usize>,
+    per_location: FxHashMap<Location, usize>,
 }
 
 impl Fdb {
@@ -149,7 +153,7 @@ impl Fdb {
             config,
             entries: FxHashMap::default(),
             learned: 0,
-            per_port: FxHashMap::default(),
+            per_location: FxHashMap::default(),
         }
     }
 
@@ -176,25 +180,21 @@ impl Fdb {
                 entry.mirrored = false;
                 return Learned::Refreshed;
             }
-            if let Location::Port(port) = location
-                && self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port
-            {
+        }
+        let full = self.location_full(location);
+        if let Some(entry) = self.entries.get_mut(&key) {
+            if full {
                 return Learned::Full;
             }
             let from = entry.location;
             entry.location = location;
             entry.mirrored = false;
-            *last_seen = now;
+            entry.last_seen = Some(now);
             self.uncount(from);
             self.count(location);
             return Learned::Moved { from };
         }
-        if self.learned >= self.config.max_entries {
-            return Learned::Full;
-        }
-        if let Location::Port(port) = location
-            && self.per_port.get(&port).copied().unwrap_or(0) >= self.config.max_per_port
-        {
+        if self.learned >= self.config.max_entries || full {
             return Learned::Full;
         }
         self.entries.insert(
@@ -290,7 +290,6 @@ impl Fdb {
 
     /// Removes every entry pointing at a local port; returns how many.
     pub fn remove_port(&mut self, port: PortId) -> usize {
-        self.per_port.remove(&port);
         self.remove_where(|_, e| e.location == Location::Port(port))
     }
 
@@ -342,7 +341,24 @@ impl Fdb {
 
     /// Number of learned entries on a local port.
     pub fn port_len(&self, port: PortId) -> usize {
-        self.per_port.get(&port).copied().unwrap_or(0)
+        self.location_len(Location::Port(port))
+    }
+
+    /// Number of learned entries behind a peer.
+    pub fn peer_len(&self, peer: PeerId) -> usize {
+        self.location_len(Location::Peer(peer))
+    }
+
+    fn location_len(&self, location: Location) -> usize {
+        self.per_location.get(&location).copied().unwrap_or(0)
+    }
+
+    fn location_full(&self, location: Location) -> bool {
+        let limit = match location {
+            Location::Port(_) => self.config.max_per_port,
+            Location::Peer(_) => self.config.max_per_peer,
+        };
+        self.location_len(location) >= limit
     }
 
     /// Every entry, with ages relative to `now`, in no particular order.
@@ -362,23 +378,21 @@ impl Fdb {
     fn remove_where(&mut self, mut pred: impl FnMut(&Key, &Entry) -> bool) -> usize {
         let before = self.entries.len();
         let mut learned = 0;
-        let per_port = &mut self.per_port;
+        let per_location = &mut self.per_location;
         self.entries.retain(|key, entry| {
             if !pred(key, entry) {
                 return true;
             }
             if entry.last_seen.is_some() {
                 learned += 1;
-                if let Location::Port(port) = entry.location
-                    && let Some(n) = per_port.get_mut(&port)
-                {
+                if let Some(n) = per_location.get_mut(&entry.location) {
                     *n = n.saturating_sub(1);
                 }
             }
             false
         });
         self.learned -= learned;
-        self.per_port.retain(|_, n| *n > 0);
+        self.per_location.retain(|_, n| *n > 0);
         before - self.entries.len()
     }
 
@@ -390,18 +404,14 @@ impl Fdb {
     }
 
     fn count(&mut self, location: Location) {
-        if let Location::Port(port) = location {
-            *self.per_port.entry(port).or_insert(0) += 1;
-        }
+        *self.per_location.entry(location).or_insert(0) += 1;
     }
 
     fn uncount(&mut self, location: Location) {
-        if let Location::Port(port) = location
-            && let Some(n) = self.per_port.get_mut(&port)
-        {
+        if let Some(n) = self.per_location.get_mut(&location) {
             *n -= 1;
             if *n == 0 {
-                self.per_port.remove(&port);
+                self.per_location.remove(&location);
             }
         }
     }

@@ -171,6 +171,25 @@ pub struct SwitchTuning {
     /// Learned MACs kept at most behind one local port.
     #[serde(default = "default_fdb_max_per_port")]
     pub fdb_max_per_port: usize,
+    /// Learned MACs (and ARP neighbours) kept at most behind one peer.
+    #[serde(default = "default_fdb_max_per_peer")]
+    pub fdb_max_per_peer: usize,
+    /// Broadcast, multicast, unknown-unicast frames and ARP requests a port may send a second
+    /// (per worker); beyond that they are dropped (`flood_limited`).
+    #[serde(default = "default_flood_rate")]
+    pub flood_rate: u64,
+    /// How many of those a port may send at once after a quiet spell.
+    #[serde(default = "default_flood_burst")]
+    pub flood_burst: u64,
+    /// EtherTypes a port with port security may send besides IPv4, IPv6 and ARP.
+    #[serde(default)]
+    pub allowed_ethertypes: Vec<u16>,
+    /// Peers created by `accept_unknown_peers`, at most.
+    #[serde(default = "default_max_dynamic_peers")]
+    pub max_dynamic_peers: usize,
+    /// Of those, how many a flood (broadcast, unknown unicast) is replicated to.
+    #[serde(default = "default_flood_dynamic_peers")]
+    pub flood_dynamic_peers: usize,
     /// Accept VXLAN from addresses that are not configured peers (off: an open VXLAN port lets
     /// anyone who can reach it inject frames into the overlay).
     #[serde(default)]
@@ -186,6 +205,12 @@ impl Default for SwitchTuning {
             fdb_aging_secs: default_fdb_aging(),
             fdb_max_entries: default_fdb_max(),
             fdb_max_per_port: default_fdb_max_per_port(),
+            fdb_max_per_peer: default_fdb_max_per_peer(),
+            flood_rate: default_flood_rate(),
+            flood_burst: default_flood_burst(),
+            allowed_ethertypes: Vec::new(),
+            max_dynamic_peers: default_max_dynamic_peers(),
+            flood_dynamic_peers: default_flood_dynamic_peers(),
             accept_unknown_peers: false,
             arp_suppression: true,
         }
@@ -243,6 +268,21 @@ fn default_fdb_aging() -> u64 {
 }
 fn default_fdb_max() -> usize {
     65_536
+}
+fn default_fdb_max_per_peer() -> usize {
+    crate::fdb::FdbConfig::default().max_per_peer
+}
+fn default_flood_rate() -> u64 {
+    crate::switch::SwitchConfig::default().flood_rate
+}
+fn default_flood_burst() -> u64 {
+    crate::switch::SwitchConfig::default().flood_burst
+}
+fn default_max_dynamic_peers() -> usize {
+    crate::switch::SwitchConfig::default().max_dynamic_peers
+}
+fn default_flood_dynamic_peers() -> usize {
+    crate::switch::SwitchConfig::default().flood_dynamic_peers
 }
 fn default_fdb_max_per_port() -> usize {
     1024
@@ -478,11 +518,23 @@ impl Config {
         if self.switch.fdb_aging_secs == 0 {
             return err("switch.fdb_aging_secs".into(), "must be at least 1".into());
         }
-        if self.switch.fdb_max_entries == 0 || self.switch.fdb_max_per_port == 0 {
-            return err(
-                "switch.fdb_max_entries".into(),
-                "limits must be at least 1".into(),
-            );
+        for (key, value) in [
+            ("switch.fdb_max_entries", self.switch.fdb_max_entries),
+            ("switch.fdb_max_per_port", self.switch.fdb_max_per_port),
+            ("switch.fdb_max_per_peer", self.switch.fdb_max_per_peer),
+            ("switch.flood_burst", self.switch.flood_burst as usize),
+        ] {
+            if value == 0 {
+                return err(key.into(), "must be at least 1".into());
+            }
+        }
+        for (i, &ethertype) in self.switch.allowed_ethertypes.iter().enumerate() {
+            if ethertype < 0x0600 {
+                return err(
+                    format!("switch.allowed_ethertypes[{i}]"),
+                    format!("{ethertype:#06x} is a length, not an EtherType (0x0600 or more)"),
+                );
+            }
         }
         Ok(())
     }

@@ -71,11 +71,16 @@ fn switch_config(config: &Config) -> SwitchConfig {
             aging: tuning.fdb_aging(),
             max_entries: tuning.fdb_max_entries,
             max_per_port: tuning.fdb_max_per_port,
+            max_per_peer: tuning.fdb_max_per_peer,
         },
         accept_unknown_peers: tuning.accept_unknown_peers,
+        max_dynamic_peers: tuning.max_dynamic_peers,
+        flood_dynamic_peers: tuning.flood_dynamic_peers,
+        flood_rate: tuning.flood_rate,
+        flood_burst: tuning.flood_burst,
+        allowed_ethertypes: tuning.allowed_ethertypes.clone(),
         arp_suppression: tuning.arp_suppression,
         vxlan_port: config.node.port,
-        ..SwitchConfig::default()
     }
 }
 

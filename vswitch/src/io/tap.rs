@@ -6,7 +6,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use crate::offload::{VNET_HDR_LEN, VnetHdr};
+use crate::offload::VnetHdr;
 
 /// One TAP queue owned by the datapath.
 pub struct TapQueue {
@@ -48,16 +48,11 @@ impl TapQueue {
         self.fd.as_raw_fd()
     }
 
-    /// Reads one frame into `buf`; returns its header (all zero without vnet headers) and the
-    /// frame's range in `buf`. `WouldBlock` when the queue is empty.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<(VnetHdr, std::ops::Range<usize>)> {
-        let n = nix::unistd::read(self.fd.as_fd(), buf).map_err(io::Error::from)?;
-        if !self.vnet_hdr {
-            return Ok((VnetHdr::default(), 0..n));
-        }
-        let hdr = VnetHdr::parse(&buf[..n.min(buf.len())])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok((hdr, VNET_HDR_LEN.min(n)..n))
+    /// Reads one frame into `buf`, behind its virtio-net header when the queue has them, and
+    /// returns the bytes read (the switch parses and validates the header). `WouldBlock` when
+    /// the queue is empty.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        nix::unistd::read(self.fd.as_fd(), buf).map_err(io::Error::from)
     }
 
     /// Writes one frame with its header; a queue without vnet headers must only be given

@@ -419,13 +419,9 @@ impl Worker {
             else {
                 return;
             };
-            let (hdr, range) = match queue.read(buf) {
-                Ok(read) => read,
+            let n = match queue.read(buf) {
+                Ok(n) => n.min(buf.len()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.counters.offload_errors += 1;
-                    continue;
-                }
                 Err(_) => {
                     // WouldBlock: drained. Any other error: the device is gone; detach cleans up.
                     if let Some(port) = self.ports[slot].as_mut() {
@@ -434,15 +430,17 @@ impl Worker {
                     return;
                 }
             };
-            let frame = &buf[range.clone()];
-            let segment_len = if hdr.is_gso() {
-                usize::from(hdr.hdr_len) + usize::from(hdr.gso_size)
+            if queue.has_vnet_hdr() {
+                self.switch
+                    .handle_tap_read(now, id, &buf[..n], &mut self.out);
             } else {
-                frame.len()
-            };
-            self.switch
-                .handle_frame_segmented(now, id, frame, segment_len, &mut self.out);
-            let needs_work = hdr.is_gso() || hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
+                self.switch.handle_frame(now, id, &buf[..n], &mut self.out);
+            }
+            let range = self.out.frame_range();
+            let frame = &buf[range.clone()];
+            // Only the header the switch rebuilt is acted on, never the one the container wrote.
+            let offload = *self.out.offload();
+            let needs_work = offload.hdr != VnetHdr::default();
             // Whether the frame has been cut into `self.segments`, once an output needs it.
             let mut segmented = None;
             for &dest in self.out.ports() {
@@ -452,15 +450,23 @@ impl Worker {
                 let Some(Some(port)) = self.ports.get(dest_slot) else {
                     continue;
                 };
-                if port.write.has_vnet_hdr() || !needs_work {
-                    write_slot(&self.ports, &mut self.counters, dest_slot, &hdr, frame);
+                let takes_whole =
+                    port.write.has_vnet_hdr() && (!offload.is_uso() || port.write.takes_uso());
+                if takes_whole || !needs_work {
+                    write_slot(
+                        &self.ports,
+                        &mut self.counters,
+                        dest_slot,
+                        &offload.hdr,
+                        frame,
+                    );
                     continue;
                 }
-                // A port without offloads takes only finished, MTU-sized frames.
+                // This port takes only finished, MTU-sized frames.
                 if !cut_once(
                     &mut self.segments,
                     &mut self.counters,
-                    &hdr,
+                    &offload.hdr,
                     frame,
                     &mut segmented,
                 ) {
@@ -490,11 +496,11 @@ impl Worker {
             if self.out.transmits().is_empty() {
                 continue;
             }
-            if hdr.is_gso() {
+            if offload.is_gso() {
                 if cut_once(
                     &mut self.segments,
                     &mut self.counters,
-                    &hdr,
+                    &offload.hdr,
                     frame,
                     &mut segmented,
                 ) {
@@ -504,7 +510,7 @@ impl Worker {
             }
             // Ports have had the frame as it came: its checksum can now be finished in place.
             let frame = &mut buf[range];
-            if offload::complete_checksum(&hdr, frame).is_err() {
+            if offload::complete_checksum(&offload.hdr, frame).is_err() {
                 self.counters.offload_errors += 1;
                 continue;
             }

@@ -8,7 +8,8 @@
 //! [`Coalescer`] merges consecutive TCP segments or UDP datagrams of a flow arriving from
 //! peers into one super-frame marked GSO (TSO or USO), so the container's kernel handles one
 //! large packet instead of many; [`complete_partial_checksum`] finishes checksums a software
-//! sender left to an offload that never ran.
+//! sender left to an offload that never ran. A vnet header is written by the container and
+//! trusted for nothing: [`validate`] checks it against the frame before anything acts on it.
 //!
 //! Everything here works on caller-owned, reused buffers, reads headers at fixed offsets, and
 //! returns an [`OffloadError`] (or passes the frame through) on any input it cannot handle.
@@ -17,6 +18,7 @@ mod checksum;
 mod coalesce;
 mod partial;
 mod segment;
+mod validate;
 mod vnet;
 
 #[cfg(test)]
@@ -26,6 +28,7 @@ pub use checksum::{checksum, fold, partial_sum, pseudo_header_v4, pseudo_header_
 pub use coalesce::Coalescer;
 pub use partial::complete_partial_checksum;
 pub use segment::{MAX_SEGMENTS, Segments, complete_checksum, segment};
+pub use validate::{MIN_GSO_SIZE, Offload, validate};
 pub use vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// Why a frame could not be segmented or its checksum completed.
@@ -48,6 +51,13 @@ pub enum OffloadError {
     /// Segmenting the frame would produce more than [`MAX_SEGMENTS`] segments.
     #[error("more than {MAX_SEGMENTS} segments")]
     TooManySegments,
+    /// A GSO frame's `gso_size` is below [`MIN_GSO_SIZE`].
+    #[error("gso_size {0} is below the floor of {MIN_GSO_SIZE}")]
+    GsoSizeTooSmall(u16),
+    /// A TCP super-frame carries SYN, RST or URG, which segmentation would copy into every
+    /// segment.
+    #[error("SYN, RST or URG on a TCP super-frame")]
+    TsoFlags,
 }
 
 /// Fixed offsets and the one header walk shared by segmentation and coalescing.

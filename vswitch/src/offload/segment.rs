@@ -10,9 +10,9 @@ use super::layout::{
 };
 use super::{OffloadError, VnetHdr};
 
-/// The most segments one super-frame may turn into (Linux's smallest TCP MSS, 48, cuts a
-/// 64 KB frame into fewer than 1400).
-pub const MAX_SEGMENTS: usize = 2048;
+/// The most segments one super-frame may turn into: a 64 KB frame cut at the smallest
+/// accepted `gso_size` ([`MIN_GSO_SIZE`](super::MIN_GSO_SIZE), 88) makes 745.
+pub const MAX_SEGMENTS: usize = 768;
 
 /// Frames ready for the wire, back to back in one reusable buffer.
 ///

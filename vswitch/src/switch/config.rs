@@ -19,6 +19,16 @@ pub struct SwitchConfig {
     pub accept_unknown_peers: bool,
     /// Most peers created by `accept_unknown_peers`. Default 256.
     pub max_dynamic_peers: usize,
+    /// Most dynamic peers a flood (broadcast, multicast, unknown unicast) is replicated to, so
+    /// that peers which showed up on their own cannot multiply every flood. Default 16.
+    pub flood_dynamic_peers: usize,
+    /// Floods (broadcast, multicast, unknown unicast) and ARP requests each port may send a
+    /// second, per replica; a super-frame counts as its segments. Default 1000.
+    pub flood_rate: u64,
+    /// How many floods a port may send at once after a quiet spell. Default 1000.
+    pub flood_burst: u64,
+    /// EtherTypes a port with port security may send besides IPv4, IPv6 and ARP. Default none.
+    pub allowed_ethertypes: Vec<u16>,
     /// Answer ARP requests for known addresses locally instead of flooding them. Default true.
     pub arp_suppression: bool,
     /// The VXLAN port peers listen on: where datagrams to a peer learned from its traffic go
@@ -32,6 +42,10 @@ impl Default for SwitchConfig {
             fdb: FdbConfig::default(),
             accept_unknown_peers: false,
             max_dynamic_peers: 256,
+            flood_dynamic_peers: 16,
+            flood_rate: 1000,
+            flood_burst: 1000,
+            allowed_ethertypes: Vec::new(),
             arp_suppression: true,
             vxlan_port: 4789,
         }

@@ -14,10 +14,9 @@ pub enum DropReason {
     UnknownVni,
     /// From a peer: the VXLAN I flag is clear.
     BadFlags,
-    /// From a port: longer than the network's MTU plus the Ethernet header.
+    /// Longer than the network's MTU plus the Ethernet header (from a port, each segment a
+    /// super-frame becomes; from a peer, the decapsulated frame).
     OverMtu,
-    /// The source MAC could not be learned: the FDB or the port's share of it is full.
-    FdbFull,
     /// From an address that is not a peer (and unknown peers are not accepted, or too many).
     UnknownPeer,
     /// From a port the switch does not have.
@@ -34,17 +33,32 @@ pub enum DropReason {
     NotMember,
     /// Addressed to the gateway MAC, but not an ARP request or ICMP echo request it answers.
     Gateway,
+    /// From a port: a virtio-net header that does not describe its frame (checksum fields not
+    /// at the transport checksum, a GSO type that does not match the protocol, UFO, unknown
+    /// types) or a super-frame that cannot be segmented.
+    BadOffload,
+    /// From a port: a super-frame whose `gso_size` is zero or below the floor.
+    GsoTooSmall,
+    /// From a port: a TCP super-frame carrying SYN, RST or URG.
+    TsoFlags,
+    /// From a port with port security: an EtherType other than IPv4, IPv6, ARP and those
+    /// allowed by configuration.
+    Ethertype,
+    /// From a port with port security: an IPv6 Router Advertisement or Redirect.
+    RaGuard,
+    /// From a port: a broadcast, multicast, unknown unicast or ARP request over the port's
+    /// flood rate.
+    FloodLimited,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Runt,
         DropReason::Malformed,
         DropReason::UnknownVni,
         DropReason::BadFlags,
         DropReason::OverMtu,
-        DropReason::FdbFull,
         DropReason::UnknownPeer,
         DropReason::UnknownPort,
         DropReason::SpoofedSource,
@@ -53,6 +67,12 @@ impl DropReason {
         DropReason::NoMembers,
         DropReason::NotMember,
         DropReason::Gateway,
+        DropReason::BadOffload,
+        DropReason::GsoTooSmall,
+        DropReason::TsoFlags,
+        DropReason::Ethertype,
+        DropReason::RaGuard,
+        DropReason::FloodLimited,
     ];
 
     /// Number of reasons.
@@ -66,7 +86,6 @@ impl DropReason {
             DropReason::UnknownVni => "unknown_vni",
             DropReason::BadFlags => "bad_flags",
             DropReason::OverMtu => "over_mtu",
-            DropReason::FdbFull => "fdb_full",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::UnknownPort => "unknown_port",
             DropReason::SpoofedSource => "spoofed_source",
@@ -75,6 +94,12 @@ impl DropReason {
             DropReason::NoMembers => "no_members",
             DropReason::NotMember => "not_member",
             DropReason::Gateway => "gateway",
+            DropReason::BadOffload => "bad_offload",
+            DropReason::GsoTooSmall => "gso_too_small",
+            DropReason::TsoFlags => "tso_flags",
+            DropReason::Ethertype => "ethertype",
+            DropReason::RaGuard => "ra_guard",
+            DropReason::FloodLimited => "flood_limited",
         }
     }
 
@@ -148,6 +173,11 @@ pub struct Counters {
     pub fdb_moves: u64,
     /// Learned FDB entries aged out.
     pub fdb_aged: u64,
+    /// Source MACs not learned because the table, or the share of their port or peer, was
+    /// full (the frame was forwarded all the same).
+    pub fdb_full: u64,
+    /// Neighbours not learned because the table, or the share of their port or peer, was full.
+    pub neighbours_full: u64,
     /// Learned neighbours aged out.
     pub neighbours_aged: u64,
     /// ARP requests answered for the gateway.
@@ -207,6 +237,8 @@ impl Counters {
         self.fdb_learned += other.fdb_learned;
         self.fdb_moves += other.fdb_moves;
         self.fdb_aged += other.fdb_aged;
+        self.fdb_full += other.fdb_full;
+        self.neighbours_full += other.neighbours_full;
         self.neighbours_aged += other.neighbours_aged;
         self.gateway_arp_replies += other.gateway_arp_replies;
         self.gateway_echo_replies += other.gateway_echo_replies;

@@ -13,12 +13,14 @@
 //! Ports and peers are small `Copy` handles into tables; ids of removed ports and peers are reused.
 //! Time is an [`Instant`] passed in: tests run on a virtual clock.
 
+mod bucket;
 mod config;
 mod counters;
 mod neigh;
 mod output;
 mod path;
 mod replica;
+mod security;
 
 #[cfg(test)]
 mod tests;
@@ -33,6 +35,7 @@ use crate::fdb::{Fdb, FdbEntry, Location};
 use crate::tunnel::{self, VXLAN_HEADER_LEN};
 use crate::wire::Vni;
 
+pub use bucket::TokenBucket;
 pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use neigh::NeighbourEntry;
@@ -116,6 +119,10 @@ struct Port {
     config: PortConfig,
     ipv4: Vec<Ipv4Addr>,
     ipv6: Vec<Ipv6Addr>,
+    /// The link-local address the interface forms from its MAC.
+    link_local: Ipv6Addr,
+    /// Floods and ARP requests the port may still send.
+    floods: TokenBucket,
     stats: PortStats,
 }
 
@@ -133,7 +140,10 @@ struct Network {
     config: NetworkConfig,
     header: [u8; VXLAN_HEADER_LEN],
     ports: Vec<PortId>,
+    /// Configured peers of the network: every flood goes to each.
     transmits: Vec<Transmit>,
+    /// Peers that showed up on their own: floods go to the first `flood_dynamic_peers`.
+    dynamic: Vec<Transmit>,
 }
 
 /// The switch. See the module documentation for how to drive it.
@@ -163,7 +173,7 @@ impl Switch {
     /// A switch with no networks, ports or peers.
     pub fn new(config: SwitchConfig) -> Self {
         let fdb = Fdb::new(config.fdb.clone());
-        let neighbours = Neighbours::new(config.fdb.max_entries, config.fdb.aging);
+        let neighbours = Neighbours::new(&config.fdb);
         Switch {
             config,
             networks: FxHashMap::default(),
@@ -199,26 +209,19 @@ impl Switch {
             return Ok(());
         }
         let vni = config.vni;
-        let transmits = self
-            .peers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
-            .filter(|(_, p)| p.vnis.contains(&vni))
-            .map(|(i, p)| Transmit {
-                peer: PeerId(i as u32),
-                addr: p.addr,
-            })
-            .collect();
         self.networks.insert(
             vni,
             Network {
                 config,
                 header: tunnel::encap_header(vni),
                 ports: Vec::new(),
-                transmits,
+                transmits: Vec::new(),
+                dynamic: Vec::new(),
             },
         );
+        for id in 0..self.peers.len() {
+            self.rebuild_membership(PeerId(id as u32));
+        }
         Ok(())
     }
 
@@ -306,6 +309,8 @@ impl Switch {
             config,
             ipv4,
             ipv6,
+            link_local: security::link_local(mac),
+            floods: TokenBucket::new(self.config.flood_rate, self.config.flood_burst),
             stats: PortStats::default(),
         };
         match self.ports.get_mut(id.0 as usize) {
@@ -325,6 +330,7 @@ impl Switch {
             net.ports.retain(|&p| p != port);
         }
         self.fdb.remove_port(port);
+        self.neighbours.remove_location(Location::Port(port));
         for &ip in &removed.ipv4 {
             self.neighbours.remove_static(vni, ip, removed.config.mac);
         }
@@ -373,13 +379,17 @@ impl Switch {
             let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
                 return id;
             };
-            if peer.dynamic {
+            let was_dynamic = peer.dynamic;
+            if was_dynamic {
                 peer.dynamic = false;
                 self.dynamic_peers -= 1;
             }
             if peer.vnis != vnis {
                 peer.vnis = vnis;
                 self.fdb.remove_peer(id);
+                self.neighbours.remove_location(Location::Peer(id));
+                self.rebuild_membership(id);
+            } else if was_dynamic {
                 self.rebuild_membership(id);
             }
             return id;
@@ -399,9 +409,11 @@ impl Switch {
         for vni in &removed.vnis {
             if let Some(net) = self.networks.get_mut(vni) {
                 net.transmits.retain(|t| t.peer != peer);
+                net.dynamic.retain(|t| t.peer != peer);
             }
         }
         self.fdb.remove_peer(peer);
+        self.neighbours.remove_location(Location::Peer(peer));
         self.free_peers.push(peer.0);
         true
     }
@@ -465,21 +477,28 @@ impl Switch {
         id
     }
 
-    /// Makes the networks' transmit lists agree with the peer's VNIs.
+    /// Makes the networks' transmit lists agree with the peer's VNIs and kind.
     fn rebuild_membership(&mut self, id: PeerId) {
         let Some(peer) = self.peers.get(id.0 as usize).and_then(Option::as_ref) else {
             return;
         };
+        let transmit = Transmit {
+            peer: id,
+            addr: peer.addr,
+        };
         for (vni, net) in &mut self.networks {
+            let (list, other) = if peer.dynamic {
+                (&mut net.dynamic, &mut net.transmits)
+            } else {
+                (&mut net.transmits, &mut net.dynamic)
+            };
+            other.retain(|t| t.peer != id);
             let member = peer.vnis.contains(vni);
-            let listed = net.transmits.iter().any(|t| t.peer == id);
+            let listed = list.iter().any(|t| t.peer == id);
             if member && !listed {
-                net.transmits.push(Transmit {
-                    peer: id,
-                    addr: peer.addr,
-                });
+                list.push(transmit);
             } else if !member && listed {
-                net.transmits.retain(|t| t.peer != id);
+                list.retain(|t| t.peer != id);
             }
         }
     }

@@ -3,6 +3,7 @@
 use core::net::SocketAddr;
 use core::ops::Range;
 
+use crate::offload::Offload;
 use crate::tunnel::{self, VXLAN_HEADER_LEN};
 
 use super::{DropReason, PeerId, PortId};
@@ -36,6 +37,7 @@ pub struct Output {
     pub(super) reply: Vec<u8>,
     pub(super) reply_port: Option<PortId>,
     pub(super) dropped: Option<DropReason>,
+    pub(super) offload: Offload,
 }
 
 impl Output {
@@ -54,6 +56,7 @@ impl Output {
         self.reply.clear();
         self.reply_port = None;
         self.dropped = None;
+        self.offload = Offload::plain(0);
     }
 
     /// Local ports to write the frame to.
@@ -102,6 +105,13 @@ impl Output {
     /// A frame the switch generated (ARP reply, gateway echo reply) and the port to write it to.
     pub fn reply(&self) -> Option<(PortId, &[u8])> {
         self.reply_port.map(|port| (port, self.reply.as_slice()))
+    }
+
+    /// What the frame from a TAP still needs: its validated, rebuilt virtio-net header (the one
+    /// to write with it to TAPs that take offloads) and the length of its segments. Empty for
+    /// datagrams and frames that need nothing.
+    pub fn offload(&self) -> &Offload {
+        &self.offload
     }
 
     /// Why the input was dropped, if it was.

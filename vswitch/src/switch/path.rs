@@ -1,39 +1,55 @@
 //! The per-frame path: a frame from a port or a datagram from a peer, turned into an [`Output`].
 
-use core::net::{Ipv4Addr, SocketAddr};
+use core::net::SocketAddr;
 use std::time::Instant;
 
 use crate::fdb::{Learned, Location};
+use crate::offload::{self, Offload, OffloadError, VNET_HDR_LEN, VnetHdr};
 use crate::tunnel::{self, VXLAN_HEADER_LEN};
 use crate::wire::{
     self, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EtherType, EthernetFrame,
-    ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv6Packet,
-    MacAddr, Vni,
+    ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, Icmpv4Packet, IpProtocol, Ipv4Packet, MacAddr, Vni,
 };
 
-use super::{DropReason, Gateway, Output, PeerId, Port, PortId, Switch, Transmit, Update};
+use super::neigh::Heard;
+use super::{DropReason, Gateway, Output, PeerId, PortId, Switch, Transmit, Update, security};
 
 const ARP_FRAME_LEN: usize = ETHERNET_HEADER_LEN + ArpPacket::<&[u8]>::LEN;
 
 impl Switch {
-    /// Switches one frame read from a local port.
+    /// Switches one frame read from a local port that has no virtio-net header.
     pub fn handle_frame(&mut self, now: Instant, port: PortId, frame: &[u8], out: &mut Output) {
-        self.handle_frame_segmented(now, port, frame, frame.len(), out);
+        out.clear();
+        self.port_input(now, port, frame, 0, Ok(Offload::plain(frame.len())), out);
     }
 
-    /// Switches a frame that the caller will cut into frames of at most `segment_len` bytes
-    /// before they reach a wire (a TSO/USO super-frame from a TAP with offloads): the MTU is
-    /// checked against `segment_len`, everything else as [`Switch::handle_frame`].
-    pub fn handle_frame_segmented(
+    /// Switches one read from a TAP queue opened with virtio-net headers: the
+    /// [`VNET_HDR_LEN`]-byte header, then the frame. The frame is `read[out.frame_range()]`.
+    ///
+    /// The header is the container's to choose, so it is trusted for nothing: it is checked
+    /// against the frame ([`offload::validate`]) and replaced by [`Output::offload`], the only
+    /// header the caller may act on (segmenting, completing the checksum, writing the frame to
+    /// other TAPs). The MTU is checked against the segments a super-frame will become.
+    pub fn handle_tap_read(&mut self, now: Instant, port: PortId, read: &[u8], out: &mut Output) {
+        out.clear();
+        let frame = read.get(VNET_HDR_LEN..).unwrap_or_default();
+        let offload = VnetHdr::parse(read)
+            .map_err(|_| DropReason::Runt)
+            .and_then(|hdr| offload::validate(&hdr, frame).map_err(offload_drop));
+        let offset = VNET_HDR_LEN.min(read.len());
+        self.port_input(now, port, frame, offset, offload, out);
+    }
+
+    fn port_input(
         &mut self,
         now: Instant,
         port: PortId,
         frame: &[u8],
-        segment_len: usize,
+        offset: usize,
+        offload: Result<Offload, DropReason>,
         out: &mut Output,
     ) {
-        out.clear();
-        out.frame = 0..frame.len();
+        out.frame = offset..offset + frame.len();
         let len = frame.len() as u64;
         let Some(p) = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut) else {
             self.counters.drops.bump(DropReason::UnknownPort);
@@ -44,7 +60,11 @@ impl Switch {
         p.stats.rx_bytes += len;
         self.counters.port_rx_frames += 1;
         self.counters.port_rx_bytes += len;
-        match self.frame_from_port(now, port, frame, segment_len.min(frame.len()), out) {
+        let result = offload.and_then(|offload| {
+            out.offload = offload;
+            self.frame_from_port(now, port, frame, out)
+        });
+        match result {
             Ok(()) => self.count_output(len, out),
             Err(reason) => {
                 self.drop_output(reason, out);
@@ -135,13 +155,10 @@ impl Switch {
         }
     }
 
-    fn learn(
-        &mut self,
-        now: Instant,
-        vni: Vni,
-        mac: MacAddr,
-        at: Location,
-    ) -> Result<(), DropReason> {
+    /// Learns where `mac` is. A full table (or a full share of `at`) only means the MAC is not
+    /// learned: the frame is forwarded all the same, so that one source filling the table
+    /// cannot cut everyone else off.
+    fn learn(&mut self, now: Instant, vni: Vni, mac: MacAddr, at: Location) {
         match self.fdb.learn(now, vni, mac, at) {
             Learned::New => {
                 self.counters.fdb_learned += 1;
@@ -153,20 +170,33 @@ impl Switch {
                 self.publish_learned(vni, mac, at);
             }
             Learned::Refreshed | Learned::Static => {}
-            Learned::Full => return Err(DropReason::FdbFull),
+            Learned::Full => self.counters.fdb_full += 1,
         }
-        Ok(())
     }
 
-    fn snoop_arp(&mut self, now: Instant, vni: Vni, arp: &ArpPacket<&[u8]>) {
+    fn snoop_arp(&mut self, now: Instant, vni: Vni, arp: &ArpPacket<&[u8]>, from: Location) {
         let ip = arp.sender_ip();
         let mac = arp.sender_mac();
         if ip.is_unspecified() || !mac.is_unicast() || mac.is_zero() {
             return;
         }
-        if self.neighbours.learn(now, vni, ip, mac) {
-            self.schedule_sweep(now);
-            self.publish(Update::Neighbour { vni, ip, mac });
+        match self.neighbours.learn(now, vni, ip, mac, from) {
+            Heard::News => {
+                self.schedule_sweep(now);
+                self.publish(Update::Neighbour { vni, ip, mac });
+            }
+            Heard::Known => {}
+            Heard::Full => self.counters.neighbours_full += 1,
+        }
+    }
+
+    /// Takes `n` tokens from the port's flood bucket.
+    fn charge_flood(&mut self, now: Instant, port: PortId, n: u64) -> Result<(), DropReason> {
+        let bucket = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut);
+        if bucket.is_some_and(|p| p.floods.take(now, n)) {
+            Ok(())
+        } else {
+            Err(DropReason::FloodLimited)
         }
     }
 
@@ -175,7 +205,6 @@ impl Switch {
         now: Instant,
         port: PortId,
         frame: &[u8],
-        segment_len: usize,
         out: &mut Output,
     ) -> Result<(), DropReason> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
@@ -194,24 +223,31 @@ impl Switch {
         let Some(net) = self.networks.get(&vni) else {
             return Err(DropReason::UnknownVni);
         };
-        if segment_len > eth.header_len() + usize::from(net.config.mtu) {
+        let (_, l3) = security::inner_ethertype(frame)?;
+        let segment_len = out.offload.segment_len.min(frame.len());
+        if segment_len > l3 + usize::from(net.config.mtu) {
             return Err(DropReason::OverMtu);
         }
         let gateway = net.config.gateway;
-        let ethertype = eth.ethertype();
-        let payload = eth.payload();
-        let arp = if ethertype == EtherType::ARP {
-            Some(ArpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?)
+        if p.config.port_security {
+            security::check(p, frame, &self.config.allowed_ethertypes)?;
+        }
+        let arp = if eth.ethertype() == EtherType::ARP {
+            Some(ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?)
         } else {
             None
         };
-        if p.config.port_security {
-            check_source(p, ethertype, payload, arp.as_ref())?;
-        }
-        self.learn(now, vni, src, Location::Port(port))?;
+        // What a flood of this frame costs the port: a super-frame counts as its segments.
+        let flood_cost = frame.len().div_ceil(segment_len.max(1)) as u64;
+        let mut charged = false;
+        self.learn(now, vni, src, Location::Port(port));
 
         if let Some(arp) = arp {
-            self.snoop_arp(now, vni, &arp);
+            self.snoop_arp(now, vni, &arp, Location::Port(port));
+            if arp.operation() == ArpOperation::Request {
+                self.charge_flood(now, port, 1)?;
+                charged = true;
+            }
             if arp.operation() == ArpOperation::Request && !eth.is_tagged() {
                 let target = arp.target_ip();
                 let answer = match gateway {
@@ -245,9 +281,6 @@ impl Switch {
             return Err(DropReason::Gateway);
         }
 
-        let Some(net) = self.networks.get(&vni) else {
-            return Err(DropReason::UnknownVni);
-        };
         let known = if dst.is_unicast() {
             self.fdb.lookup(vni, dst)
         } else {
@@ -266,9 +299,17 @@ impl Switch {
                 });
             }
             None => {
+                if !charged {
+                    self.charge_flood(now, port, flood_cost)?;
+                }
+                let Some(net) = self.networks.get(&vni) else {
+                    return Err(DropReason::UnknownVni);
+                };
                 out.ports
                     .extend(net.ports.iter().copied().filter(|&p| p != port));
                 out.transmits.extend_from_slice(&net.transmits);
+                let dynamic = net.dynamic.iter().take(self.config.flood_dynamic_peers);
+                out.transmits.extend(dynamic);
                 if out.ports.is_empty() && out.transmits.is_empty() {
                     return Err(DropReason::NoMembers);
                 }
@@ -276,6 +317,9 @@ impl Switch {
             }
         }
         if !out.transmits.is_empty() {
+            let Some(net) = self.networks.get(&vni) else {
+                return Err(DropReason::UnknownVni);
+            };
             out.header = net.header;
             out.flow_hash = wire::flow_hash(frame);
         }
@@ -299,6 +343,7 @@ impl Switch {
             return Err(DropReason::UnknownVni);
         };
         let gateway = net.config.gateway;
+        let mtu = usize::from(net.config.mtu);
         let id = match *peer {
             Some(id) => {
                 let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
@@ -344,14 +389,18 @@ impl Switch {
         if !src.is_unicast() || src.is_zero() {
             return Err(DropReason::Malformed);
         }
+        let (_, l3) = security::inner_ethertype(inner)?;
+        if inner.len() > l3 + mtu {
+            return Err(DropReason::OverMtu);
+        }
         let arp = if eth.ethertype() == EtherType::ARP {
             Some(ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?)
         } else {
             None
         };
-        self.learn(now, vni, src, Location::Peer(id))?;
+        self.learn(now, vni, src, Location::Peer(id));
         if let Some(arp) = arp {
-            self.snoop_arp(now, vni, &arp);
+            self.snoop_arp(now, vni, &arp, Location::Peer(id));
         }
         if gateway.is_some_and(|gw| gw.mac == dst) {
             return Err(DropReason::Gateway);
@@ -379,45 +428,13 @@ impl Switch {
     }
 }
 
-/// Port security on addresses: IPv4 source and ARP sender must be the port's (or unspecified),
-/// IPv6 source the port's, link-local or unspecified. Each family is checked only when the port
-/// has addresses of that family; the ARP sender MAC must always be the port's.
-fn check_source(
-    port: &Port,
-    ethertype: EtherType,
-    payload: &[u8],
-    arp: Option<&ArpPacket<&[u8]>>,
-) -> Result<(), DropReason> {
-    let v4_ok =
-        |ip: Ipv4Addr| port.ipv4.is_empty() || ip.is_unspecified() || port.ipv4.contains(&ip);
-    match ethertype {
-        EtherType::ARP => {
-            if let Some(arp) = arp
-                && (arp.sender_mac() != port.config.mac || !v4_ok(arp.sender_ip()))
-            {
-                return Err(DropReason::SpoofedSource);
-            }
-        }
-        EtherType::IPV4 => {
-            let ip = Ipv4Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
-            if !v4_ok(ip.src_addr()) {
-                return Err(DropReason::SpoofedSource);
-            }
-        }
-        EtherType::IPV6 => {
-            let ip = Ipv6Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
-            let src = ip.src_addr();
-            if !port.ipv6.is_empty()
-                && !src.is_unspecified()
-                && !src.is_unicast_link_local()
-                && !port.ipv6.contains(&src)
-            {
-                return Err(DropReason::SpoofedSource);
-            }
-        }
-        _ => {}
+/// The drop reason for a vnet header that does not describe its frame.
+fn offload_drop(e: OffloadError) -> DropReason {
+    match e {
+        OffloadError::GsoSizeTooSmall(_) => DropReason::GsoTooSmall,
+        OffloadError::TsoFlags => DropReason::TsoFlags,
+        _ => DropReason::BadOffload,
     }
-    Ok(())
 }
 
 /// Writes into `buf` the ARP reply to `request` (sent by `requester`) saying the target IP is at

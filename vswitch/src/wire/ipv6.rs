@@ -74,6 +74,63 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let end = (IPV6_HEADER_LEN + usize::from(self.payload_len())).min(data.len());
         &data[IPV6_HEADER_LEN..end]
     }
+
+    /// The upper-layer protocol and its bytes, past the extension headers (hop-by-hop,
+    /// routing, fragment, destination options, authentication). `Malformed` when an extension
+    /// header runs past the payload or there are more than [`MAX_EXTENSION_HEADERS`].
+    pub fn upper_layer(&self) -> Result<UpperLayer<'_>> {
+        let mut protocol = self.next_header();
+        let mut rest = self.payload();
+        let mut later_fragment = false;
+        for _ in 0..MAX_EXTENSION_HEADERS {
+            let len = match protocol.0 {
+                ext::HOP_BY_HOP | ext::ROUTING | ext::DESTINATION => {
+                    (usize::from(*rest.get(1).ok_or(Error::Malformed)?) + 1) * 8
+                }
+                ext::FRAGMENT => {
+                    let offset = read_u16(rest.get(..4).ok_or(Error::Malformed)?, 2) >> 3;
+                    later_fragment |= offset != 0;
+                    8
+                }
+                ext::AUTHENTICATION => (usize::from(*rest.get(1).ok_or(Error::Malformed)?) + 2) * 4,
+                _ => {
+                    return Ok(UpperLayer {
+                        protocol,
+                        payload: rest,
+                        later_fragment,
+                    });
+                }
+            };
+            let next = IpProtocol(*rest.first().ok_or(Error::Malformed)?);
+            rest = rest.get(len..).ok_or(Error::Malformed)?;
+            protocol = next;
+        }
+        Err(Error::Malformed)
+    }
+}
+
+/// The most extension headers [`Ipv6Packet::upper_layer`] walks before calling a packet
+/// malformed.
+pub const MAX_EXTENSION_HEADERS: usize = 8;
+
+/// Extension header numbers.
+mod ext {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTHENTICATION: u8 = 51;
+    pub const DESTINATION: u8 = 60;
+}
+
+/// What an IPv6 packet carries past its extension headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpperLayer<'a> {
+    /// The upper-layer protocol.
+    pub protocol: IpProtocol,
+    /// Its bytes (the rest of the payload).
+    pub payload: &'a [u8],
+    /// The packet is a fragment other than the first: `payload` is not the protocol's header.
+    pub later_fragment: bool,
 }
 
 fn addr_at(data: &[u8], at: usize) -> Ipv6Addr {
@@ -116,5 +173,50 @@ mod tests {
             Ipv6Packet::new_checked(&buf[..]).unwrap_err(),
             Error::Malformed
         );
+    }
+
+    /// An IPv6 header with `payload` behind next header `next`.
+    fn packet(next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        p[6] = next;
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn upper_layer_walks_extension_headers() {
+        let icmp = [135u8, 0, 0, 0];
+        let plain = packet(58, &icmp);
+        let p = Ipv6Packet::new_checked(&plain[..]).unwrap();
+        let up = p.upper_layer().unwrap();
+        assert_eq!(
+            (up.protocol, up.payload, up.later_fragment),
+            (IpProtocol(58), &icmp[..], false)
+        );
+        // Hop-by-hop (8 bytes), destination options (16 bytes), first fragment, then ICMPv6.
+        let mut chain = vec![60, 0, 0, 0, 0, 0, 0, 0];
+        chain.extend_from_slice(&[44, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        chain.extend_from_slice(&[58, 0, 0, 0, 0, 0, 0, 1]);
+        chain.extend_from_slice(&icmp);
+        let hidden = packet(0, &chain);
+        let p = Ipv6Packet::new_checked(&hidden[..]).unwrap();
+        let up = p.upper_layer().unwrap();
+        assert_eq!(
+            (up.protocol, up.payload, up.later_fragment),
+            (IpProtocol(58), &icmp[..], false)
+        );
+        // A later fragment says so.
+        let later = packet(44, &[58, 0, 0, 8, 0, 0, 0, 1, 9, 9]);
+        let p = Ipv6Packet::new_checked(&later[..]).unwrap();
+        assert!(p.upper_layer().unwrap().later_fragment);
+        // An extension header longer than the packet, or a chain too long, is malformed.
+        let short = packet(0, &[58, 1, 0, 0]);
+        let p = Ipv6Packet::new_checked(&short[..]).unwrap();
+        assert_eq!(p.upper_layer(), Err(Error::Malformed));
+        let endless = packet(60, &[60, 0, 0, 0, 0, 0, 0, 0].repeat(9));
+        let p = Ipv6Packet::new_checked(&endless[..]).unwrap();
+        assert_eq!(p.upper_layer(), Err(Error::Malformed));
     }
 }

@@ -357,7 +357,7 @@ mod tests {
             let spec = Spec { v6, ts: ts.then_some(5), ..Spec::default() };
             let hdrs = fixtures::l4(&spec) - 14 + fixtures::tcp_len(&spec);
             let len = len.min(65535 - hdrs);
-            let mss = mss.max((len / 2048) as u16 + 1);
+            let mss = mss.max((len / crate::offload::MAX_SEGMENTS) as u16 + 1);
             round_trip(spec, len, mss, if psh { ACK | PSH } else { ACK });
         }
 

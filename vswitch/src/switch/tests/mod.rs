@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod fuzz;
+mod hostile;
 mod replica;
 mod sim;
 mod single;

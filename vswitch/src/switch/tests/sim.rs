@@ -570,7 +570,7 @@ fn sim_peer_and_network_changes_at_run_time() {
     }
     let x = sim.hosts[0]
         .sw
-        .add_port(port_cfg(v, mac(0, 30), &[]))
+        .add_port(port_cfg(v, mac(0, 30), &[ip(0, 30)]))
         .unwrap();
     let y = sim.hosts[1]
         .sw

@@ -174,18 +174,18 @@ fn port_security() {
         ipv6_udp(mac(0, 20), mcast, other, "ff02::1".parse().unwrap()),
         Some(DropReason::SpoofedSource),
     );
-    // A port with no IPv6 address is not restricted on IPv6 sources.
+    // A port with no IPv6 address sends IPv6 only from its link-local address.
     check(
         &mut sw,
         p[0],
         ipv6_udp(mac(0, 0), mcast, other, "ff02::1".parse().unwrap()),
-        None,
+        Some(DropReason::SpoofedSource),
     );
     // Truncated IPv4 behind a valid Ethernet header is malformed.
     let mut short = udp(mac(0, 0), mac(0, 1), ip(0, 10), ip(0, 11), 1);
     short.truncate(14 + 10);
     check(&mut sw, p[0], short, Some(DropReason::Malformed));
-    assert_eq!(sw.counters().drops.get(DropReason::SpoofedSource), 5);
+    assert_eq!(sw.counters().drops.get(DropReason::SpoofedSource), 6);
 }
 
 #[test]
@@ -463,8 +463,8 @@ fn fdb_and_neighbour_limits_hold_under_a_mac_flood() {
     assert_eq!(sw.fdb().learned_len(), 300);
     assert!(sw.fdb().len() <= 300 + 2);
     assert!(sw.neighbours(t0).filter(|n| !n.is_static).count() <= 300);
-    let fulls = sw.counters().drops.get(DropReason::FdbFull);
-    assert_eq!(fulls, 10_000 - 300);
+    // Sources that were not learned were forwarded all the same.
+    assert_eq!(sw.counters().fdb_full, 10_000 - 300);
     // Known sources still pass.
     let f = udp(
         mac(0, 0),
@@ -750,12 +750,15 @@ fn every_drop_reason_is_counted() {
         &mut spare,
     );
     assert_eq!(spare.dropped(), None);
-    frame(
-        &mut sw,
+    // The port's share of the table is full: not learned, forwarded all the same.
+    sw.handle_frame(
+        t0,
         open,
         &udp(mac(5, 6), mac(0, 0), ip(0, 1), ip(0, 2), 1),
-        &mut seen,
-    ); // FdbFull
+        &mut spare,
+    );
+    assert_eq!(spare.ports(), &[p[0]]);
+    assert_eq!(sw.counters().fdb_full, 1);
     frame(&mut sw, PortId::from_raw(77), &f, &mut seen); // UnknownPort
     frame(
         &mut sw,
@@ -775,7 +778,9 @@ fn every_drop_reason_is_counted() {
         &udp(mac(0, 0), GW_MAC, ip(0, 10), ip(1, 1), 1),
         &mut seen,
     ); // Gateway
-    let solo = sw.add_port(port_cfg(vni(9), mac(9, 9), &[])).unwrap();
+    let solo = sw
+        .add_port(port_cfg(vni(9), mac(9, 9), &[ip(0, 1)]))
+        .unwrap();
     frame(
         &mut sw,
         solo,
@@ -810,16 +815,28 @@ fn every_drop_reason_is_counted() {
         &datagram(Vni::DEFAULT, &to3),
         &mut seen,
     ); // NotLocal
+    let big = udp(mac(2, 0), mac(0, 0), ip(2, 1), ip(0, 10), 1500);
+    datagram_in(
+        &mut sw,
+        peer_addr(2),
+        &datagram(Vni::DEFAULT, &big),
+        &mut seen,
+    ); // OverMtu
+    seen.extend(super::hostile::offload_and_security_drops(
+        &mut sw, p[0], t0,
+    )); // the rest
 
     let mut expected = DropReason::ALL.to_vec();
+    expected.push(DropReason::OverMtu);
     expected.sort_unstable();
     let mut got = seen.clone();
     got.sort_unstable();
     assert_eq!(got, expected);
     for reason in DropReason::ALL {
-        assert_eq!(sw.counters().drops.get(reason), 1, "{reason}");
+        let want = if reason == DropReason::OverMtu { 2 } else { 1 };
+        assert_eq!(sw.counters().drops.get(reason), want, "{reason}");
     }
-    assert_eq!(sw.counters().drops.total(), DropReason::COUNT as u64);
+    assert_eq!(sw.counters().drops.total(), DropReason::COUNT as u64 + 1);
 }
 
 #[test]
@@ -868,8 +885,23 @@ fn super_frames_are_checked_against_the_mtu_by_segment() {
     let super_frame = udp(mac(0, 0), mac(0, 1), ip(0, 10), ip(0, 11), 20_000);
     sw.handle_frame(t0, p[0], &super_frame, &mut out);
     assert_eq!(out.dropped(), Some(DropReason::OverMtu));
-    sw.handle_frame_segmented(t0, p[0], &super_frame, 14 + 1450, &mut out);
+    let read = |gso_size: u16| {
+        let hdr = crate::offload::VnetHdr {
+            flags: crate::offload::VnetHdr::F_NEEDS_CSUM,
+            gso_type: crate::offload::VnetHdr::GSO_UDP_L4,
+            gso_size,
+            csum_start: 34,
+            csum_offset: 6,
+            hdr_len: 0,
+        };
+        let mut read = hdr.emit().to_vec();
+        read.extend_from_slice(&super_frame);
+        read
+    };
+    // Each segment is 14 + 20 + 8 + gso_size bytes: 1422 fills the MTU, 1423 does not.
+    sw.handle_tap_read(t0, p[0], &read(1450 - 28), &mut out);
     assert_eq!(out.ports(), &[p[1]]);
-    sw.handle_frame_segmented(t0, p[0], &super_frame, 14 + 1451, &mut out);
+    assert_eq!(out.offload().segment_len, 14 + 1450);
+    sw.handle_tap_read(t0, p[0], &read(1450 - 27), &mut out);
     assert_eq!(out.dropped(), Some(DropReason::OverMtu));
 }
