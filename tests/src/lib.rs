@@ -10,6 +10,7 @@ use netns::NetNs;
 pub mod wire_check;
 use vswitch::control::api::{FdbView, Reply, Request};
 pub use vswitch::lab::{HostKind, Lab, NetworkSpec};
+pub use wire_check::Capture;
 
 /// A lab with `hosts` `vswitchd` hosts, each carrying `networks` and started with `extra`
 /// config appended.

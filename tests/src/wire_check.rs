@@ -4,6 +4,58 @@
 //! header checksums and TCP/UDP checksums in full.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use netns::NetNs;
+
+/// tcpdump writing VXLAN traffic on a namespace's `eth0` to a pcap file, until [`finish`]ed.
+///
+/// [`finish`]: Capture::finish
+pub struct Capture {
+    tcpdump: Child,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing UDP port 4789 on `eth0` of `ns` into `path`, and waits until tcpdump
+    /// has had time to attach.
+    pub fn start(ns: &NetNs, path: &Path) -> Capture {
+        let tcpdump = ns
+            .command("tcpdump")
+            .args(["-i", "eth0", "-U", "-s", "0", "-w"])
+            .arg(path)
+            .args(["udp", "port", "4789"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running tcpdump (scripts/install-deps installs it)");
+        std::thread::sleep(Duration::from_millis(500));
+        Capture {
+            tcpdump,
+            path: path.to_owned(),
+        }
+    }
+
+    /// Lets the last packets in, stops tcpdump and returns the pcap bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.tcpdump.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.tcpdump.wait();
+        std::fs::read(&self.path).expect("reading the capture")
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.tcpdump.kill();
+        let _ = self.tcpdump.wait();
+    }
+}
 
 /// What the capture held.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

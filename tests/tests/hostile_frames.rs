@@ -14,7 +14,7 @@ use std::time::Duration;
 use etherparse::PacketBuilder;
 use vswitch::control::api::{Reply, Request};
 use vswitch::offload::VnetHdr;
-use vswitch_e2e::{NetworkSpec, reaches, vswitch_lab};
+use vswitch_e2e::{Capture, NetworkSpec, reaches, vswitch_lab};
 
 const HOSTILE: &[u8] = b"HOSTILE-FRAME-MARKER";
 const HONEST_UDP: &[u8] = b"HONEST-UDP-MARKER";
@@ -79,7 +79,7 @@ fn frames(
     };
     let udp6 = {
         let mut out = Vec::new();
-        let own = vswitch_link_local(a.0);
+        let own = a.0.link_local();
         PacketBuilder::ethernet2(a.0.0, [0x33, 0x33, 0, 0, 0, 1])
             .ipv6(
                 own.octets(),
@@ -151,7 +151,7 @@ fn frames(
         let mut out = Vec::new();
         PacketBuilder::ethernet2(a.0.0, [0x33, 0x33, 0, 0, 0, 1])
             .ipv6(
-                vswitch_link_local(a.0).octets(),
+                a.0.link_local().octets(),
                 [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
                 255,
             )
@@ -162,37 +162,14 @@ fn frames(
     let plain = VnetHdr::default();
     hostile.extend([
         with_vnet(plain, &qinq),
-        with_vnet(plain, &nd(134, vswitch_link_local(a.0))),
-        with_vnet(plain, &nd(136, vswitch_link_local(b.0))),
+        with_vnet(plain, &nd(134, a.0.link_local())),
+        with_vnet(plain, &nd(136, b.0.link_local())),
     ]);
     let honest = vec![
         with_vnet(csum(34, 6), &udp4(HONEST_UDP, 200)),
         with_vnet(tso(VnetHdr::GSO_TCPV4, 1000, 16), &tcp4(HONEST_TCP, ACK)),
     ];
     (hostile, honest)
-}
-
-/// The link-local address a Linux interface forms from its MAC.
-fn vswitch_link_local(mac: vswitch::wire::MacAddr) -> std::net::Ipv6Addr {
-    let m = mac.0;
-    std::net::Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 2,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ])
 }
 
 /// Writes every frame in `path` (each a 4-byte big-endian length, then the frame with its
@@ -287,27 +264,10 @@ fn frames_with_hostile_vnet_headers_never_reach_the_underlay() {
     assert!(reaches(&c[a].ns, c[b].ip));
     let (hostile, honest) = frames((c[a].mac, c[a].ip), (c[b].mac, c[b].ip));
 
-    let capture = lab.dir().join("underlay.pcap");
-    let mut tcpdump = lab.hosts[1]
-        .ns
-        .command("tcpdump")
-        .args(["-i", "eth0", "-U", "-s", "0", "-w"])
-        .arg(&capture)
-        .args(["udp", "port", "4789"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running tcpdump (scripts/install-deps installs it)");
-    std::thread::sleep(Duration::from_millis(500));
+    let capture = Capture::start(&lab.hosts[1].ns, &lab.dir().join("underlay.pcap"));
     let taken = write_frames(&lab, a, "hostile.bin", &hostile);
     let honest_taken = write_frames(&lab, a, "honest.bin", &honest);
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = tcpdump.wait();
-    let pcap = std::fs::read(&capture).expect("reading the capture");
+    let pcap = capture.finish();
 
     // The kernel passes the checksum written over the IPv4 source, the IPv6 source and the ARP
     // sender, and the GSO attacks on TCP, on to the TAP (it refuses a checksum start inside the
@@ -338,9 +298,9 @@ fn frames_with_hostile_vnet_headers_never_reach_the_underlay() {
         "spoofed_source",
         "ra_guard",
     ]
-        .iter()
-        .map(|r| drops(&lab, 0, r))
-        .sum();
+    .iter()
+    .map(|r| drops(&lab, 0, r))
+    .sum();
     assert_eq!(refused, taken as u64, "every hostile frame counted once");
     for reason in ["tso_flags", "gso_too_small", "spoofed_source", "ra_guard"] {
         assert!(drops(&lab, 0, reason) > 0, "{reason}");

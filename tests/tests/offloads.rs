@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use vswitch_e2e::wire_check::check_capture;
-use vswitch_e2e::{HostKind, Lab, NetworkSpec, kernel_pair, reaches, tcp_transfer};
+use vswitch_e2e::{Capture, HostKind, Lab, NetworkSpec, kernel_pair, reaches, tcp_transfer};
 
 fn ethtool_off(ns: &netns::NetNs) {
     let status = ns
@@ -56,27 +56,10 @@ fn kernel_vxlan_without_offloads_interoperates() {
 fn frames_on_the_underlay_are_mtu_sized_with_correct_checksums() {
     let (lab, a, b) = kernel_pair("wc", Ipv4Addr::new(10, 244, 200, 4));
     let (ours, kernel) = (0, 1);
-    let capture = lab.dir().join("underlay.pcap");
-    let mut tcpdump = lab.hosts[kernel]
-        .ns
-        .command("tcpdump")
-        .args(["-i", "eth0", "-U", "-s", "0", "-w"])
-        .arg(&capture)
-        .args(["udp", "port", "4789"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running tcpdump (scripts/install-deps installs it)");
-    std::thread::sleep(Duration::from_millis(500));
+    let capture = Capture::start(&lab.hosts[kernel].ns, &lab.dir().join("underlay.pcap"));
     let c = &lab.containers;
     tcp_transfer(&c[a].ns, &c[b].ns, c[b].ip, 4 << 20);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = tcpdump.wait();
-    let bytes = std::fs::read(&capture).expect("reading the capture");
+    let bytes = capture.finish();
     let report = check_capture(&bytes, lab.hosts[ours].address, 1450);
     assert!(
         report.checked > 1000,

@@ -309,7 +309,7 @@ impl Switch {
             config,
             ipv4,
             ipv6,
-            link_local: security::link_local(mac),
+            link_local: mac.link_local(),
             floods: TokenBucket::new(self.config.flood_rate, self.config.flood_burst),
             stats: PortStats::default(),
         };

@@ -16,8 +16,7 @@
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::wire::{
-    ArpPacket, EtherType, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6Packet, MacAddr,
-    icmpv6_type as icmpv6,
+    ArpPacket, EtherType, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6Packet, icmpv6_type as icmpv6,
 };
 
 use super::{DropReason, Port};
@@ -40,29 +39,6 @@ pub(super) fn inner_ethertype(frame: &[u8]) -> Result<(EtherType, usize), DropRe
         at += 4;
     }
     Err(DropReason::Malformed)
-}
-
-/// The link-local address a Linux interface with `mac` forms (RFC 4291 modified EUI-64).
-pub(super) fn link_local(mac: MacAddr) -> Ipv6Addr {
-    let m = mac.0;
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 0x02,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ])
 }
 
 /// Checks a frame from a port with port security; `allowed` lists EtherTypes allowed beyond
@@ -127,12 +103,13 @@ fn check_ipv6(port: &Port, payload: &[u8]) -> Result<(), DropReason> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::wire::MacAddr;
 
     #[test]
     fn link_local_is_modified_eui64() {
         let mac = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
         assert_eq!(
-            link_local(mac),
+            mac.link_local(),
             "fe80::858:aff:fef4:102".parse::<Ipv6Addr>().unwrap()
         );
     }

@@ -1,6 +1,7 @@
 //! Ethernet MAC addresses.
 
 use core::fmt;
+use core::net::Ipv6Addr;
 use core::str::FromStr;
 
 /// A 48-bit Ethernet MAC address.
@@ -15,6 +16,30 @@ impl MacAddr {
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
     /// The all-zero address, never valid as a source.
     pub const ZERO: MacAddr = MacAddr([0; 6]);
+
+    /// The IPv6 link-local address an interface with this MAC forms by default (modified
+    /// EUI-64, RFC 4291 appendix A).
+    pub fn link_local(self) -> Ipv6Addr {
+        let m = self.0;
+        Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 0x02,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
+        ])
+    }
 
     /// Builds an address from its six bytes.
     pub const fn new(bytes: [u8; 6]) -> Self {

@@ -295,7 +295,7 @@ fn icmpv6(src: Ipv6Addr, msg_type: u8, target: Ipv6Addr, hop_by_hop: bool) -> Ve
 fn router_advertisements_redirects_and_foreign_neighbor_advertisements_are_refused() {
     let (mut sw, a, _, t) = lab();
     let own: Ipv6Addr = "fd00::10".parse().unwrap();
-    let link_local = super::super::security::link_local(mac(0, 0));
+    let link_local = mac(0, 0).link_local();
     let victim: Ipv6Addr = "fd00::11".parse().unwrap();
     let mut check = |frame: Vec<u8>, want: Option<DropReason>, what: &str| {
         let mut out = Output::new();
@@ -359,7 +359,7 @@ fn a_port_without_addresses_of_a_family_cannot_send_from_one() {
     let from_link_local = ipv6_udp(
         mac(0, 1),
         mac(0, 0),
-        super::super::security::link_local(mac(0, 1)),
+        mac(0, 1).link_local(),
         "fe80::1".parse().unwrap(),
     );
     sw.handle_frame(t, b, &from_link_local, &mut out);
@@ -560,12 +560,7 @@ pub(super) fn offload_and_security_drops(
     let syn = tcp4(me.0, mac(0, 1), me.1, ip(0, 11), SYN, 5000);
     let mut lldp = udp(me.0, mac(0, 1), me.1, ip(0, 11), 10);
     lldp[12..14].copy_from_slice(&0x88cc_u16.to_be_bytes());
-    let ra = icmpv6(
-        super::super::security::link_local(me.0),
-        134,
-        Ipv6Addr::LOCALHOST,
-        false,
-    );
+    let ra = icmpv6(me.0.link_local(), 134, Ipv6Addr::LOCALHOST, false);
     let mut seen = vec![
         dropped(sw, port, t, &read(csum(26, 0), &tcp)),
         dropped(sw, port, t, &read(tso(VnetHdr::GSO_TCPV4, 1), &tcp)),
