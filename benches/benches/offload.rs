@@ -14,6 +14,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vswitch::offload::{self, Coalescer, Segments, VnetHdr};
+use vswitch::wire;
 
 const MSS: usize = 1398;
 const COUNTS: [usize; 3] = [1, 16, 64];
@@ -36,7 +37,7 @@ fn eth_ipv4(f: &mut [u8], id: u16, proto: u8) {
     f[23] = proto;
     f[26..30].copy_from_slice(&[10, 244, 1, 2]);
     f[30..34].copy_from_slice(&[10, 244, 2, 3]);
-    let c = offload::checksum(&f[14..34], 0);
+    let c = wire::checksum(&f[14..34], 0);
     f[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -53,9 +54,8 @@ fn tcp_segment(seq: u32, payload: &[u8]) -> Vec<u8> {
     f[L4 + 14..L4 + 16].copy_from_slice(&502u16.to_be_bytes());
     f[L4 + 20..L4 + 32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
     f[HDRS..].copy_from_slice(payload);
-    let pseudo =
-        offload::pseudo_header_v4([10, 244, 1, 2], [10, 244, 2, 3], 6, (f.len() - L4) as u16);
-    let c = offload::checksum(&f[L4..], pseudo);
+    let pseudo = wire::pseudo_header_v4([10, 244, 1, 2], [10, 244, 2, 3], 6, (f.len() - L4) as u16);
+    let c = wire::checksum(&f[L4..], pseudo);
     f[L4 + 16..L4 + 18].copy_from_slice(&c.to_be_bytes());
     f
 }
@@ -72,8 +72,8 @@ fn udp_datagram(id: u16, payload: &[u8]) -> Vec<u8> {
     f[L4 + 2..L4 + 4].copy_from_slice(&5201u16.to_be_bytes());
     f[L4 + 4..L4 + 6].copy_from_slice(&udp_len.to_be_bytes());
     f[L4 + 8..].copy_from_slice(payload);
-    let pseudo = offload::pseudo_header_v4([10, 244, 1, 2], [10, 244, 2, 3], 17, udp_len);
-    let c = match offload::checksum(&f[L4..], pseudo) {
+    let pseudo = wire::pseudo_header_v4([10, 244, 1, 2], [10, 244, 2, 3], 17, udp_len);
+    let c = match wire::checksum(&f[L4..], pseudo) {
         0 => 0xffff,
         c => c,
     };
@@ -196,7 +196,7 @@ fn checksum(c: &mut Criterion) {
             b.iter(|| {
                 let mut acc = 0u16;
                 for s in segs {
-                    acc ^= offload::checksum(black_box(&s[L4..]), 0);
+                    acc ^= wire::checksum(black_box(&s[L4..]), 0);
                 }
                 acc
             })

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use etherparse::{IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder};
 use netns::{NetNs, Netlink, Tap, TapOptions};
 use vswitch::offload::{self, Coalescer, VnetHdr};
+use vswitch::wire;
 
 const TAP: &str = "uso0";
 const TAP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x55, 0x01];
@@ -202,11 +203,11 @@ fn datagram(v6: bool, sport: u16, id: u16, payload: &[u8], partial: bool) -> Vec
         let l4 = l4(v6);
         let len = (out.len() - l4) as u16;
         let sum = if v6 {
-            offload::pseudo_header_v6(PEER_V6.octets(), TAP_V6.octets(), 17, u32::from(len))
+            wire::pseudo_header_v6(PEER_V6.octets(), TAP_V6.octets(), 17, u32::from(len))
         } else {
-            offload::pseudo_header_v4(PEER_V4.octets(), TAP_V4.octets(), 17, len)
+            wire::pseudo_header_v4(PEER_V4.octets(), TAP_V4.octets(), 17, len)
         };
-        out[l4 + 6..l4 + 8].copy_from_slice(&offload::fold(sum).to_be_bytes());
+        out[l4 + 6..l4 + 8].copy_from_slice(&wire::fold(sum).to_be_bytes());
     }
     out
 }

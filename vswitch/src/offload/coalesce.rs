@@ -12,17 +12,17 @@ mod tcp;
 mod udp;
 
 use super::VnetHdr;
-use super::checksum::{checksum, fold};
 use super::layout::{
-    IPV4_MIN_LEN, IPV6_LEN, Ip, MAX_IP_LEN, PROTO_TCP, PROTO_UDP, TCP_CSUM, UDP_CSUM, VLAN_ETH_LEN,
+    ETH_LEN, IPV4_MIN_LEN, IPV6_LEN, Ip, MAX_IP_LEN, PROTO_TCP, PROTO_UDP, TCP_CSUM, UDP_CSUM,
     be16, parse_ip, pseudo, put16,
 };
+use crate::wire::{MAX_VLAN_TAGS, checksum, fold};
 
 /// How many flows may be open at once by default.
 const DEFAULT_FLOWS: usize = 16;
 
-/// Room for the largest frame a flow can hold: Ethernet with a tag plus a 64 KB IP packet.
-const FLOW_CAPACITY: usize = VLAN_ETH_LEN + MAX_IP_LEN;
+/// Room for the largest frame a flow can hold: Ethernet with every tag plus a 64 KB IP packet.
+const FLOW_CAPACITY: usize = ETH_LEN + 4 * MAX_VLAN_TAGS + MAX_IP_LEN;
 
 /// What makes packets one flow: the output port, the transport protocol and the 4-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -176,7 +176,7 @@ pub fn set_ipv4_checksum(frame: &mut [u8]) {
     };
     let ihl = usize::from(frame[l3] & 0x0f) * 4;
     frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
-    let c = super::checksum(&frame[l3..l3 + ihl], 0);
+    let c = crate::wire::checksum(&frame[l3..l3 + ihl], 0);
     frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }
 

@@ -14,7 +14,6 @@
 //! Everything here works on caller-owned, reused buffers, reads headers at fixed offsets, and
 //! returns an [`OffloadError`] (or passes the frame through) on any input it cannot handle.
 
-mod checksum;
 mod coalesce;
 mod partial;
 mod segment;
@@ -24,7 +23,6 @@ mod vnet;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub use checksum::{checksum, fold, partial_sum, pseudo_header_v4, pseudo_header_v6};
 pub use coalesce::Coalescer;
 pub use partial::complete_partial_checksum;
 pub use segment::{MAX_SEGMENTS, Segments, complete_checksum, segment};
@@ -64,13 +62,9 @@ pub enum OffloadError {
 pub(crate) mod layout {
     use super::OffloadError;
 
-    pub const ETHERTYPE_VLAN: u16 = 0x8100;
-    pub const ETHERTYPE_IPV4: u16 = 0x0800;
-    pub const ETHERTYPE_IPV6: u16 = 0x86dd;
     pub const PROTO_TCP: u8 = 6;
     pub const PROTO_UDP: u8 = 17;
     pub const ETH_LEN: usize = 14;
-    pub const VLAN_ETH_LEN: usize = 18;
     pub const IPV4_MIN_LEN: usize = 20;
     pub const IPV6_LEN: usize = 40;
     pub const TCP_MIN_LEN: usize = 20;
@@ -93,21 +87,7 @@ pub(crate) mod layout {
     pub const CWR: u8 = 0x80;
 
     /// Where the IP and transport headers of an Ethernet frame sit.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Ip {
-        /// Offset of the IP header (after Ethernet and at most one 802.1Q tag).
-        pub l3: usize,
-        /// Offset of the transport header.
-        pub l4: usize,
-        /// End of the IP packet as its header declares it (frame padding excluded).
-        pub end: usize,
-        /// IPv6 rather than IPv4.
-        pub v6: bool,
-        /// The transport protocol (IPv4 protocol or IPv6 next header).
-        pub proto: u8,
-        /// IPv4 only: the packet is a fragment (MF set or a non-zero offset).
-        pub fragment: bool,
-    }
+    pub type Ip = crate::wire::IpHeaders;
 
     pub fn be16(b: &[u8], at: usize) -> Option<u16> {
         Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
@@ -135,78 +115,26 @@ pub(crate) mod layout {
         }
     }
 
-    /// Walks Ethernet (optionally one 802.1Q tag) and IPv4/IPv6 and checks every declared
+    /// Walks Ethernet, its VLAN tags and IPv4/IPv6 ([`Ip::locate`]), checking every declared
     /// length against the frame. IPv6 extension headers are not walked: `proto` is then the
     /// extension's number.
     pub fn parse_ip(frame: &[u8]) -> Result<Ip, OffloadError> {
-        let mut l3 = ETH_LEN;
-        let mut ethertype = be16(frame, 12).ok_or(OffloadError::Truncated)?;
-        if ethertype == ETHERTYPE_VLAN {
-            ethertype = be16(frame, 16).ok_or(OffloadError::Truncated)?;
-            l3 = VLAN_ETH_LEN;
-        }
-        match ethertype {
-            ETHERTYPE_IPV4 => {
-                let vihl = *frame.get(l3).ok_or(OffloadError::Truncated)?;
-                if vihl >> 4 != 4 {
-                    return Err(OffloadError::BadHeader("IPv4 version"));
-                }
-                let ihl = usize::from(vihl & 0x0f) * 4;
-                if ihl < IPV4_MIN_LEN {
-                    return Err(OffloadError::BadHeader("IPv4 header length"));
-                }
-                let total = usize::from(be16(frame, l3 + 2).ok_or(OffloadError::Truncated)?);
-                if total < ihl {
-                    return Err(OffloadError::BadHeader("IPv4 total length"));
-                }
-                if frame.len() < l3 + total {
-                    return Err(OffloadError::Truncated);
-                }
-                let frag = be16(frame, l3 + 6).ok_or(OffloadError::Truncated)?;
-                Ok(Ip {
-                    l3,
-                    l4: l3 + ihl,
-                    end: l3 + total,
-                    v6: false,
-                    proto: frame[l3 + 9],
-                    fragment: frag & 0x3fff != 0,
-                })
+        Ip::locate(frame).map_err(|e| match e {
+            crate::wire::Error::Truncated => OffloadError::Truncated,
+            crate::wire::Error::Unsupported => {
+                OffloadError::UnsupportedFrame("not IP, or an IPv6 jumbogram")
             }
-            ETHERTYPE_IPV6 => {
-                if frame.len() < l3 + IPV6_LEN {
-                    return Err(OffloadError::Truncated);
-                }
-                if frame[l3] >> 4 != 6 {
-                    return Err(OffloadError::BadHeader("IPv6 version"));
-                }
-                let payload = usize::from(be16(frame, l3 + 4).ok_or(OffloadError::Truncated)?);
-                if payload == 0 {
-                    return Err(OffloadError::UnsupportedFrame("IPv6 jumbogram"));
-                }
-                if frame.len() < l3 + IPV6_LEN + payload {
-                    return Err(OffloadError::Truncated);
-                }
-                Ok(Ip {
-                    l3,
-                    l4: l3 + IPV6_LEN,
-                    end: l3 + IPV6_LEN + payload,
-                    v6: true,
-                    proto: frame[l3 + 6],
-                    fragment: false,
-                })
-            }
-            _ => Err(OffloadError::UnsupportedFrame("not IP")),
-        }
+            _ => OffloadError::BadHeader("IP header"),
+        })
     }
 
     /// The pseudo-header sum of the packet at `ip` for a transport length of `len`.
     pub fn pseudo(frame: &[u8], ip: &Ip, len: usize) -> u32 {
+        let addrs = ip.addresses(frame);
         if ip.v6 {
-            let a = frame.get(ip.l3 + 8..ip.l3 + 40).unwrap_or(&[]);
-            super::checksum::pseudo_header_v6_raw(a, ip.proto, len as u32)
+            crate::wire::pseudo_header_v6_raw(addrs, ip.proto, len as u32)
         } else {
-            let a = frame.get(ip.l3 + 12..ip.l3 + 20).unwrap_or(&[]);
-            super::checksum::pseudo_header_v4_raw(a, ip.proto, len as u32)
+            crate::wire::pseudo_header_v4_raw(addrs, ip.proto, len as u32)
         }
     }
 }

@@ -7,8 +7,8 @@
 //! the checksum itself before the frame reaches a container that would otherwise drop it. A
 //! correct checksum is never touched.
 
-use super::checksum::{checksum, fold};
 use super::layout::{PROTO_TCP, PROTO_UDP, TCP_CSUM, UDP_CSUM, be16, parse_ip, pseudo, put16};
+use crate::wire::{checksum, fold};
 
 /// Finishes the TCP or UDP checksum of `frame` if its field holds only the pseudo-header sum
 /// and the packet does not already verify. Returns whether the frame was changed.

@@ -3,12 +3,12 @@
 
 use std::ops::Range;
 
-use super::checksum::checksum;
 use super::layout::{
     CWR, FIN, Ip, PROTO_TCP, PROTO_UDP, PSH, TCP_CSUM, TCP_FLAGS, TCP_MIN_LEN, TCP_OFF, TCP_SEQ,
     UDP_CSUM, UDP_LEN, UDP_LEN_FIELD, be16, be32, parse_ip, pseudo, put16, put32,
 };
 use super::{OffloadError, VnetHdr};
+use crate::wire::checksum;
 
 /// The most segments one super-frame may turn into: a 64 KB frame cut at the smallest
 /// accepted `gso_size` ([`MIN_GSO_SIZE`](super::MIN_GSO_SIZE), 88) makes 745.
@@ -639,7 +639,7 @@ mod tests {
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(
             bad(hdr, &arp, &mut out),
-            OffloadError::UnsupportedFrame("not IP")
+            OffloadError::UnsupportedFrame("not IP, or an IPv6 jumbogram")
         );
     }
 

@@ -16,29 +16,20 @@
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::wire::{
-    ArpPacket, EtherType, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6Packet, icmpv6_type as icmpv6,
+    self, ArpPacket, EtherType, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6Packet,
+    icmpv6_type as icmpv6,
 };
 
 use super::{DropReason, Port};
 
-/// EtherTypes of VLAN tags walked through: 802.1Q, 802.1ad, and the pre-standard 0x9100.
-const TAGS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
-/// The most tags walked before a frame is called malformed.
-const MAX_TAGS: usize = 4;
 const ICMPV6: IpProtocol = IpProtocol(58);
 
-/// The EtherType past every VLAN tag, and where its payload starts.
+/// The EtherType past every VLAN tag and where its payload starts, as a drop reason on failure.
 pub(super) fn inner_ethertype(frame: &[u8]) -> Result<(EtherType, usize), DropReason> {
-    let mut at = 12;
-    for _ in 0..=MAX_TAGS {
-        let bytes = frame.get(at..at + 2).ok_or(DropReason::Runt)?;
-        let ethertype = u16::from_be_bytes([bytes[0], bytes[1]]);
-        if !TAGS.contains(&ethertype) {
-            return Ok((EtherType(ethertype), at + 2));
-        }
-        at += 4;
-    }
-    Err(DropReason::Malformed)
+    wire::ethertype_past_tags(frame).map_err(|e| match e {
+        wire::Error::Truncated => DropReason::Runt,
+        _ => DropReason::Malformed,
+    })
 }
 
 /// Checks a frame from a port with port security; `allowed` lists EtherTypes allowed beyond
@@ -112,17 +103,5 @@ mod tests {
             mac.link_local(),
             "fe80::858:aff:fef4:102".parse::<Ipv6Addr>().unwrap()
         );
-    }
-
-    #[test]
-    fn tags_are_walked_to_the_inner_ethertype() {
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x88, 0xa8, 0, 1, 0x81, 0x00, 0, 2, 0x08, 0x00, 0x45]);
-        assert_eq!(inner_ethertype(&frame), Ok((EtherType::IPV4, 22)));
-        let mut deep = vec![0u8; 12];
-        deep.extend_from_slice(&[0x81, 0x00, 0, 1].repeat(MAX_TAGS + 1));
-        deep.extend_from_slice(&[0x08, 0x00]);
-        assert_eq!(inner_ethertype(&deep), Err(DropReason::Malformed));
-        assert_eq!(inner_ethertype(&frame[..20]), Err(DropReason::Runt));
     }
 }

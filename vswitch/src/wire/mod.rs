@@ -7,12 +7,15 @@
 //! so it is only for buffers the caller sized itself.
 //!
 //! Besides the views this module holds the two identifiers every other layer uses, [`MacAddr`]
-//! and [`Vni`], and [`flow_hash`], the entropy for the outer UDP source port of a tunnel.
+//! and [`Vni`], [`flow_hash`], the entropy for the outer UDP source port of a tunnel, the one
+//! Internet [`checksum`], and [`IpHeaders`], the one walk from an Ethernet frame to its IP and
+//! transport headers.
 
 mod arp;
 mod checksum;
 mod ethernet;
 mod flow;
+mod headers;
 mod icmpv4;
 mod icmpv6;
 mod ipv4;
@@ -24,9 +27,13 @@ mod vni;
 mod vxlan;
 
 pub use arp::{ArpOperation, ArpPacket};
-pub use checksum::internet_checksum;
+pub use checksum::{
+    checksum, fold, internet_checksum, partial_sum, pseudo_header_v4, pseudo_header_v6,
+};
+pub(crate) use checksum::{pseudo_header_v4_raw, pseudo_header_v6_raw};
 pub use ethernet::{ETHERNET_HEADER_LEN, EtherType, EthernetFrame, VLAN_TAG_LEN};
 pub use flow::flow_hash;
+pub use headers::{IpHeaders, MAX_VLAN_TAGS, VLAN_TPIDS, ethertype_past_tags};
 pub use icmpv4::{ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, Icmpv4Packet};
 pub use icmpv6::{Icmpv6Packet, icmpv6_type};
 pub use ipv4::{IPV4_MIN_HEADER_LEN, IpProtocol, Ipv4Packet};
@@ -47,6 +54,9 @@ pub enum Error {
     /// A field holds a value the format does not allow (version, header length, sizes).
     #[error("malformed packet")]
     Malformed,
+    /// Well formed, but not something the view reads (a frame that is not IP, a jumbogram).
+    #[error("unsupported packet")]
+    Unsupported,
 }
 
 /// Result of parsing a packet view.

@@ -271,7 +271,7 @@ mod tests {
     fn checksum_of(frame: &[u8], spec: &Spec) -> u16 {
         let l4 = fixtures::l4(spec);
         let p = u32::from(fixtures::pseudo_folded(frame, spec, 17));
-        crate::offload::checksum(&frame[l4..], p)
+        crate::wire::checksum(&frame[l4..], p)
     }
 
     #[test]
@@ -430,7 +430,7 @@ mod tests {
         assert_eq!(be16(f, 16), Some((20 + total) as u16));
         assert_eq!(be16(f, l4 + 4), Some(total as u16));
         assert_eq!(be16(f, l4 + 6), Some(fixtures::pseudo_folded(f, &spec, 17)));
-        assert_eq!(crate::offload::checksum(&f[14..34], 0), 0);
+        assert_eq!(crate::wire::checksum(&f[14..34], 0), 0);
     }
 
     proptest! {
