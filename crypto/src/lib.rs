@@ -53,6 +53,27 @@
 //! assert_eq!(plain, frame);
 //! # Ok::<(), crypto::Error>(())
 //! ```
+//!
+//! # Measurements
+//!
+//! `cargo bench -p crypto --bench seal` (Criterion, one thread), on the shared 2-core machine
+//! while other builds ran (load average about 9), so absolute figures are low by a large and
+//! unknown factor; ratios within one run are the useful part. Rerun on a quiet machine before
+//! quoting absolute throughput.
+//!
+//! | what                                   | 64 B      | 512 B     | 1450 B    | 9000 B    |
+//! |----------------------------------------|-----------|-----------|-----------|-----------|
+//! | [`Sealer::seal_in_place`]              | 1.0 Gbit/s| 4.4 Gbit/s| 5.4 Gbit/s| 7.9 Gbit/s|
+//! | ring `seal_in_place_separate_tag`      | 1.1 Gbit/s| 4.9 Gbit/s| 6.1 Gbit/s| 7.3 Gbit/s|
+//! | [`Opener::open_in_place`]              | 1.1 Gbit/s| 4.4 Gbit/s| 6.1 Gbit/s| 7.1 Gbit/s|
+//!
+//! - One whole handshake, initiation and response on both sides (10 X25519 operations in snow's
+//!   curve25519-dalek): 1.42 ms under that load (expect well under 1 ms on a quiet core). The
+//!   rate limits ([`handshake::GLOBAL_RATE`] 500/s) keep handshake work under a core.
+//! - Replay check + commit, in order, one thread: [`ReplayWindow`] 6.8 ns; [`SharedReplay`]
+//!   (uncontended mutex per lane, plus the lane lookup) 33.6 ns. Against about 2 µs to open a
+//!   1450-byte packet that is 1.5%, so the simpler mutex design stays; a lock-free bitmap was
+//!   not built.
 #![forbid(unsafe_code)]
 
 mod error;

@@ -124,9 +124,10 @@ impl fmt::Debug for ReplayWindow {
 /// at once is committed by one; the other gets [`Error::Replayed`] from `commit` and must be
 /// dropped. Lanes are independent: a jump ahead in one does not age out another.
 ///
-/// Why a mutex and not a lock-free bitmap: uncontended, the lock adds a few nanoseconds per
-/// packet (see the crate docs for the measurement), and a flow (one sending worker of the peer)
-/// arrives on one receiving worker, so one lane's lock is rarely contended.
+/// Why a mutex and not a lock-free bitmap: uncontended, the lock and lane lookup add about
+/// 27 ns per packet, under 2% of opening a 1450-byte packet (see the crate docs), and a flow
+/// (one sending worker of the peer) arrives on one receiving worker, so one lane's lock is
+/// rarely contended.
 pub struct SharedReplay {
     lanes: Box<[OnceLock<Box<Mutex<ReplayWindow>>>]>,
 }
