@@ -1,13 +1,14 @@
 //! The crate's one error type.
 //!
-//! Variants fall in two groups that callers treat differently: faults of the peer or the network
-//! (`Truncated`, `Authentication`, `Replayed`, `TooOld`), which the data path drops and counts,
-//! and misuse or exhaustion on our side (the rest), which an operator or the control plane must
-//! act on.
+//! Variants fall in two groups that callers treat differently ([`Error::is_peer_fault`]): faults
+//! of the peer or the network (what arrived was short, forged, replayed, stale, unknown or over
+//! the rate limit), which the data path drops and counts, and misuse, misconfiguration or
+//! exhaustion on our side (the rest), which an operator or the control plane must act on.
 
 use crate::key::{KEY_LEN, TAG_LEN};
 
-/// Everything that can go wrong while building keys, sealing, opening or checking replays.
+/// Everything that can go wrong while building keys, handshaking, sealing, opening or checking
+/// replays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -62,6 +63,56 @@ pub enum Error {
         /// The rejected counter.
         counter: u64,
     },
+    /// A handshake message has the wrong length, type or reserved bytes for its type.
+    #[error("malformed handshake message of {len} bytes")]
+    Malformed {
+        /// Length of the rejected message.
+        len: usize,
+    },
+    /// A handshake message's mac1 is wrong: junk, or sent to another node's public key. Rejected
+    /// before any Diffie-Hellman.
+    #[error("handshake message has a wrong mac1")]
+    Mac1,
+    /// Too many handshake messages from this source or from everywhere; dropped unanswered
+    /// before any Diffie-Hellman.
+    #[error("handshake message over the rate limit")]
+    RateLimited,
+    /// The Noise handshake failed: a tampered message, or a peer using another static key or
+    /// pre-shared key than configured.
+    #[error("handshake did not authenticate")]
+    Handshake,
+    /// An initiation authenticated, but its static key is not one of the configured peers.
+    #[error("handshake from a static key that is not a configured peer")]
+    UnknownStaticKey,
+    /// An initiation's timestamp is not newer than the last one accepted from that peer: a
+    /// replayed or reordered initiation.
+    #[error("handshake initiation is not newer than the last one accepted")]
+    StaleInitiation,
+    /// A response names a receiver index that belongs to no handshake in progress.
+    #[error("handshake response for unknown index {index}")]
+    UnknownIndex {
+        /// The receiver index the response carried.
+        index: u32,
+    },
+    /// A key's text form is not base64 of exactly 32 bytes.
+    #[error("key is not base64 of 32 bytes")]
+    KeyEncoding,
+    /// A lane number at or above [`MAX_LANES`](crate::MAX_LANES).
+    #[error("lane {lane} is out of range")]
+    Lane {
+        /// The lane asked for.
+        lane: usize,
+    },
+    /// A [`PeerId`](crate::PeerId) that this handshaker did not hand out.
+    #[error("no such peer")]
+    NoSuchPeer,
+    /// A peer with this public key was added already, or it is this node's own key.
+    #[error("peer public key is configured twice or is this node's own")]
+    DuplicatePeer,
+    /// The Noise library refused to set up a handshake state; a bug or a build without the
+    /// required primitives, not a fault of the peer.
+    #[error("handshake state could not be set up")]
+    NoiseSetup,
 }
 
 impl Error {
@@ -74,6 +125,13 @@ impl Error {
                 | Error::Authentication
                 | Error::Replayed { .. }
                 | Error::TooOld { .. }
+                | Error::Malformed { .. }
+                | Error::Mac1
+                | Error::RateLimited
+                | Error::Handshake
+                | Error::UnknownStaticKey
+                | Error::StaleInitiation
+                | Error::UnknownIndex { .. }
         )
     }
 }

@@ -1,14 +1,24 @@
-//! Session keys, in-place ChaCha20-Poly1305 sealing and opening, and replay protection for sealed
-//! VXLAN. No I/O, no clock, no allocation on the data path.
+//! Node identities, session handshakes, in-place ChaCha20-Poly1305 sealing and opening, and
+//! replay protection for sealed VXLAN. No I/O, no clock (time is a parameter), no randomness of
+//! its own (a caller-supplied `CryptoRng`), no allocation on the data path.
 //!
+//! - [`StaticSecret`], [`PublicKey`], [`PresharedKey`] ([`identity`]): a node's X25519 key
+//!   pair, peers named by public key, an optional pre-shared key per network; base64 text form.
+//! - [`Handshaker`] ([`handshake`]): sans-IO Noise IKpsk2 engine for one node: handshakes with
+//!   every peer, retransmission with backoff and jitter, rekey by time and count, rate limiting
+//!   before any Diffie-Hellman. Hands out [`SessionKeys`]. Wire layouts in
+//!   [`handshake::message`].
+//! - [`SessionKeys`] ([`session`]): one session's two directions, turned into a [`Sealer`] per
+//!   sending worker ([`Sealer::lane`]: disjoint counter lanes under one key) and an [`Opener`].
 //! - [`SessionKey`]: a ChaCha20-Poly1305 key (ring) with a 32-bit key id, from 32 bytes or derived
 //!   with HKDF-SHA256.
 //! - [`Sealer`]: owns a key and its strictly increasing 64-bit counter; the nonce is
 //!   `key_id || counter` ([`nonce`]). It refuses to wrap and resumes ahead of a persisted
 //!   high-water mark after a restart (see [`Sealer#restarts`]).
 //! - [`Opener`]: authenticates and decrypts in place.
-//! - [`ReplayWindow`]: a 2048-counter sliding window, checked before decryption and committed
-//!   after.
+//! - [`ReplayWindow`]: an 8192-counter sliding window, checked before decryption and committed
+//!   after; [`SharedReplay`]: one window per lane behind a mutex each, shared by the receiving
+//!   threads of a session.
 //!
 //! A sealed packet is `[associated data][ciphertext][tag]` in one caller buffer; the associated
 //! data (the packet's headers) is authenticated, not encrypted, and should carry the key id and
@@ -43,14 +53,41 @@
 //! assert_eq!(plain, frame);
 //! # Ok::<(), crypto::Error>(())
 //! ```
+//!
+//! # Measurements
+//!
+//! `cargo bench -p crypto --bench seal` (Criterion, one thread), on the shared 2-core machine
+//! while other builds ran (load average about 9), so absolute figures are low by a large and
+//! unknown factor; ratios within one run are the useful part. Rerun on a quiet machine before
+//! quoting absolute throughput.
+//!
+//! | what                                   | 64 B      | 512 B     | 1450 B    | 9000 B    |
+//! |----------------------------------------|-----------|-----------|-----------|-----------|
+//! | [`Sealer::seal_in_place`]              | 1.0 Gbit/s| 4.4 Gbit/s| 5.4 Gbit/s| 7.9 Gbit/s|
+//! | ring `seal_in_place_separate_tag`      | 1.1 Gbit/s| 4.9 Gbit/s| 6.1 Gbit/s| 7.3 Gbit/s|
+//! | [`Opener::open_in_place`]              | 1.1 Gbit/s| 4.4 Gbit/s| 6.1 Gbit/s| 7.1 Gbit/s|
+//!
+//! - One whole handshake, initiation and response on both sides (10 X25519 operations in snow's
+//!   curve25519-dalek): 1.42 ms under that load (expect well under 1 ms on a quiet core). The
+//!   rate limits ([`handshake::GLOBAL_RATE`] 500/s) keep handshake work under a core.
+//! - Replay check + commit, in order, one thread: [`ReplayWindow`] 6.8 ns; [`SharedReplay`]
+//!   (uncontended mutex per lane, plus the lane lookup) 33.6 ns. Against about 2 µs to open a
+//!   1450-byte packet that is 1.5%, so the simpler mutex design stays; a lock-free bitmap was
+//!   not built.
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod handshake;
+pub mod identity;
 mod key;
 mod replay;
 mod seal;
+pub mod session;
 
 pub use error::Error;
+pub use handshake::{Event, HandshakeStats, Handshaker, Outcome, Transmit};
+pub use identity::{PresharedKey, PublicKey, StaticSecret};
 pub use key::{KEY_LEN, NONCE_LEN, SessionKey, TAG_LEN, nonce};
-pub use replay::ReplayWindow;
+pub use replay::{ReplayWindow, SharedReplay};
 pub use seal::{Opener, Reserved, Sealer};
+pub use session::{LANE_BITS, MAX_LANES, PeerId, Role, SessionKeys, lane_of};

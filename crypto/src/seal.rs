@@ -6,7 +6,8 @@
 //! header as associated data and no allocation.
 
 use crate::key::{SessionKey, TAG_LEN};
-use crate::{Error, ReplayWindow};
+use crate::session::{LANE_BITS, MAX_LANES};
+use crate::{Error, ReplayWindow, SharedReplay};
 
 /// The sending half of a session: a key plus its strictly increasing nonce counter.
 ///
@@ -47,6 +48,19 @@ impl Sealer {
             next: next_counter,
             limit: u64::MAX,
         }
+    }
+
+    /// A sealer for sending worker `lane` of a key shared by several workers: it seals only
+    /// counters in `[lane << LANE_BITS, (lane + 1) << LANE_BITS)`, so lanes never share a nonce
+    /// (see [`session`](crate::SessionKeys)). Fails with [`Error::Lane`] for `lane >= MAX_LANES`.
+    pub fn lane(key: SessionKey, lane: usize) -> Result<Self, Error> {
+        if lane >= MAX_LANES {
+            return Err(Error::Lane { lane });
+        }
+        let start = (lane as u64) << LANE_BITS;
+        let mut sealer = Self::resume(key, start);
+        sealer.set_limit(start.saturating_add(1 << LANE_BITS));
+        Ok(sealer)
     }
 
     /// Id of the key this sealer uses.
@@ -187,6 +201,22 @@ impl Opener {
         window.check(counter)?;
         let plain = self.key.open(counter, aad, in_out)?;
         window.commit(counter)?;
+        Ok(plain)
+    }
+
+    /// The same as [`open_in_place_checked`](Self::open_in_place_checked) with a replay state
+    /// shared between receiving threads: check, open, commit, with the lock (of the counter's
+    /// lane only) held for the check and for the commit, never during decryption.
+    pub fn open_in_place_shared<'a>(
+        &self,
+        replay: &SharedReplay,
+        counter: u64,
+        aad: &[u8],
+        in_out: &'a mut [u8],
+    ) -> Result<&'a mut [u8], Error> {
+        replay.check(counter)?;
+        let plain = self.key.open(counter, aad, in_out)?;
+        replay.commit(counter)?;
         Ok(plain)
     }
 }
