@@ -1,8 +1,16 @@
-//! VXLAN encapsulation and decapsulation (RFC 7348), into and out of caller-provided buffers.
+//! The outer format, whole: plain VXLAN (RFC 7348), sealed VXLAN, and how a received datagram
+//! is told apart from a handshake message, into and out of caller-provided buffers.
 //!
-//! On send the header carries the I flag and every reserved bit zero. On receipt the I flag is
-//! required and the reserved bits are ignored, as section 5 of the RFC says, so that a Linux
-//! `vxlan` device or Open vSwitch on the other end interoperates in both directions.
+//! Plain: on send the header carries the I flag and every reserved bit zero. On receipt the I
+//! flag is required and the reserved bits are ignored, as section 5 of the RFC says, so that a
+//! Linux `vxlan` device or Open vSwitch on the other end interoperates in both directions.
+//!
+//! Sealed (`docs/wire.md` has the diagram): the VXLAN header with the S bit (0x40) beside the
+//! I flag, the receiver's session index and the 64-bit counter, all authenticated as associated
+//! data, then the inner frame encrypted with ChaCha20-Poly1305 and its 16-byte tag. No VXLAN
+//! extension assigns the S bit, so a plain receiver such as a Linux `vxlan` device drops a
+//! sealed datagram instead of delivering it. Handshake messages start with a byte no VXLAN
+//! header has (0xC1, 0xC2, 0xC3: both reserved high bits set).
 
 use core::ops::Range;
 
@@ -16,6 +24,80 @@ pub const VXLAN_PORT: u16 = 4789;
 /// Bytes VXLAN over IPv4 adds to an inner frame on the underlay: outer IPv4 (20), UDP (8),
 /// VXLAN (8) and the inner Ethernet header (14). 1500 - 50 is the default inner MTU of 1450.
 pub const VXLAN_IPV4_OVERHEAD: usize = 50;
+
+/// The flags byte of a sealed datagram: the I flag and the S bit.
+pub const SEALED_FLAGS: u8 = 0x48;
+/// The sealed header: the VXLAN header, the receiver's index (4 bytes) and the counter (8),
+/// authenticated as associated data.
+pub const SEALED_HEADER_LEN: usize = 20;
+/// The authentication tag after the encrypted frame.
+pub const SEALED_TAG_LEN: usize = crypto::TAG_LEN;
+/// Bytes a sealed datagram carries beyond a plain one: 12 of header and 16 of tag. The default
+/// inner MTU of a sealed network on a 1500-byte IPv4 underlay is 1450 - 28 = 1422.
+pub const SEALED_OVERHEAD: usize = SEALED_HEADER_LEN - VXLAN_HEADER_LEN + SEALED_TAG_LEN;
+
+/// What a datagram received on the VXLAN port is, by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain VXLAN (or anything else that is not the below: decapsulation judges it).
+    Plain,
+    /// A sealed datagram.
+    Sealed,
+    /// A handshake message for the session layer.
+    Handshake,
+}
+
+/// Tells a received datagram's kind from its first byte.
+pub fn classify(datagram: &[u8]) -> Kind {
+    match datagram.first() {
+        Some(&SEALED_FLAGS) => Kind::Sealed,
+        Some(0xc1..=0xc3) => Kind::Handshake,
+        _ => Kind::Plain,
+    }
+}
+
+/// The parsed header of a sealed datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedHeader {
+    /// The network.
+    pub vni: Vni,
+    /// The receiver's index of the session the datagram was sealed under.
+    pub receiver: u32,
+    /// The counter it was sealed with (its top byte is the sender's lane).
+    pub counter: u64,
+}
+
+impl SealedHeader {
+    /// Writes the header into the first [`SEALED_HEADER_LEN`] bytes of `buf`.
+    pub fn write(&self, buf: &mut [u8; SEALED_HEADER_LEN]) {
+        buf[..VXLAN_HEADER_LEN].copy_from_slice(&encap_header(self.vni));
+        buf[0] = SEALED_FLAGS;
+        buf[8..12].copy_from_slice(&self.receiver.to_be_bytes());
+        buf[12..20].copy_from_slice(&self.counter.to_be_bytes());
+    }
+
+    /// Reads the header of a sealed datagram. `Runt` when it cannot hold a header, an Ethernet
+    /// header and a tag.
+    pub fn read(datagram: &[u8]) -> Result<SealedHeader, DropReason> {
+        if datagram.len() < SEALED_HEADER_LEN + ETHERNET_HEADER_LEN + SEALED_TAG_LEN {
+            return Err(DropReason::Runt);
+        }
+        let be32 = |at: usize| {
+            u32::from_be_bytes([
+                datagram[at],
+                datagram[at + 1],
+                datagram[at + 2],
+                datagram[at + 3],
+            ])
+        };
+        let counter = (u64::from(be32(12)) << 32) | u64::from(be32(16));
+        Ok(SealedHeader {
+            vni: Vni::from_u24(be32(4) >> 8),
+            receiver: be32(8),
+            counter,
+        })
+    }
+}
 
 /// The first UDP source port used for tunnel packets (RFC 7348 recommends 49152..=65535).
 pub const SOURCE_PORT_MIN: u16 = 49152;
@@ -126,6 +208,35 @@ mod tests {
         for len in 0..buf.len() {
             assert_eq!(decap(&buf[..len]).unwrap_err(), DropReason::Runt, "{len}");
         }
+    }
+
+    #[test]
+    fn sealed_header_round_trip_and_kinds() {
+        let header = SealedHeader {
+            vni: Vni::DEFAULT,
+            receiver: 0x0102_0304,
+            counter: 0x0700_0000_0000_0009,
+        };
+        let mut bytes = [0u8; SEALED_HEADER_LEN];
+        header.write(&mut bytes);
+        assert_eq!(
+            bytes,
+            [
+                0x48, 0, 0, 0, 0, 0, 0x2a, 0, 1, 2, 3, 4, 7, 0, 0, 0, 0, 0, 0, 9
+            ]
+        );
+        let mut datagram = bytes.to_vec();
+        datagram.resize(SEALED_HEADER_LEN + 14 + SEALED_TAG_LEN, 0);
+        assert_eq!(SealedHeader::read(&datagram), Ok(header));
+        assert_eq!(
+            SealedHeader::read(&datagram[..datagram.len() - 1]),
+            Err(DropReason::Runt)
+        );
+        assert_eq!(classify(&datagram), Kind::Sealed);
+        assert_eq!(classify(&LINUX_VNI_42), Kind::Plain);
+        assert_eq!(classify(&[0xc1, 0, 0, 0]), Kind::Handshake);
+        assert_eq!(classify(&[]), Kind::Plain);
+        assert_eq!(SEALED_OVERHEAD, 28);
     }
 
     #[test]

@@ -203,6 +203,7 @@ impl Daemon {
                 ip: gateway,
                 mac: mac_for(gateway),
             }),
+            sealed: false,
         };
         agreed(
             self.datapath
@@ -497,6 +498,7 @@ impl Daemon {
                             ip: current.gateway,
                             mac: mac_for(current.gateway),
                         }),
+                        sealed: false,
                     };
                     agreed(
                         self.datapath

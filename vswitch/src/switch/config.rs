@@ -62,6 +62,9 @@ pub struct NetworkConfig {
     pub mtu: u16,
     /// The address the switch answers for (ARP and ICMP echo), if any.
     pub gateway: Option<Gateway>,
+    /// Frames on this network cross the underlay only sealed, and only sealed datagrams that
+    /// authenticate are accepted for it. Default false.
+    pub sealed: bool,
 }
 
 impl NetworkConfig {
@@ -76,6 +79,7 @@ impl NetworkConfig {
             vni,
             mtu: Self::DEFAULT_MTU,
             gateway: None,
+            sealed: false,
         }
     }
 }

@@ -49,11 +49,21 @@ pub enum DropReason {
     /// From a port: a broadcast, multicast, unknown unicast or ARP request over the port's
     /// flood rate.
     FloodLimited,
+    /// From a peer: a plain datagram for a sealed network.
+    Unsealed,
+    /// A sealed datagram naming a session this node does not have (unknown, retired, or from
+    /// before a restart), or a frame for a peer whose session is not up while its queue is full.
+    NoSession,
+    /// A sealed datagram that does not authenticate: tampered, truncated, forged, or sealed
+    /// under another key.
+    Unauthentic,
+    /// A sealed datagram whose counter was already accepted, or is older than the replay window.
+    Replayed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Runt,
         DropReason::Malformed,
         DropReason::UnknownVni,
@@ -73,6 +83,10 @@ impl DropReason {
         DropReason::Ethertype,
         DropReason::RaGuard,
         DropReason::FloodLimited,
+        DropReason::Unsealed,
+        DropReason::NoSession,
+        DropReason::Unauthentic,
+        DropReason::Replayed,
     ];
 
     /// Number of reasons.
@@ -100,6 +114,10 @@ impl DropReason {
             DropReason::Ethertype => "ethertype",
             DropReason::RaGuard => "ra_guard",
             DropReason::FloodLimited => "flood_limited",
+            DropReason::Unsealed => "unsealed",
+            DropReason::NoSession => "no_session",
+            DropReason::Unauthentic => "unauthentic",
+            DropReason::Replayed => "replayed",
         }
     }
 

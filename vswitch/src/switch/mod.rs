@@ -20,6 +20,7 @@ mod neigh;
 mod output;
 mod path;
 mod replica;
+mod sealing;
 mod security;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
 pub use replica::{Site, Update};
+pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
 
 use neigh::Neighbours;
 
@@ -133,6 +135,7 @@ struct Peer {
     dynamic: bool,
     last_seen: Option<Instant>,
     stats: PeerStats,
+    sealing: sealing::PeerSealing,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +167,8 @@ pub struct Switch {
     next_sweep: Option<Instant>,
     replicated: bool,
     updates: Vec<Update>,
+    sessions: sealing::Sessions,
+    handshakes_wanted: Vec<SocketAddr>,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -189,6 +194,8 @@ impl Switch {
             next_sweep: None,
             replicated: false,
             updates: Vec::new(),
+            sessions: sealing::Sessions::default(),
+            handshakes_wanted: Vec::new(),
         }
     }
 
@@ -414,6 +421,7 @@ impl Switch {
         }
         self.fdb.remove_peer(peer);
         self.neighbours.remove_location(Location::Peer(peer));
+        self.sessions.remove_peer(peer);
         self.free_peers.push(peer.0);
         true
     }
@@ -464,6 +472,7 @@ impl Switch {
             dynamic,
             last_seen: now,
             stats: PeerStats::default(),
+            sealing: sealing::PeerSealing::default(),
         };
         match self.peers.get_mut(id.0 as usize) {
             Some(slot) => *slot = Some(peer),

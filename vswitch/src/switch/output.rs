@@ -5,6 +5,7 @@ use core::ops::Range;
 
 use crate::offload::Offload;
 use crate::tunnel::{self, VXLAN_HEADER_LEN};
+use crate::wire::Vni;
 
 use super::{DropReason, PeerId, PortId};
 
@@ -38,6 +39,8 @@ pub struct Output {
     pub(super) reply_port: Option<PortId>,
     pub(super) dropped: Option<DropReason>,
     pub(super) offload: Offload,
+    pub(super) vni: Vni,
+    pub(super) sealed: bool,
 }
 
 impl Output {
@@ -57,6 +60,8 @@ impl Output {
         self.reply_port = None;
         self.dropped = None;
         self.offload = Offload::plain(0);
+        self.vni = Vni::default();
+        self.sealed = false;
     }
 
     /// Local ports to write the frame to.
@@ -67,6 +72,17 @@ impl Output {
     /// Peers to send the encapsulated frame to.
     pub fn transmits(&self) -> &[Transmit] {
         &self.transmits
+    }
+
+    /// The network of the transmits.
+    pub fn vni(&self) -> Vni {
+        self.vni
+    }
+
+    /// Whether the transmits must be sealed ([`Switch::seal`](super::Switch::seal)) rather than
+    /// sent behind [`vxlan_header`](Output::vxlan_header).
+    pub fn sealed(&self) -> bool {
+        self.sealed
     }
 
     /// The VXLAN header to put before the frame for every transmit.

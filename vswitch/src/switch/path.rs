@@ -75,12 +75,13 @@ impl Switch {
         }
     }
 
-    /// Switches one VXLAN datagram (the UDP payload) received from `from`.
+    /// Switches one datagram (the UDP payload) received from `from`: plain VXLAN, or sealed,
+    /// which is opened in place first. The frame is `datagram[out.frame_range()]`.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        datagram: &[u8],
+        datagram: &mut [u8],
         out: &mut Output,
     ) {
         out.clear();
@@ -321,6 +322,8 @@ impl Switch {
                 return Err(DropReason::UnknownVni);
             };
             out.header = net.header;
+            out.vni = vni;
+            out.sealed = net.config.sealed;
             out.flow_hash = wire::flow_hash(frame);
         }
         Ok(())
@@ -331,17 +334,27 @@ impl Switch {
         now: Instant,
         from: SocketAddr,
         peer: &mut Option<PeerId>,
-        datagram: &[u8],
+        datagram: &mut [u8],
         out: &mut Output,
     ) -> Result<(), DropReason> {
-        if peer.is_none() && !self.config.accept_unknown_peers {
-            return Err(DropReason::UnknownPeer);
-        }
-        let (vni, range) = tunnel::decap_range(datagram)?;
+        let (vni, range, sealed) = if tunnel::classify(datagram) == tunnel::Kind::Sealed {
+            let (vni, range, by) = self.open(datagram)?;
+            *peer = Some(by);
+            (vni, range, true)
+        } else {
+            if peer.is_none() && !self.config.accept_unknown_peers {
+                return Err(DropReason::UnknownPeer);
+            }
+            let (vni, range) = tunnel::decap_range(datagram)?;
+            (vni, range, false)
+        };
         out.frame = range.clone();
         let Some(net) = self.networks.get(&vni) else {
             return Err(DropReason::UnknownVni);
         };
+        if net.config.sealed && !sealed {
+            return Err(DropReason::Unsealed);
+        }
         let gateway = net.config.gateway;
         let mtu = usize::from(net.config.mtu);
         let id = match *peer {

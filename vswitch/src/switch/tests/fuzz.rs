@@ -48,11 +48,11 @@ proptest! {
         let t0 = Instant::now();
         let mut out = Output::new();
         sw.handle_frame(t0, PortId::from_raw(port), &bytes, &mut out);
-        sw.handle_datagram(t0, peer_addr(2), &bytes, &mut out);
-        sw.handle_datagram(t0, peer_addr(9), &bytes, &mut out);
+        sw.handle_datagram(t0, peer_addr(2), &mut bytes.to_vec(), &mut out);
+        sw.handle_datagram(t0, peer_addr(9), &mut bytes.to_vec(), &mut out);
         let mut with_header = encap_header(Vni::DEFAULT).to_vec();
         with_header.extend_from_slice(&bytes);
-        sw.handle_datagram(t0, peer_addr(2), &with_header, &mut out);
+        sw.handle_datagram(t0, peer_addr(2), &mut with_header.to_vec(), &mut out);
         sw.handle_timeout(t0 + Duration::from_secs(400));
         let c = sw.counters();
         prop_assert_eq!(
@@ -82,7 +82,7 @@ proptest! {
             prop_assert!(reply.len() >= 14);
         }
         let d = datagram(Vni::DEFAULT, &frame);
-        sw.handle_datagram(t0, peer_addr(2), &d, &mut out);
+        sw.handle_datagram(t0, peer_addr(2), &mut d.to_vec(), &mut out);
         prop_assert!(out.frame_range().end <= d.len());
         prop_assert!(out.transmits().is_empty());
     }

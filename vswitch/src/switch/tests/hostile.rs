@@ -399,7 +399,12 @@ fn decapsulated_frames_over_the_mtu_are_dropped() {
         (9000, Some(DropReason::OverMtu)),
     ] {
         let inner = udp(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), payload);
-        sw.handle_datagram(t, peer_addr(2), &datagram(Vni::DEFAULT, &inner), &mut out);
+        sw.handle_datagram(
+            t,
+            peer_addr(2),
+            &mut datagram(Vni::DEFAULT, &inner),
+            &mut out,
+        );
         assert_eq!(out.dropped(), want, "{payload}");
     }
     let _ = a;
@@ -414,13 +419,23 @@ fn a_flood_of_macs_from_one_peer_leaves_room_for_the_others() {
         let b = n.to_be_bytes();
         let src = MacAddr([0x02, 0xaa, b[0], b[1], b[2], b[3]]);
         let inner = udp(src, MacAddr::BROADCAST, ip(2, 10), ip(2, 255), 1);
-        sw.handle_datagram(t, peer_addr(2), &datagram(Vni::DEFAULT, &inner), &mut out);
+        sw.handle_datagram(
+            t,
+            peer_addr(2),
+            &mut datagram(Vni::DEFAULT, &inner),
+            &mut out,
+        );
     }
     let peer_a = sw.peer_id(peer_addr(2)).unwrap();
     assert_eq!(sw.fdb().peer_len(peer_a), FdbConfig::default().max_per_peer);
     // Peer B's new MAC is learned and its frame delivered.
     let from_b = udp(mac(3, 7), mac(0, 0), ip(3, 7), ip(0, 10), 1);
-    sw.handle_datagram(t, peer_addr(3), &datagram(Vni::DEFAULT, &from_b), &mut out);
+    sw.handle_datagram(
+        t,
+        peer_addr(3),
+        &mut datagram(Vni::DEFAULT, &from_b),
+        &mut out,
+    );
     assert_eq!(out.ports(), &[a]);
     let peer_b = sw.peer_id(peer_addr(3)).unwrap();
     assert_eq!(
@@ -443,9 +458,19 @@ fn a_flood_of_macs_from_one_peer_leaves_room_for_the_others() {
     tiny.add_peer(peer_addr(3), &[Vni::DEFAULT]);
     for n in 0..10 {
         let inner = udp(mac(2, n), MacAddr::BROADCAST, ip(2, 10), ip(2, 255), 1);
-        tiny.handle_datagram(t, peer_addr(2), &datagram(Vni::DEFAULT, &inner), &mut out);
+        tiny.handle_datagram(
+            t,
+            peer_addr(2),
+            &mut datagram(Vni::DEFAULT, &inner),
+            &mut out,
+        );
     }
-    tiny.handle_datagram(t, peer_addr(3), &datagram(Vni::DEFAULT, &from_b), &mut out);
+    tiny.handle_datagram(
+        t,
+        peer_addr(3),
+        &mut datagram(Vni::DEFAULT, &from_b),
+        &mut out,
+    );
     assert_eq!(out.ports(), &[port]);
     assert_eq!(tiny.counters().fdb_full, 7);
     assert_eq!(tiny.counters().drops.total(), 0);
@@ -531,7 +556,7 @@ fn floods_reach_a_bounded_number_of_dynamic_peers() {
         sw.handle_datagram(
             t,
             peer_addr(host),
-            &datagram(Vni::DEFAULT, &inner),
+            &mut datagram(Vni::DEFAULT, &inner),
             &mut out,
         );
     }

@@ -6,6 +6,7 @@
 mod fuzz;
 mod hostile;
 mod replica;
+mod sealed;
 mod sim;
 mod single;
 

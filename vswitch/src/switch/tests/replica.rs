@@ -71,7 +71,7 @@ fn tick_all(r: &mut [Switch], now: Instant) {
 }
 
 fn from_peer(sw: &mut Switch, now: Instant, peer: SocketAddr, frame: &[u8], out: &mut Output) {
-    sw.handle_datagram(now, peer, &datagram(Vni::DEFAULT, frame), out);
+    sw.handle_datagram(now, peer, &mut datagram(Vni::DEFAULT, frame), out);
 }
 
 #[test]

@@ -109,7 +109,7 @@ impl Sim {
         };
         let now = self.now;
         let h = &mut self.hosts[dst];
-        h.sw.handle_datagram(now, from, dgram, &mut self.out);
+        h.sw.handle_datagram(now, from, &mut dgram.to_vec(), &mut self.out);
         if let Some(reason) = self.out.dropped() {
             self.drops.push((dst, reason));
         }

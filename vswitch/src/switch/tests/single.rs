@@ -457,7 +457,7 @@ fn fdb_and_neighbour_limits_hold_under_a_mac_flood() {
         let remote = MacAddr([b[0] & 0xfe, b[1], b[2], b[3], b[4], b[5]]);
         let sip = Ipv4Addr::new(10, 245, b[6], b[7]);
         let f = arp_request(remote, sip, ip(0, 99));
-        sw.handle_datagram(t0, peer_addr(2), &datagram(Vni::DEFAULT, &f), &mut out);
+        sw.handle_datagram(t0, peer_addr(2), &mut datagram(Vni::DEFAULT, &f), &mut out);
     }
     assert_eq!(sw.fdb().port_len(open), 100);
     assert_eq!(sw.fdb().learned_len(), 300);
@@ -525,7 +525,7 @@ fn datagram_checks() {
     let f = udp(mac(1, 0), mac(0, 0), ip(1, 10), ip(0, 10), 10);
     let good = datagram(Vni::DEFAULT, &f);
 
-    sw.handle_datagram(t0, peer_addr(2), &good, &mut out);
+    sw.handle_datagram(t0, peer_addr(2), &mut good.to_vec(), &mut out);
     assert_eq!(out.ports(), &[p[0]]);
     assert_eq!(out.frame_range(), 8..good.len());
     assert_eq!(out.frame(&good), &f[..]);
@@ -539,7 +539,7 @@ fn datagram_checks() {
     reserved[0] = 0xff;
     reserved[1] = 0xff;
     reserved[7] = 0xff;
-    sw.handle_datagram(t0, peer_addr(2), &reserved, &mut out);
+    sw.handle_datagram(t0, peer_addr(2), &mut reserved.to_vec(), &mut out);
     assert_eq!(out.ports(), &[p[0]]);
 
     let cases: Vec<(SocketAddr, Vec<u8>, DropReason)> = vec![
@@ -571,13 +571,13 @@ fn datagram_checks() {
         ),
     ];
     for (from, d, reason) in cases {
-        sw.handle_datagram(t0, from, &d, &mut out);
+        sw.handle_datagram(t0, from, &mut d.to_vec(), &mut out);
         assert_eq!(out.dropped(), Some(reason), "{reason}");
         assert!(out.is_empty());
     }
     // A peer that is not a member of the VNI.
     sw.add_network(NetworkConfig::new(vni(7))).unwrap();
-    sw.handle_datagram(t0, peer_addr(2), &datagram(vni(7), &f), &mut out);
+    sw.handle_datagram(t0, peer_addr(2), &mut datagram(vni(7), &f), &mut out);
     assert_eq!(out.dropped(), Some(DropReason::NotMember));
     let stats = sw.peer_stats(peer).unwrap();
     assert_eq!(stats.rx_datagrams, 7);
@@ -598,10 +598,20 @@ fn unicast_to_a_remote_mac_from_a_peer_is_not_local() {
         Ipv4Addr::BROADCAST,
         1,
     );
-    sw.handle_datagram(t0, peer_addr(3), &datagram(Vni::DEFAULT, &from3), &mut out);
+    sw.handle_datagram(
+        t0,
+        peer_addr(3),
+        &mut datagram(Vni::DEFAULT, &from3),
+        &mut out,
+    );
     assert_eq!(out.ports(), &[p[0]]);
     let to3 = udp(mac(2, 0), mac(3, 0), ip(2, 10), ip(3, 10), 1);
-    sw.handle_datagram(t0, peer_addr(2), &datagram(Vni::DEFAULT, &to3), &mut out);
+    sw.handle_datagram(
+        t0,
+        peer_addr(2),
+        &mut datagram(Vni::DEFAULT, &to3),
+        &mut out,
+    );
     assert_eq!(out.dropped(), Some(DropReason::NotLocal));
     assert!(out.transmits().is_empty());
 }
@@ -630,12 +640,22 @@ fn unknown_peers_accepted_when_configured() {
         )
     };
     for h in 2..=3 {
-        sw.handle_datagram(t0, peer_addr(h), &datagram(Vni::DEFAULT, &f(h)), &mut out);
+        sw.handle_datagram(
+            t0,
+            peer_addr(h),
+            &mut datagram(Vni::DEFAULT, &f(h)),
+            &mut out,
+        );
         assert_eq!(out.ports(), &[p[0]]);
     }
     assert_eq!(sw.peers().filter(|p| p.dynamic).count(), 2);
     // Bounded.
-    sw.handle_datagram(t0, peer_addr(4), &datagram(Vni::DEFAULT, &f(4)), &mut out);
+    sw.handle_datagram(
+        t0,
+        peer_addr(4),
+        &mut datagram(Vni::DEFAULT, &f(4)),
+        &mut out,
+    );
     assert_eq!(out.dropped(), Some(DropReason::UnknownPeer));
     // Dynamic peers are flooded to like configured ones.
     sw.handle_frame(
@@ -676,7 +696,7 @@ fn timers() {
     sw.add_peer(peer_addr(2), &[Vni::DEFAULT]);
     let mut out = Output::new();
     let f = udp(mac(1, 0), mac(0, 0), ip(1, 10), ip(0, 10), 1);
-    sw.handle_datagram(t0, peer_addr(2), &datagram(Vni::DEFAULT, &f), &mut out);
+    sw.handle_datagram(t0, peer_addr(2), &mut datagram(Vni::DEFAULT, &f), &mut out);
     assert_eq!(sw.poll_timeout(), Some(t0 + Duration::from_secs(1)));
     // Early calls do nothing.
     sw.handle_timeout(t0);
@@ -788,7 +808,7 @@ fn every_drop_reason_is_counted() {
         &mut seen,
     ); // NoMembers
     let mut datagram_in = |sw: &mut Switch, from, bytes: &[u8], seen: &mut Vec<DropReason>| {
-        sw.handle_datagram(t0, from, bytes, &mut out);
+        sw.handle_datagram(t0, from, &mut bytes.to_vec(), &mut out);
         seen.push(out.dropped().unwrap());
     };
     let inner = udp(mac(2, 0), mac(0, 0), ip(2, 1), ip(0, 10), 1);
@@ -805,7 +825,7 @@ fn every_drop_reason_is_counted() {
     sw.handle_datagram(
         t0,
         peer_addr(3),
-        &datagram(Vni::DEFAULT, &learn3),
+        &mut datagram(Vni::DEFAULT, &learn3),
         &mut spare,
     );
     let to3 = udp(mac(2, 0), mac(3, 0), ip(2, 1), ip(3, 1), 1);
@@ -824,19 +844,39 @@ fn every_drop_reason_is_counted() {
     ); // OverMtu
     seen.extend(super::hostile::offload_and_security_drops(
         &mut sw, p[0], t0,
-    )); // the rest
+    ));
+    let sealing = super::sealed::sealing_drops();
+    assert_eq!(
+        sealing,
+        [
+            DropReason::Unsealed,
+            DropReason::NoSession,
+            DropReason::Unauthentic,
+            DropReason::Replayed
+        ]
+    ); // the rest
 
-    let mut expected = DropReason::ALL.to_vec();
+    let mut expected: Vec<_> = DropReason::ALL
+        .into_iter()
+        .filter(|r| !sealing.contains(r))
+        .collect();
     expected.push(DropReason::OverMtu);
     expected.sort_unstable();
     let mut got = seen.clone();
     got.sort_unstable();
     assert_eq!(got, expected);
     for reason in DropReason::ALL {
-        let want = if reason == DropReason::OverMtu { 2 } else { 1 };
+        let want = match reason {
+            DropReason::OverMtu => 2,
+            r if sealing.contains(&r) => 0,
+            _ => 1,
+        };
         assert_eq!(sw.counters().drops.get(reason), want, "{reason}");
     }
-    assert_eq!(sw.counters().drops.total(), DropReason::COUNT as u64 + 1);
+    assert_eq!(
+        sw.counters().drops.total(),
+        (DropReason::COUNT - sealing.len()) as u64 + 1
+    );
 }
 
 #[test]
@@ -849,7 +889,7 @@ fn peers_are_recognised_by_address_whatever_their_source_port() {
     // A VTEP sends from a port chosen by the inner flow's hash, not from 4789.
     let from = SocketAddr::new(configured.ip(), 51_234);
     let frame = udp(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), 1);
-    sw.handle_datagram(t0, from, &datagram(Vni::DEFAULT, &frame), &mut out);
+    sw.handle_datagram(t0, from, &mut datagram(Vni::DEFAULT, &frame), &mut out);
     assert_eq!(out.ports(), &[p[0]]);
     // Replies go to the peer's configured VXLAN port.
     let reply = udp(mac(0, 0), mac(2, 0), ip(0, 10), ip(2, 10), 1);
@@ -870,7 +910,7 @@ fn dynamic_peers_are_answered_on_the_vxlan_port() {
     let mut out = Output::new();
     let from = SocketAddr::new(peer_addr(2).ip(), 40_000);
     let frame = udp(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), 1);
-    sw.handle_datagram(t0, from, &datagram(Vni::DEFAULT, &frame), &mut out);
+    sw.handle_datagram(t0, from, &mut datagram(Vni::DEFAULT, &frame), &mut out);
     assert_eq!(out.ports(), &[p[0]]);
     let reply = udp(mac(0, 0), mac(2, 0), ip(0, 10), ip(2, 10), 1);
     sw.handle_frame(t0, p[0], &reply, &mut out);
