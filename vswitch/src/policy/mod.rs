@@ -1,0 +1,11 @@
+//! Network policy, connection tracking and QoS: the decisions the frame path asks for.
+
+mod model;
+mod parse;
+mod rate;
+
+pub use model::{
+    Action, Direction, Endpoint, Labels, PeerMatch, Policy, PortRange, Protocol, Rule, Selector,
+};
+pub use parse::{PolicyError, Problem, parse_json, parse_toml};
+pub use rate::{BitRate, RateError};
