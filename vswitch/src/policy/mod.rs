@@ -1,9 +1,11 @@
 //! Network policy, connection tracking and QoS: the decisions the frame path asks for.
 
+mod flow;
 mod model;
 mod parse;
 mod rate;
 
+pub use flow::{Classified, FlowInfo, FlowKey, classify};
 pub use model::{
     Action, Direction, Endpoint, Labels, PeerMatch, Policy, PortRange, Protocol, Rule, Selector,
 };

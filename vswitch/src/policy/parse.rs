@@ -319,7 +319,7 @@ fn validate(raw: RawPolicy, index: usize) -> Result<Policy, PolicyError> {
     check_labels(&raw.selector).map_err(|p| invalid("selector".into(), p))?;
     let priority = i32::try_from(raw.priority)
         .map_err(|_| invalid("priority".into(), Problem::Priority(raw.priority)))?;
-    let mut rules = |direction: Direction, list: Vec<RawRule>| -> Result<Vec<Rule>, PolicyError> {
+    let rules = |direction: Direction, list: Vec<RawRule>| -> Result<Vec<Rule>, PolicyError> {
         list.into_iter()
             .enumerate()
             .map(|(n, r)| {
