@@ -3,6 +3,7 @@
 mod flow;
 mod model;
 mod parse;
+mod qos;
 mod rate;
 
 pub use flow::{Classified, FlowInfo, FlowKey, classify};
@@ -10,4 +11,7 @@ pub use model::{
     Action, Direction, Endpoint, Labels, PeerMatch, Policy, PortRange, Protocol, Rule, Selector,
 };
 pub use parse::{PolicyError, Problem, parse_json, parse_toml};
+pub use qos::{
+    LimitSpec, LogLimiter, PacketLimit, PortQos, PortQosSpec, QosError, RateLimiter, SharedBucket,
+};
 pub use rate::{BitRate, RateError};
