@@ -12,4 +12,4 @@ mod worker;
 pub use datapath::{Datapath, DatapathStopped};
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};
-pub use worker::{IoCounters, PortError, Worker};
+pub use worker::{IoCounters, PortError, SealingEvent, Worker};

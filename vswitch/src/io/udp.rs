@@ -160,7 +160,21 @@ impl Underlay {
         header: &[u8],
         payload: &[u8],
     ) {
-        let len = header.len() + payload.len();
+        self.queue_with_room(destination, flow_hash, header, payload, 0);
+    }
+
+    /// Queues `header ++ payload ++ room` zero bytes for `destination` and returns the queued
+    /// datagram, to finish in place (sealing writes its header over `header` and its tag into
+    /// the room).
+    pub fn queue_with_room(
+        &mut self,
+        destination: SocketAddr,
+        flow_hash: u32,
+        header: &[u8],
+        payload: &[u8],
+        room: usize,
+    ) -> &mut [u8] {
+        let len = header.len() + payload.len() + room;
         let socket = flow_hash as usize % self.senders.len();
         let fits = |b: &Batch| {
             b.socket == socket
@@ -197,10 +211,13 @@ impl Underlay {
             }
         };
         let batch = &mut self.open[index];
+        let start = batch.bytes.len();
         batch.bytes.extend_from_slice(header);
         batch.bytes.extend_from_slice(payload);
+        batch.bytes.resize(start + len, 0);
         batch.count += 1;
         batch.closed = len < batch.segment;
+        &mut batch.bytes[start..]
     }
 
     /// Sends every queued batch: those of one socket with one segment size in a single

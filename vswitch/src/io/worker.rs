@@ -7,6 +7,7 @@
 //! siblings as [`Update`] messages, applied between their batches.
 
 use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,9 +19,11 @@ use rustc_hash::FxHashMap;
 
 use super::tap::TapQueue;
 use super::udp::Underlay;
-use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum};
-use crate::switch::{Output, PortConfig, PortId, Switch, SwitchError, Update};
-use crate::tunnel::VXLAN_HEADER_LEN;
+use crate::offload::{
+    self, Coalescer, Offload, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum,
+};
+use crate::switch::{Output, PortConfig, PortId, SessionInstall, Switch, SwitchError, Update};
+use crate::tunnel::{self, SEALED_HEADER_LEN, SEALED_TAG_LEN, VXLAN_HEADER_LEN};
 
 pub(super) const WAKER: Token = Token(0);
 pub(super) const UNDERLAY: Token = Token(1);
@@ -41,6 +44,20 @@ const RECV_BYTES: usize = 4 * DATAGRAM_BUFFER;
 
 /// A unit of control-plane work, run on a worker between batches.
 pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// What a worker tells the control plane about sealed networks.
+#[derive(Debug)]
+pub enum SealingEvent {
+    /// A handshake message arrived on the VXLAN port.
+    Handshake {
+        /// Who sent it.
+        from: SocketAddr,
+        /// The message.
+        message: Vec<u8>,
+    },
+    /// Frames wait for a session with the peer at this address.
+    SessionWanted(SocketAddr),
+}
 
 /// Why a port could not be added.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +138,10 @@ pub struct Worker {
     recv_batch: usize,
     counters: IoCounters,
     pub(super) running: bool,
+    /// Where handshake messages and requests for sessions go; `None` without sealed networks.
+    sealing: Option<mpsc::Sender<SealingEvent>>,
+    /// Scratch for the switch's lists of peers.
+    addrs: Vec<SocketAddr>,
 }
 
 /// What a worker is built from.
@@ -168,6 +189,8 @@ impl Worker {
             recv_batch: quinn_udp::BATCH_SIZE,
             counters: IoCounters::default(),
             running: true,
+            sealing: None,
+            addrs: Vec::new(),
         })
     }
 
@@ -306,6 +329,7 @@ impl Worker {
                 }
             }
             self.flush();
+            self.sealing_housekeeping();
 
             if next_tick.is_none_or(|t| t <= now) {
                 self.switch.handle_timeout(now);
@@ -363,6 +387,15 @@ impl Worker {
                 let stride = meta.stride.max(1);
                 let len = meta.len.min(buffer.len());
                 for datagram in buffer[..len].chunks_mut(stride) {
+                    if tunnel::classify(datagram) == tunnel::Kind::Handshake {
+                        if let Some(events) = &self.sealing {
+                            let _ = events.send(SealingEvent::Handshake {
+                                from: meta.addr,
+                                message: datagram.to_vec(),
+                            });
+                        }
+                        continue;
+                    }
                     self.switch
                         .handle_datagram(now, meta.addr, datagram, &mut self.out);
                     if self.out.ports().is_empty() {
@@ -496,6 +529,10 @@ impl Worker {
             if self.out.transmits().is_empty() {
                 continue;
             }
+            if self.out.sealed() {
+                self.send_sealed(&offload, &mut buf[range], &mut segmented);
+                continue;
+            }
             if offload.is_gso() {
                 if cut_once(
                     &mut self.segments,
@@ -522,6 +559,119 @@ impl Worker {
                     frame,
                 );
             }
+        }
+    }
+
+    /// Sends `frame` (cut into segments first when it is a super-frame) sealed to every
+    /// transmit of the last output: each datagram sealed in place in the underlay's batch.
+    /// Frames for a peer without a session wait in the switch until it is up.
+    fn send_sealed(&mut self, offload: &Offload, frame: &mut [u8], segmented: &mut Option<bool>) {
+        let vni = self.out.vni();
+        let hash = self.out.flow_hash();
+        let single = if offload.is_gso() {
+            if !cut_once(
+                &mut self.segments,
+                &mut self.counters,
+                &offload.hdr,
+                frame,
+                segmented,
+            ) {
+                return;
+            }
+            false
+        } else {
+            if offload::complete_checksum(&offload.hdr, frame).is_err() {
+                self.counters.offload_errors += 1;
+                return;
+            }
+            true
+        };
+        let Self {
+            out,
+            switch,
+            underlay,
+            segments,
+            ..
+        } = self;
+        let frame: &[u8] = frame;
+        for transmit in out.transmits() {
+            let mut send = |piece: &[u8]| {
+                if !switch.has_session(transmit.peer) {
+                    switch.hold(transmit.peer, vni, piece);
+                    return;
+                }
+                let datagram = underlay.queue_with_room(
+                    transmit.addr,
+                    hash,
+                    &[0; SEALED_HEADER_LEN],
+                    piece,
+                    SEALED_TAG_LEN,
+                );
+                // Sealing fails only when the session's counters run out, and sessions are
+                // rekeyed long before.
+                let _ = switch.seal(transmit.peer, vni, datagram);
+            };
+            if single {
+                send(frame);
+            } else {
+                segments.iter().for_each(&mut send);
+            }
+        }
+    }
+
+    /// Sends handshake messages and requests for sessions to `events` from now on.
+    pub fn set_sealing_events(&mut self, events: mpsc::Sender<SealingEvent>) {
+        self.sealing = Some(events);
+    }
+
+    /// Tells the control plane which peers need a session, and sends what waited for peers
+    /// whose session came up.
+    fn sealing_housekeeping(&mut self) {
+        self.switch.take_handshakes_wanted(&mut self.addrs);
+        for addr in self.addrs.drain(..) {
+            if let Some(events) = &self.sealing {
+                let _ = events.send(SealingEvent::SessionWanted(addr));
+            }
+        }
+        let mut ready = std::mem::take(&mut self.addrs);
+        self.switch.take_sessions_ready(&mut ready);
+        for addr in ready.drain(..) {
+            self.send_held(addr);
+        }
+        self.addrs = ready;
+    }
+
+    /// Seals and sends what the switch held for the peer at `addr` while its session came up.
+    pub fn send_held(&mut self, addr: SocketAddr) {
+        let Some(peer) = self.switch.peer_id(addr) else {
+            return;
+        };
+        for (vni, frame) in self.switch.take_held(peer) {
+            let hash = crate::wire::flow_hash(&frame);
+            let datagram = self.underlay.queue_with_room(
+                addr,
+                hash,
+                &[0; SEALED_HEADER_LEN],
+                &frame,
+                SEALED_TAG_LEN,
+            );
+            let _ = self.switch.seal(peer, vni, datagram);
+        }
+        self.flush();
+    }
+
+    /// Sends one datagram as it is (a handshake message) to `addr`.
+    pub fn send_raw(&mut self, addr: SocketAddr, bytes: &[u8]) {
+        self.underlay.queue(addr, 0, &[], bytes);
+        self.flush();
+    }
+
+    /// Installs a session on this worker's switch and sends what waited for it.
+    pub fn install_session(&mut self, install: SessionInstall) {
+        let addr = install.peer;
+        let send_now = install.send_now;
+        if self.switch.install_session(install) && send_now {
+            self.send_held(addr);
         }
     }
 

@@ -90,6 +90,8 @@ impl Clone for PeerSealing {
 #[derive(Default)]
 pub(super) struct Sessions {
     recv: rustc_hash::FxHashMap<u32, RecvSession>,
+    /// Peers whose send session came up on receipt since the last look.
+    ready: Vec<SocketAddr>,
 }
 
 impl core::fmt::Debug for Sessions {
@@ -237,6 +239,12 @@ impl Switch {
         out.append(&mut self.handshakes_wanted);
     }
 
+    /// Peers whose session to send on came up when their first datagram on it opened (the
+    /// responder's side): what was held for them can go now.
+    pub fn take_sessions_ready(&mut self, out: &mut Vec<SocketAddr>) {
+        out.append(&mut self.sessions.ready);
+    }
+
     /// Opens a sealed datagram in place; returns its VNI, where the frame now sits, and the
     /// peer whose session it came on.
     pub(super) fn open(
@@ -269,6 +277,8 @@ impl Switch {
                 sealer,
             });
             p.sealing.wanted = false;
+            let addr = p.addr;
+            self.sessions.ready.push(addr);
         }
         Ok((header.vni, SEALED_HEADER_LEN..SEALED_HEADER_LEN + len, peer))
     }
