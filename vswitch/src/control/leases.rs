@@ -13,6 +13,19 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::config::{Config, NetworkConfig, StoreConfig};
 
+/// Makes a state file readable and writable by its owner only: one created by an older daemon
+/// (under a looser umask) may be open to others.
+fn restrict(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("checking {}", path.display()))?;
+    if meta.is_file() && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A container's addresses on one network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
@@ -37,7 +50,9 @@ impl Leases {
                 let path = config.node.state_dir.join("ipam.redb");
                 std::fs::create_dir_all(&config.node.state_dir)
                     .with_context(|| format!("creating {}", config.node.state_dir.display()))?;
-                Arc::new(EmbeddedStore::open(&path)?)
+                let store = EmbeddedStore::open(&path)?;
+                restrict(&path)?;
+                Arc::new(store)
             }
             StoreConfig::Etcd {
                 endpoints,
