@@ -280,8 +280,35 @@ fn a_full_disk_during_detach_changes_nothing_and_is_reported() {
     assert!(listed.contains(&name), "{listed}");
     let nl = netns::Netlink::in_namespace(&lab.containers[c].ns).unwrap();
     assert!(nl.link_index("eth0").unwrap().is_some(), "eth0 was removed");
+    // An attach on the full disk fails as a whole: no port, no record, no lease left behind.
+    let fresh_name = format!("{name}f");
+    let fresh = netns::NetNs::create(&fresh_name).unwrap();
+    let attach_fresh = attach(&fresh_name);
+    let refused = lab
+        .call(0, &attach_fresh)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    let after_refusal = ports(&lab);
+    let listed_after = std::fs::read_to_string(inside.join("ports.json")).unwrap();
     drop(file);
     std::fs::remove_file(&filler).unwrap();
+    let fresh_attached = lab.call(0, &attach_fresh);
+    let fresh_link = netns::Netlink::in_namespace(&fresh)
+        .unwrap()
+        .link_index("eth0")
+        .unwrap();
+    drop(fresh);
+    let _ = netns::NetNs::delete(&fresh_name);
+    assert!(refused.contains("No space left on device"), "{refused}");
+    assert_eq!(after_refusal, vec![name.clone()]);
+    assert!(!listed_after.contains(&fresh_name), "{listed_after}");
+    // With room again it attaches: nothing of the failed attempt stood in the way.
+    assert!(
+        matches!(fresh_attached, Ok(Reply::Attached(_))),
+        "{fresh_attached:?}"
+    );
+    assert!(fresh_link.is_some());
     // The address is still leased: another container cannot have it.
     let other_name = format!("{name}t");
     let other = netns::NetNs::create(&other_name).unwrap();
