@@ -172,13 +172,22 @@ impl NetNs {
     }
 
     /// Opens an existing namespace.
+    ///
+    /// The path is opened without following a final symbolic link (except procfs's own
+    /// `/proc/PID/ns/net` links), and only a regular file is opened for reading, with
+    /// `O_NONBLOCK | O_NOCTTY`: a FIFO, a device or a directory put where a namespace was
+    /// expected is refused at once (`not a namespace file`), never opened, so it can neither
+    /// block the caller nor act on a device.
     pub fn open(r: &NsRef) -> Result<NetNs> {
         const OP: &str = "opening namespace";
         if let NsRef::Name(name) = r {
             validate_ns_name(name)?;
         }
-        let file = File::open(r.path()).map_err(|e| Error::os(OP, r.to_string(), e))?;
-        Self::from_fd(file.into(), r.to_string())
+        let fd = open_ns_file(&r.path()).map_err(|e| match e {
+            OpenError::Os(e) => Error::os(OP, r.to_string(), e),
+            OpenError::Refused(reason) => Error::invalid(OP, r.to_string(), reason),
+        })?;
+        Self::from_fd(fd, r.to_string())
     }
 
     /// Opens the namespace of the calling thread.
@@ -307,6 +316,65 @@ impl PartialEq for NetNs {
 
 impl Eq for NetNs {}
 
+/// Why a namespace file was not opened.
+enum OpenError {
+    Os(io::Error),
+    Refused(&'static str),
+}
+
+impl From<nix::Error> for OpenError {
+    fn from(e: nix::Error) -> Self {
+        OpenError::Os(io::Error::from_raw_os_error(e as i32))
+    }
+}
+
+/// Opens a namespace file for reading without ever opening anything else: first an `O_PATH`
+/// handle (which opens nothing: no FIFO wait, no device driver) without following a final
+/// symlink, unless the symlink is one of procfs's namespace links; then, once that handle is
+/// known to be a regular file (nsfs files are), the file itself through `/proc/self/fd`, with
+/// `O_NONBLOCK | O_NOCTTY | O_CLOEXEC`.
+fn open_ns_file(path: &Path) -> std::result::Result<OwnedFd, OpenError> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, SFlag, fstat};
+
+    let handle = |flags: OFlag| {
+        open(
+            path,
+            OFlag::O_PATH | OFlag::O_CLOEXEC | flags,
+            Mode::empty(),
+        )
+    };
+    let mut fd = handle(OFlag::O_NOFOLLOW)?;
+    let mut kind = SFlag::from_bits_truncate(fstat(&fd)?.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFLNK {
+        // `/proc/PID/ns/net` and its like are symlinks that only procfs resolves.
+        let on_procfs =
+            nix::sys::statfs::fstatfs(&fd)?.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC;
+        if !on_procfs {
+            return Err(OpenError::Refused(
+                "is a symbolic link, not a namespace file",
+            ));
+        }
+        fd = handle(OFlag::empty())?;
+        kind = SFlag::from_bits_truncate(fstat(&fd)?.st_mode) & SFlag::S_IFMT;
+    }
+    if kind != SFlag::S_IFREG {
+        return Err(OpenError::Refused(match kind {
+            SFlag::S_IFIFO => "is a FIFO, not a namespace file",
+            SFlag::S_IFCHR | SFlag::S_IFBLK => "is a device, not a namespace file",
+            SFlag::S_IFDIR => "is a directory, not a namespace file",
+            SFlag::S_IFSOCK => "is a socket, not a namespace file",
+            _ => "is not a namespace file",
+        }));
+    }
+    let reopen = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(open(
+        reopen.as_str(),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Creates `/run/netns` and makes it a shared mount point, bind-mounting it onto
 /// itself first if it is not a mount point yet (what `ip netns add` does).
 fn prepare_run_dir() -> io::Result<()> {
@@ -363,6 +431,52 @@ mod tests {
         assert!("pid:x".parse::<NsRef>().is_err());
         assert!("99999999999".parse::<NsRef>().is_err());
         assert!("..".parse::<NsRef>().is_err());
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("netns-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_file(&path);
+        path
+    }
+
+    fn refused(path: &Path) -> String {
+        let started = std::time::Instant::now();
+        let e = NetNs::open(&NsRef::Path(path.to_owned())).unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        e.to_string()
+    }
+
+    #[test]
+    fn fifos_devices_and_symlinks_are_refused_at_once() {
+        let fifo = scratch("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = refused(&fifo);
+        assert!(e.contains("is a FIFO"), "{e}");
+        let _ = fs::remove_file(&fifo);
+
+        let e = refused(Path::new("/dev/null"));
+        assert!(e.contains("is a device"), "{e}");
+
+        let link = scratch("link");
+        std::os::unix::fs::symlink("/proc/self/ns/net", &link).unwrap();
+        let e = refused(&link);
+        assert!(e.contains("symbolic link"), "{e}");
+        let _ = fs::remove_file(&link);
+
+        let e = refused(Path::new("/proc"));
+        assert!(e.contains("directory"), "{e}");
+    }
+
+    #[test]
+    fn procfs_namespace_links_are_followed() {
+        let ns = NetNs::open(&NsRef::Path("/proc/self/ns/net".into())).unwrap();
+        assert_eq!(ns.id(), NetNs::current().unwrap().id());
+        let ns = NetNs::open(&NsRef::Pid(std::process::id())).unwrap();
+        assert_eq!(ns.id(), NetNs::current().unwrap().id());
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod tap;
 mod udp;
 mod worker;
 
-pub use datapath::{Datapath, DatapathStopped};
+pub use datapath::{
+    Datapath, DatapathStopped, FDB_LISTING_INTERVAL, FRESH_INTERVAL, FdbListing, SNAPSHOT_INTERVAL,
+    TEST_PANIC_ENV, WorkerSnapshot,
+};
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};
 pub use worker::{IoCounters, PortError, Worker};

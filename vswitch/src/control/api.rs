@@ -263,6 +263,9 @@ pub enum ClientError {
     /// The connection broke.
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The daemon closed the connection without an answer.
+    #[error("vswitchd closed the connection without answering")]
+    Closed,
     /// The daemon's answer could not be read.
     #[error("unreadable reply from vswitchd: {0}")]
     Protocol(#[from] serde_json::Error),
@@ -280,10 +283,16 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
+    // A daemon that refuses the client (credentials, too many connections) answers before
+    // reading the request and closes: its answer is still there to read.
+    let written = (&stream).write_all(&line);
     let mut reader = BufReader::new(&stream);
     let mut reply = String::new();
-    reader.read_line(&mut reply)?;
+    match reader.read_line(&mut reply) {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return Err(written.err().map_or(ClientError::Closed, ClientError::Io)),
+        Err(e) => return Err(written.err().unwrap_or(e).into()),
+    }
     match serde_json::from_str(&reply)? {
         Response::Ok(reply) => Ok(reply),
         Response::Error(message) => Err(ClientError::Refused(message)),

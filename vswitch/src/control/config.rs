@@ -90,6 +90,10 @@ pub struct NodeConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
+    /// A group whose members may use the control socket besides root (the socket is then mode
+    /// 0660 and owned by this group); only root and the daemon's own user when absent.
+    #[serde(default)]
+    pub control_group: Option<String>,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.
@@ -98,9 +102,10 @@ pub struct NodeConfig {
 pub struct NetworkConfig {
     /// The name containers are attached by.
     pub name: String,
-    /// The VXLAN network identifier (24 bits).
-    #[serde(default = "default_vni")]
-    pub vni: u32,
+    /// The VXLAN network identifier (24 bits), checked as it is read: a bad value is an error
+    /// naming `networks[N].vni`, never a silent default.
+    #[serde(default)]
+    pub vni: Vni,
     /// The cluster-wide IPv4 subnet; containers are configured with its prefix length.
     #[serde(default = "default_subnet")]
     pub subnet: Ipv4Net,
@@ -242,9 +247,6 @@ const DEFAULT_MAX_WORKERS: usize = 16;
 
 /// Most datapath workers: a TAP has at most 256 queues.
 const MAX_WORKERS: usize = 256;
-fn default_vni() -> u32 {
-    Vni::DEFAULT.get()
-}
 fn default_subnet() -> Ipv4Net {
     Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default()
 }
@@ -296,7 +298,7 @@ impl NetworkConfig {
     pub fn named(name: &str) -> Self {
         Self {
             name: name.to_owned(),
-            vni: default_vni(),
+            vni: Vni::DEFAULT,
             subnet: default_subnet(),
             node_prefix_len: default_node_prefix_len(),
             node_subnet: None,
@@ -306,9 +308,9 @@ impl NetworkConfig {
         }
     }
 
-    /// The VNI, validated at load time.
+    /// The VNI.
     pub fn vni(&self) -> Vni {
-        Vni::try_from(self.vni).unwrap_or(Vni::DEFAULT)
+        self.vni
     }
 }
 
@@ -415,7 +417,7 @@ impl Config {
                     format!("network {:?} is defined twice", net.name),
                 );
             }
-            let vni = Vni::try_from(net.vni).map_err(|e| (key("vni"), e.to_string()))?;
+            let vni = net.vni;
             if !vnis.insert(vni) {
                 return err(key("vni"), format!("VNI {vni} is used by two networks"));
             }
@@ -461,8 +463,12 @@ impl Config {
                 return err(key("mtu"), format!("{} is not in 576..=9000", net.mtu));
             }
         }
+        if let Some(group) = &self.node.control_group {
+            validate_name(group).or_else(|r| err("node.control_group".into(), r))?;
+        }
         let mut peer_names = BTreeSet::new();
-        let mut endpoints = BTreeSet::new();
+        // Peers are told apart by source address alone, whatever their port.
+        let mut addresses = std::collections::BTreeMap::new();
         for (i, peer) in self.peers.iter().enumerate() {
             let key = |field: &str| format!("peers[{i}].{field}");
             validate_name(&peer.name).or_else(|r| err(key("name"), r))?;
@@ -484,10 +490,17 @@ impl Config {
             if peer.port == Some(0) {
                 return err(key("port"), "must not be 0".into());
             }
-            if !endpoints.insert(peer.endpoint(self.node.port)) {
+            if let Some(node) = self.node.address {
+                check_not_self(peer.address, node).or_else(|r| err(key("address"), r))?;
+            }
+            if let Some(first) = addresses.insert(peer.address, i) {
                 return err(
                     key("address"),
-                    format!("{} is listed twice", peer.endpoint(self.node.port)),
+                    format!(
+                        "{} is already the address of peers[{first}]: two peers cannot share an \
+                         address",
+                        peer.address
+                    ),
                 );
             }
             for (j, name) in peer.networks.iter().flatten().enumerate() {
@@ -551,12 +564,25 @@ fn check_family(peer: IpAddr, node: IpAddr) -> Result<(), String> {
     }
 }
 
+/// A peer cannot be this node: its frames would come back to it.
+fn check_not_self(peer: IpAddr, node: IpAddr) -> Result<(), String> {
+    if peer == node {
+        Err(format!(
+            "{peer} is this node's own underlay address (node.address): a node is not its own peer"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl Config {
     /// Fixes the underlay address (looked up from `node.interface`) and checks the peers
     /// against it.
     pub fn set_underlay_address(&mut self, address: IpAddr) -> Result<(), (String, String)> {
         for (i, peer) in self.peers.iter().enumerate() {
-            check_family(peer.address, address).map_err(|r| (format!("peers[{i}].address"), r))?;
+            let key = || format!("peers[{i}].address");
+            check_family(peer.address, address).map_err(|r| (key(), r))?;
+            check_not_self(peer.address, address).map_err(|r| (key(), r))?;
         }
         self.node.address = Some(address);
         Ok(())
@@ -616,7 +642,10 @@ mod tests {
         assert_eq!(c.node.port, 4789);
         assert_eq!(c.networks.len(), 1);
         let net = &c.networks[0];
-        assert_eq!((net.name.as_str(), net.vni, net.mtu), ("default", 42, 1450));
+        assert_eq!(
+            (net.name.as_str(), net.vni.get(), net.mtu),
+            ("default", 42, 1450)
+        );
         assert_eq!(net.subnet.to_string(), "10.244.0.0/16");
         assert_eq!(net.node_prefix_len, 24);
         assert!(matches!(c.store, StoreConfig::Embedded));
@@ -728,6 +757,58 @@ mod tests {
 
         let e = error_of("[node\n");
         assert!(e.contains("config /etc/vswitch.toml: -:"), "{e}");
+    }
+
+    #[test]
+    fn bad_vnis_are_errors_naming_the_network_never_a_default() {
+        for bad in ["16777216", "-1", "\"blue\"", "4294967296"] {
+            let e = error_of(&format!(
+                "{MINIMAL}[[networks]]\nname = \"x\"\n[[networks]]\nname = \"y\"\nvni = {bad}\n"
+            ));
+            assert!(
+                e.starts_with("config /etc/vswitch.toml: networks[1].vni: "),
+                "{bad}: {e}"
+            );
+        }
+        let c = parse(&format!(
+            "{MINIMAL}[[networks]]\nname = \"x\"\nvni = 16777215\n"
+        ))
+        .unwrap();
+        assert_eq!(c.networks[0].vni().get(), 16_777_215);
+    }
+
+    #[test]
+    fn two_peers_on_one_address_are_an_error_naming_the_second() {
+        let e = error_of(&format!(
+            "{MINIMAL}[[peers]]\nname = \"b\"\naddress = \"192.0.2.2\"\n\
+             [[peers]]\nname = \"c\"\naddress = \"192.0.2.2\"\nport = 4790\n"
+        ));
+        assert!(
+            e.starts_with("config /etc/vswitch.toml: peers[1].address: ") && e.contains("peers[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_peer_at_this_nodes_address_is_an_error() {
+        let e = error_of(&format!(
+            "{MINIMAL}[[peers]]\nname = \"b\"\naddress = \"192.0.2.1\"\n"
+        ));
+        assert!(
+            e.starts_with("config /etc/vswitch.toml: peers[0].address: ")
+                && e.contains("own underlay address"),
+            "{e}"
+        );
+        // The same when the address comes from node.interface.
+        let mut c = parse(
+            "[node]\nname = \"a\"\ninterface = \"eth0\"\n\
+             [[peers]]\nname = \"b\"\naddress = \"192.0.2.9\"\n",
+        )
+        .unwrap();
+        let (key, _) = c
+            .set_underlay_address("192.0.2.9".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(key, "peers[0].address");
     }
 
     #[test]

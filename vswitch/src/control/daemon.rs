@@ -1,6 +1,20 @@
 //! The daemon: owns the datapath, the address pools and the list of attached containers, and
-//! answers control requests. Requests are served one at a time (attach and detach touch
-//! netlink, the store and the datapath together); the datapath keeps forwarding meanwhile.
+//! answers control requests. Changes (attach, detach, reload, the sweep) are made one at a time
+//! (they touch netlink, the store and the datapath together); the datapath keeps forwarding
+//! meanwhile. Queries (status, ports, peers, fdb, metrics) never wait for a change and never
+//! run on a datapath worker: they read the [`View`] published after every change and the
+//! snapshots the workers publish themselves (control queries may ask for a snapshot out of
+//! turn, granted at most every [`crate::io::FRESH_INTERVAL`] whatever the number of queries).
+//!
+//! Two rules keep the attachment list and the address leases together:
+//!
+//! - a container is "gone" only when its namespace is: the file is missing (`ENOENT`, `ESRCH`)
+//!   or is another namespace than the recorded one. An error that says nothing about the
+//!   namespace (`EMFILE`, `ENFILE`, `ENOMEM`, `EACCES`, ...) keeps the port and its lease, and
+//!   the question is asked again at the next sweep;
+//! - the list is saved before anything is forgotten: a detach whose save fails (a full disk)
+//!   changes nothing and says so; a lease is released only once no saved record holds it, and
+//!   a release that fails is retried by the sweep.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,10 +35,11 @@ use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
-use crate::fdb::{FdbConfig, FdbEntry, Location};
-use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue};
+use crate::fdb::{FdbConfig, FdbEntry};
+use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
 use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
+use rustc_hash::FxHashMap;
 
 /// A network as the daemon runs it.
 struct Network {
@@ -46,14 +61,45 @@ struct Port {
     id: PortId,
 }
 
+/// A lease's owner: network, container id, interface.
+type Owner = (String, String, String);
+
 /// Everything the control plane changes; behind one lock.
 struct State {
     config: Config,
     networks: BTreeMap<String, Network>,
     peers: BTreeMap<String, Peer>,
     ports: Vec<Port>,
+    /// Recorded attachments (saved, their lease held) not served now: their namespace could not
+    /// be looked at, or their port not plugged. The sweep tries again.
+    waiting: Vec<PortRecord>,
+    /// Leases no saved record holds any more whose release failed; the sweep tries again.
+    unreleased: Vec<Owner>,
     store: PortStore,
     leases: Leases,
+}
+
+impl State {
+    /// Every record the list on disk must hold.
+    fn records(&self) -> Vec<PortRecord> {
+        self.ports
+            .iter()
+            .map(|p| p.record.clone())
+            .chain(self.waiting.iter().cloned())
+            .collect()
+    }
+}
+
+/// What queries read: a copy of the daemon's lists, replaced after every change, so that a
+/// query never waits for a change in progress.
+#[derive(Default)]
+struct View {
+    node: String,
+    store: String,
+    networks: Vec<NetworkView>,
+    /// Name, endpoint and networks of each configured peer.
+    peers: Vec<(String, SocketAddr, Vec<String>)>,
+    ports: Vec<(PortId, Attachment)>,
 }
 
 /// The running daemon.
@@ -62,6 +108,7 @@ pub struct Daemon {
     started: Instant,
     datapath: Datapath,
     state: Mutex<State>,
+    view: Mutex<Arc<View>>,
 }
 
 fn switch_config(config: &Config) -> SwitchConfig {
@@ -111,9 +158,12 @@ impl Daemon {
                 networks: BTreeMap::new(),
                 peers: BTreeMap::new(),
                 ports: Vec::new(),
+                waiting: Vec::new(),
+                unreleased: Vec::new(),
                 store,
                 leases,
             }),
+            view: Mutex::default(),
         });
         {
             let mut state = daemon.lock();
@@ -124,6 +174,7 @@ impl Daemon {
                 daemon.add_peer(&mut state, peer)?;
             }
             daemon.restore(&mut state)?;
+            daemon.publish_view(&state);
         }
         info!(
             node = %config.node.name,
@@ -143,15 +194,14 @@ impl Daemon {
 
     /// Serves one request.
     pub fn handle(&self, request: Request) -> Response {
-        let mut state = self.lock();
         let result = match request {
-            Request::Attach(r) => self.attach(&mut state, r).map(Reply::Attached),
-            Request::Detach(r) => self.detach(&mut state, &r).map(Reply::Detached),
-            Request::Status => self.status(&state).map(|s| Reply::Status(Box::new(s))),
-            Request::Ports => self.ports(&state).map(Reply::Ports),
-            Request::Fdb => self.fdb(&state).map(Reply::Fdb),
-            Request::Peers => self.peers(&state).map(Reply::Peers),
-            Request::Reload => self.reload(&mut state).map(Reply::Reloaded),
+            Request::Attach(r) => self.change(|state| self.attach(state, r).map(Reply::Attached)),
+            Request::Detach(r) => self.change(|state| self.detach(state, &r).map(Reply::Detached)),
+            Request::Reload => self.change(|state| self.reload(state).map(Reply::Reloaded)),
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::Ports => Ok(Reply::Ports(self.ports())),
+            Request::Fdb => Ok(Reply::Fdb(self.fdb())),
+            Request::Peers => Ok(Reply::Peers(self.peers())),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -159,35 +209,149 @@ impl Daemon {
         }
     }
 
+    /// Makes a change under the lock and publishes the view queries read.
+    fn change<R>(&self, f: impl FnOnce(&mut State) -> anyhow::Result<R>) -> anyhow::Result<R> {
+        let mut state = self.lock();
+        let result = f(&mut state);
+        self.publish_view(&state);
+        result
+    }
+
+    fn publish_view(&self, state: &State) {
+        let view = View {
+            node: state.config.node.name.clone(),
+            store: state.config.store.to_string(),
+            networks: state
+                .networks
+                .values()
+                .map(|n| NetworkView {
+                    name: n.config.name.clone(),
+                    vni: n.vni.get(),
+                    subnet: IpNet::V4(n.config.subnet),
+                    node_subnet: IpNet::V4(n.node_subnet),
+                    gateway: IpAddr::V4(n.gateway),
+                    mtu: n.config.mtu,
+                    ports: state
+                        .ports
+                        .iter()
+                        .filter(|p| p.record.attachment.network == n.config.name)
+                        .count(),
+                })
+                .collect(),
+            peers: state
+                .peers
+                .iter()
+                .map(|(name, p)| (name.clone(), p.endpoint, p.networks.clone()))
+                .collect(),
+            ports: state
+                .ports
+                .iter()
+                .map(|p| (p.id, p.record.attachment.clone()))
+                .collect(),
+        };
+        *self
+            .view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
+    }
+
+    fn view(&self) -> Arc<View> {
+        Arc::clone(
+            &self
+                .view
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Re-reads the config file and applies what changed.
     pub fn reload_from_disk(&self) -> anyhow::Result<String> {
-        let mut state = self.lock();
-        self.reload(&mut state)
+        self.change(|state| self.reload(state))
+    }
+
+    /// Resolves (to why) once the datapath has stopped on its own: a worker panicked or failed.
+    pub fn datapath_failed(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.datapath.failed()
     }
 
     /// Detaches containers whose namespace has disappeared (the container is gone and nobody
-    /// called detach), releasing their addresses.
+    /// called detach), releasing their addresses; plugs recorded containers that could not be
+    /// served before; retries failed lease releases. A namespace that cannot be looked at now
+    /// (descriptors exhausted, no memory, no permission) is not taken for gone.
     pub fn sweep(&self) {
         let mut state = self.lock();
-        let gone: Vec<(String, String)> = state
-            .ports
-            .iter()
-            .filter(|p| open_recorded(&p.record).is_none())
-            .map(|p| {
-                (
-                    p.record.attachment.container_id.clone(),
-                    p.record.attachment.ifname.clone(),
-                )
-            })
-            .collect();
-        for (container_id, ifname) in gone {
-            info!(%container_id, %ifname, "namespace gone: detaching");
+        let mut gone = Vec::new();
+        for port in &state.ports {
+            let a = &port.record.attachment;
+            match open_recorded(&port.record) {
+                Recorded::Present(_) => {}
+                Recorded::Gone(why) => gone.push((a.container_id.clone(), a.ifname.clone(), why)),
+                Recorded::Unknown(e) => warn!(
+                    container = %a.container_id,
+                    "cannot tell whether the namespace is still there; keeping the port: {e:#}"
+                ),
+            }
+        }
+        let waiting = std::mem::take(&mut state.waiting);
+        for record in waiting {
+            let a = &record.attachment;
+            match open_recorded(&record) {
+                Recorded::Present(ns) => match self.plug(&state, &record, &ns) {
+                    Ok(id) => {
+                        info!(container = %a.container_id, ifname = %a.ifname, "port restored");
+                        state.ports.push(Port { record, id });
+                    }
+                    Err(e) => {
+                        warn!(container = %a.container_id, "cannot restore the port yet: {e:#}");
+                        state.waiting.push(record);
+                    }
+                },
+                Recorded::Gone(why) => {
+                    gone.push((a.container_id.clone(), a.ifname.clone(), why));
+                    state.waiting.push(record);
+                }
+                Recorded::Unknown(e) => {
+                    warn!(
+                        container = %a.container_id,
+                        "cannot tell whether the namespace is still there; keeping it: {e:#}"
+                    );
+                    state.waiting.push(record);
+                }
+            }
+        }
+        for (container_id, ifname, why) in gone {
+            info!(%container_id, %ifname, "namespace gone ({why}): detaching");
             let request = DetachRequest {
                 container_id,
                 ifname: Some(ifname),
             };
             if let Err(e) = self.detach(&mut state, &request) {
                 warn!("detaching a vanished container: {e:#}");
+            }
+        }
+        self.retry_releases(&mut state);
+        self.publish_view(&state);
+    }
+
+    /// Releases the leases whose release failed before, unless a record holds them again.
+    fn retry_releases(&self, state: &mut State) {
+        let pending = std::mem::take(&mut state.unreleased);
+        let records = state.records();
+        for owner in pending {
+            let (network, container_id, ifname) = &owner;
+            let held = records.iter().any(|r| {
+                let a = &r.attachment;
+                &a.network == network && &a.container_id == container_id && &a.ifname == ifname
+            });
+            if held {
+                continue;
+            }
+            match state.leases.release(network, container_id, ifname) {
+                Ok(()) => info!(%container_id, %ifname, "address released"),
+                Err(e) => {
+                    warn!(%container_id, %ifname, "releasing the address, again: {e:#}");
+                    state.unreleased.push(owner);
+                }
             }
         }
     }
@@ -240,32 +404,44 @@ impl Daemon {
     }
 
     /// Re-creates the ports of containers attached before a restart; forgets those whose
-    /// namespace is gone and releases every lease nobody holds.
+    /// namespace is gone and releases every lease nobody holds. A container whose namespace
+    /// cannot be looked at now, or whose port cannot be plugged now, is kept (record and lease)
+    /// and tried again by the sweep.
     fn restore(&self, state: &mut State) -> anyhow::Result<()> {
         let records = state.store.load()?;
-        let mut kept = Vec::new();
         for record in records {
             let a = &record.attachment;
-            let Some(ns) = open_recorded(&record) else {
-                info!(container = %a.container_id, "namespace gone since last run: releasing");
-                continue;
-            };
-            match self.plug(state, &record, &ns) {
-                Ok(id) => {
-                    state.ports.push(Port {
-                        record: record.clone(),
-                        id,
-                    });
-                    kept.push(record);
+            let ns = match open_recorded(&record) {
+                Recorded::Present(ns) => ns,
+                Recorded::Gone(why) => {
+                    info!(container = %a.container_id, "namespace gone since last run ({why}): releasing");
+                    continue;
                 }
+                Recorded::Unknown(e) => {
+                    warn!(
+                        container = %a.container_id,
+                        "cannot tell whether the namespace is still there; keeping it: {e:#}"
+                    );
+                    state.waiting.push(record);
+                    continue;
+                }
+            };
+            if !state.networks.contains_key(&a.network) {
+                warn!(container = %a.container_id, network = %a.network, "network no longer configured: detaching");
+                let _ = attach::remove_interface(a, &ns);
+                continue;
+            }
+            match self.plug(state, &record, &ns) {
+                Ok(id) => state.ports.push(Port { record, id }),
                 Err(e) => {
-                    warn!(container = %a.container_id, "cannot restore the port: {e:#}");
-                    let _ = attach::remove_interface(a, &ns);
+                    warn!(container = %a.container_id, "cannot restore the port yet, retrying: {e:#}");
+                    state.waiting.push(record);
                 }
             }
         }
+        let kept = state.records();
         state.store.save(&kept)?;
-        let live: Vec<(String, String, String)> = kept
+        let live: Vec<Owner> = kept
             .iter()
             .map(|r| {
                 let a = &r.attachment;
@@ -276,8 +452,8 @@ impl Daemon {
         if released > 0 {
             info!(released, "released leases of containers that are gone");
         }
-        if !kept.is_empty() {
-            info!(ports = kept.len(), "re-adopted attached containers");
+        if !state.ports.is_empty() {
+            info!(ports = state.ports.len(), "re-adopted attached containers");
         }
         Ok(())
     }
@@ -338,10 +514,14 @@ impl Daemon {
                 known.join(", ")
             );
         };
-        if let Some(existing) = state.ports.iter().find(|p| {
-            p.record.attachment.container_id == container_id && p.record.attachment.ifname == ifname
-        }) {
-            let a = &existing.record.attachment;
+        if let Some(existing) = state
+            .ports
+            .iter()
+            .map(|p| &p.record)
+            .chain(&state.waiting)
+            .find(|r| r.attachment.container_id == container_id && r.attachment.ifname == ifname)
+        {
+            let a = &existing.attachment;
             anyhow::ensure!(
                 a.network == network_name,
                 "{container_id} {ifname} is already attached to network {:?}; detach it first",
@@ -380,11 +560,12 @@ impl Daemon {
         };
         // Recorded before the interface exists: a crash from here on is finished (or undone)
         // by the next start, never left half done.
-        let mut records: Vec<PortRecord> = state.ports.iter().map(|p| p.record.clone()).collect();
+        let mut records = state.records();
         records.push(record.clone());
+        let owner = (network_name.clone(), container_id.clone(), ifname.clone());
         if let Err(e) = state.store.save(&records) {
-            let _ = state.leases.release(&network_name, &container_id, &ifname);
-            return Err(e.into());
+            let e = anyhow::Error::new(e).context("saving the attachment list");
+            return Err(self.release_or_keep(state, owner, e));
         }
         match self.plug(state, &record, &ns) {
             Ok(id) => {
@@ -393,35 +574,103 @@ impl Daemon {
                 Ok(attachment)
             }
             Err(e) => {
+                let e = e.context(format!("attaching {container_id} to {network_name}"));
                 let _ = attach::remove_interface(&attachment, &ns);
-                let _ = state.leases.release(&network_name, &container_id, &ifname);
-                records.pop();
-                let _ = state.store.save(&records);
-                Err(e.context(format!("attaching {container_id} to {network_name}")))
+                // The record goes before the lease. If it cannot go (a full disk), both stay,
+                // and the sweep plugs the container after all, as the next start would.
+                if let Err(save) = state.store.save(&state.records()) {
+                    warn!(container = %container_id, "rolling back an attach: {save}");
+                    state.waiting.push(record);
+                    return Err(e.context(format!(
+                        "and the attachment could not be removed from the list ({save}): it is \
+                         kept with its address and set up again once the port can be plugged"
+                    )));
+                }
+                Err(self.release_or_keep(state, owner, e))
+            }
+        }
+    }
+
+    /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
+    /// the sweep and adds that to `error`.
+    fn release_or_keep(
+        &self,
+        state: &mut State,
+        owner: Owner,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        let (network, container_id, ifname) = &owner;
+        match state.leases.release(network, container_id, ifname) {
+            Ok(()) => error,
+            Err(e) => {
+                warn!(%container_id, %ifname, "releasing the address: {e:#}");
+                state.unreleased.push(owner);
+                error.context(format!(
+                    "and its address could not be released yet ({e:#}); retried every {}s",
+                    SWEEP_INTERVAL.as_secs()
+                ))
             }
         }
     }
 
     fn detach(&self, state: &mut State, r: &DetachRequest) -> anyhow::Result<bool> {
         let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".into());
-        let Some(index) = state.ports.iter().position(|p| {
-            p.record.attachment.container_id == r.container_id
-                && p.record.attachment.ifname == ifname
-        }) else {
-            return Ok(false);
+        let matches = |record: &PortRecord| {
+            record.attachment.container_id == r.container_id && record.attachment.ifname == ifname
         };
-        let port = state.ports.remove(index);
-        let id = port.id;
-        self.datapath.run(move |w| w.remove_port(id))?;
-        let a = &port.record.attachment;
-        if let Some(ns) = open_recorded(&port.record) {
-            attach::remove_interface(a, &ns)?;
+        let port_index = state.ports.iter().position(|p| matches(&p.record));
+        let waiting_index = state.waiting.iter().position(matches);
+        let record = match (port_index, waiting_index) {
+            (Some(i), _) => state.ports[i].record.clone(),
+            (None, Some(i)) => state.waiting[i].clone(),
+            (None, None) => return Ok(false),
+        };
+        let a = &record.attachment;
+        // Saved before anything is forgotten: when the list cannot be written, nothing changes.
+        let remaining: Vec<PortRecord> = state
+            .records()
+            .into_iter()
+            .filter(|r| !matches(r))
+            .collect();
+        state.store.save(&remaining).with_context(|| {
+            format!(
+                "detaching {} {}: nothing was changed (the container keeps its port and its \
+                 address); try again once the state directory can be written",
+                a.container_id, a.ifname
+            )
+        })?;
+        if let Some(i) = port_index {
+            let id = state.ports.remove(i).id;
+            self.datapath.run(move |w| w.remove_port(id))?;
+        } else if let Some(i) = waiting_index {
+            state.waiting.remove(i);
         }
-        let records: Vec<PortRecord> = state.ports.iter().map(|p| p.record.clone()).collect();
-        state.store.save(&records)?;
-        state
-            .leases
-            .release(&a.network, &a.container_id, &a.ifname)?;
+        let removed = match open_recorded(&record) {
+            Recorded::Present(ns) => attach::remove_interface(a, &ns)
+                .map(drop)
+                .map_err(anyhow::Error::new),
+            Recorded::Gone(_) => Ok(()),
+            Recorded::Unknown(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            // The interface may still carry the address: the lease stays (the next start
+            // releases it, the record being gone).
+            return Err(e.context(format!(
+                "{} {} is off the switch, but its interface could not be removed; its address \
+                 stays leased until vswitchd restarts",
+                a.container_id, a.ifname
+            )));
+        }
+        let owner = (a.network.clone(), a.container_id.clone(), a.ifname.clone());
+        if let Err(e) = state.leases.release(&a.network, &a.container_id, &a.ifname) {
+            state.unreleased.push(owner);
+            return Err(e.context(format!(
+                "{} {} is detached, but its address could not be released yet; retried every {}s",
+                a.container_id,
+                a.ifname,
+                SWEEP_INTERVAL.as_secs()
+            )));
+        }
         info!(container = %a.container_id, ifname = %a.ifname, "detached");
         Ok(true)
     }
@@ -551,46 +800,29 @@ impl Daemon {
         Ok(summary)
     }
 
-    fn network_name(state: &State, vni: Vni) -> String {
-        state
-            .networks
-            .values()
-            .find(|n| n.vni == vni)
-            .map(|n| n.config.name.clone())
+    fn network_name(view: &View, vni: Vni) -> String {
+        view.networks
+            .iter()
+            .find(|n| n.vni == vni.get())
+            .map(|n| n.name.clone())
             .unwrap_or_else(|| vni.to_string())
     }
 
-    fn status(&self, state: &State) -> anyhow::Result<StatusView> {
+    fn status(&self) -> StatusView {
+        let view = self.view();
         let Totals {
             counters,
             io,
             fdb_entries,
             workers,
-        } = self.totals()?;
-        let networks = state
-            .networks
-            .values()
-            .map(|n| NetworkView {
-                name: n.config.name.clone(),
-                vni: n.vni.get(),
-                subnet: IpNet::V4(n.config.subnet),
-                node_subnet: IpNet::V4(n.node_subnet),
-                gateway: IpAddr::V4(n.gateway),
-                mtu: n.config.mtu,
-                ports: state
-                    .ports
-                    .iter()
-                    .filter(|p| p.record.attachment.network == n.config.name)
-                    .count(),
-            })
-            .collect();
-        Ok(StatusView {
-            node: state.config.node.name.clone(),
+        } = totals(&self.datapath.fresh_snapshots());
+        StatusView {
+            node: view.node.clone(),
             endpoint: self.datapath.local_addr(),
             uptime_secs: self.started.elapsed().as_secs(),
-            store: state.config.store.to_string(),
-            networks,
-            peers: state.peers.len(),
+            store: view.store.clone(),
+            networks: view.networks.clone(),
+            peers: view.peers.len(),
             fdb_entries,
             traffic: traffic_of(&counters),
             drops: counters
@@ -603,178 +835,132 @@ impl Daemon {
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
             workers,
-        })
-    }
-
-    /// The switch and I/O counters summed over the workers, the FDB's size, and each worker's
-    /// traffic.
-    fn totals(&self) -> anyhow::Result<Totals> {
-        let per_worker = self.datapath.run(|w| {
-            (
-                w.switch().counters().clone(),
-                w.io_counters(),
-                w.switch().fdb().len(),
-            )
-        })?;
-        let mut totals = Totals::default();
-        for (counters, io, fdb_entries) in &per_worker {
-            totals.counters.add(counters);
-            totals.io.add(io);
-            // Every worker holds the whole table (its own entries and its siblings').
-            totals.fdb_entries = totals.fdb_entries.max(*fdb_entries);
-            totals.workers.push(traffic_of(counters));
         }
-        Ok(totals)
     }
 
-    fn ports(&self, state: &State) -> anyhow::Result<Vec<PortView>> {
-        let ids: Vec<PortId> = state.ports.iter().map(|p| p.id).collect();
-        let per_worker = self.datapath.run(move |w| {
-            ids.iter()
-                .map(|&id| w.switch().port_stats(id).copied().unwrap_or_default())
-                .collect::<Vec<_>>()
-        })?;
-        let stats = sum_columns(per_worker, PortStats::add);
-        Ok(state
-            .ports
+    fn ports_of(view: &View, snapshots: &[Arc<WorkerSnapshot>]) -> Vec<PortView> {
+        let mut stats: FxHashMap<PortId, PortStats> = FxHashMap::default();
+        for snapshot in snapshots {
+            for (id, one) in &snapshot.ports {
+                stats.entry(*id).or_default().add(one);
+            }
+        }
+        view.ports
             .iter()
-            .zip(stats)
-            .map(|(p, s)| PortView {
-                attachment: p.record.attachment.clone(),
-                traffic: Traffic {
-                    rx_frames: s.rx_frames,
-                    rx_bytes: s.rx_bytes,
-                    tx_frames: s.tx_frames,
-                    tx_bytes: s.tx_bytes,
-                    drops: s.drops,
-                },
+            .map(|(id, attachment)| {
+                let s = stats.get(id).copied().unwrap_or_default();
+                PortView {
+                    attachment: attachment.clone(),
+                    traffic: Traffic {
+                        rx_frames: s.rx_frames,
+                        rx_bytes: s.rx_bytes,
+                        tx_frames: s.tx_frames,
+                        tx_bytes: s.tx_bytes,
+                        drops: s.drops,
+                    },
+                }
             })
-            .collect())
+            .collect()
     }
 
-    fn fdb(&self, state: &State) -> anyhow::Result<Vec<FdbView>> {
+    fn ports(&self) -> Vec<PortView> {
+        Self::ports_of(&self.view(), &self.datapath.fresh_snapshots())
+    }
+
+    fn fdb(&self) -> Vec<FdbView> {
+        let view = self.view();
         let now = Instant::now();
-        let per_worker = self.datapath.run(move |w| {
-            let switch = w.switch();
-            // Peers by address: ids of peers that appeared on their own differ between workers.
-            switch
-                .fdb_entries(now)
-                .filter_map(|e| {
-                    let site = match e.location {
-                        Location::Port(port) => Site::Port(port),
-                        Location::Peer(peer) => Site::Peer(switch.peer(peer)?.addr),
-                    };
-                    Some((e, site))
-                })
-                .collect::<Vec<_>>()
-        })?;
         // One row per MAC: the entry of the worker that learned it (the others mirror it).
-        let mut entries: BTreeMap<(u32, [u8; 6]), (FdbEntry, Site)> = BTreeMap::new();
-        for (entry, site) in per_worker.into_iter().flatten() {
-            let key = (entry.vni.get(), entry.mac.0);
-            match entries.get(&key) {
-                Some((known, _)) if !known.mirrored || entry.mirrored => {}
-                _ => {
-                    entries.insert(key, (entry, site));
+        let mut entries: BTreeMap<(u32, [u8; 6]), (FdbEntry, Site, Duration)> = BTreeMap::new();
+        for snapshot in self.datapath.fresh_snapshots() {
+            let since = now.saturating_duration_since(snapshot.fdb.taken);
+            for (entry, site) in &snapshot.fdb.entries {
+                let key = (entry.vni.get(), entry.mac.0);
+                match entries.get(&key) {
+                    Some((known, _, _)) if !known.mirrored || entry.mirrored => {}
+                    _ => {
+                        entries.insert(key, (*entry, *site, since));
+                    }
                 }
             }
         }
         let mut views: Vec<FdbView> = entries
             .into_values()
-            .map(|(e, site)| (e.vni, e.mac, site, e.is_static, e.age.unwrap_or_default()))
-            .map(|(vni, mac, location, is_static, age)| FdbView {
-                network: Self::network_name(state, vni),
-                vni: vni.get(),
-                mac,
-                location: self.describe(state, location),
-                is_static,
-                age_secs: if is_static { 0 } else { age.as_secs() },
+            .map(|(e, site, since)| FdbView {
+                network: Self::network_name(&view, e.vni),
+                vni: e.vni.get(),
+                mac: e.mac,
+                location: describe(&view, site),
+                is_static: e.is_static,
+                age_secs: if e.is_static {
+                    0
+                } else {
+                    (e.age.unwrap_or_default() + since).as_secs()
+                },
             })
             .collect();
         views.sort_by_key(|v| (v.vni, v.mac));
-        Ok(views)
+        views
     }
 
-    fn describe(&self, state: &State, site: Site) -> String {
-        match site {
-            Site::Port(id) => state
-                .ports
-                .iter()
-                .find(|p| p.id == id)
-                .map(|p| {
-                    format!(
-                        "port {}@{}",
-                        p.record.attachment.ifname, p.record.attachment.container_id
-                    )
-                })
-                .unwrap_or_else(|| format!("port {id:?}")),
-            Site::Peer(addr) => state
-                .peers
-                .iter()
-                .find(|(_, p)| p.endpoint.ip() == addr.ip())
-                .map(|(name, p)| format!("peer {name} {}", p.endpoint))
-                .unwrap_or_else(|| format!("peer {addr}")),
-        }
-    }
-
-    fn peers(&self, state: &State) -> anyhow::Result<Vec<PeerView>> {
-        let endpoints: Vec<SocketAddr> = state.peers.values().map(|p| p.endpoint).collect();
-        let now = Instant::now();
-        let per_worker = self.datapath.run(move |w| {
-            let switch = w.switch();
-            endpoints
-                .iter()
-                .map(|&endpoint| {
-                    let Some(id) = switch.peer_id(endpoint) else {
-                        return (PeerStats::default(), 0);
-                    };
-                    let macs = switch
-                        .fdb_entries(now)
-                        .filter(|e| e.location == Location::Peer(id))
-                        .count();
-                    (switch.peer_stats(id).copied().unwrap_or_default(), macs)
-                })
-                .collect::<Vec<_>>()
-        })?;
-        let stats = sum_columns(per_worker, |total: &mut (PeerStats, usize), one| {
-            total.0.add(&one.0);
+    fn peers_of(view: &View, snapshots: &[Arc<WorkerSnapshot>]) -> Vec<PeerView> {
+        // Peers by address (ids of peers that appeared on their own differ between workers).
+        let mut stats: FxHashMap<IpAddr, PeerStats> = FxHashMap::default();
+        let mut macs: FxHashMap<IpAddr, usize> = FxHashMap::default();
+        for snapshot in snapshots {
+            for (addr, one) in &snapshot.peers {
+                stats.entry(addr.ip()).or_default().add(one);
+            }
+            let mut here: FxHashMap<IpAddr, usize> = FxHashMap::default();
+            for (_, site) in &snapshot.fdb.entries {
+                if let Site::Peer(addr) = site {
+                    *here.entry(addr.ip()).or_default() += 1;
+                }
+            }
             // Every worker lists every MAC (learned or mirrored): the most is the count.
-            total.1 = total.1.max(one.1);
-        });
-        Ok(state
-            .peers
+            for (ip, n) in here {
+                let most = macs.entry(ip).or_default();
+                *most = (*most).max(n);
+            }
+        }
+        view.peers
             .iter()
-            .zip(stats)
-            .map(|((name, p), (s, macs))| PeerView {
-                name: name.clone(),
-                endpoint: p.endpoint,
-                networks: p.networks.clone(),
-                macs,
-                traffic: Traffic {
-                    rx_frames: s.rx_datagrams,
-                    rx_bytes: s.rx_bytes,
-                    tx_frames: s.tx_datagrams,
-                    tx_bytes: s.tx_bytes,
-                    drops: s.drops,
-                },
+            .map(|(name, endpoint, networks)| {
+                let s = stats.get(&endpoint.ip()).copied().unwrap_or_default();
+                PeerView {
+                    name: name.clone(),
+                    endpoint: *endpoint,
+                    networks: networks.clone(),
+                    macs: macs.get(&endpoint.ip()).copied().unwrap_or_default(),
+                    traffic: Traffic {
+                        rx_frames: s.rx_datagrams,
+                        rx_bytes: s.rx_bytes,
+                        tx_frames: s.tx_datagrams,
+                        tx_bytes: s.tx_bytes,
+                        drops: s.drops,
+                    },
+                }
             })
-            .collect())
+            .collect()
     }
 
-    /// The daemon's counters in the Prometheus text format.
-    pub fn metrics(&self) -> anyhow::Result<String> {
-        let state = self.lock();
-        let totals = self.totals()?;
-        let ports = self.ports(&state)?;
-        let peers = self.peers(&state)?;
-        Ok(super::metrics::render(&super::metrics::Snapshot {
-            counters: &totals.counters,
+    fn peers(&self) -> Vec<PeerView> {
+        Self::peers_of(&self.view(), &self.datapath.fresh_snapshots())
+    }
+
+    /// The daemon's counters for a scrape, from the workers' latest snapshots.
+    pub fn metrics(&self) -> super::metrics::Scrape {
+        let view = self.view();
+        let snapshots = self.datapath.snapshots();
+        let totals = totals(&snapshots);
+        super::metrics::Scrape {
+            counters: totals.counters,
             io: totals.io,
             fdb_entries: totals.fdb_entries,
-            ports: &ports,
-            peers: &peers,
-            workers: &totals.workers,
-        }))
+            ports: Self::ports_of(&view, &snapshots),
+            peers: Self::peers_of(&view, &snapshots),
+            workers: totals.workers,
+        }
     }
 
     /// Stops the datapath. Containers keep their (persistent) interfaces; the next start
@@ -822,12 +1008,71 @@ pub fn resolve_underlay(config: &mut Config, path: &Path) -> Result<(), ConfigEr
         .map_err(|(key, reason)| fail(&key, reason))
 }
 
-/// Opens the namespace a record was made in, if it still exists and is the same one.
-fn open_recorded(record: &PortRecord) -> Option<NetNs> {
-    let ns_ref: NsRef = record.attachment.netns.parse().ok()?;
-    let ns = NetNs::open(&ns_ref).ok()?;
-    let id = ns.id();
-    ((id.dev, id.ino) == record.netns_id).then_some(ns)
+/// What became of the namespace a record was made in.
+enum Recorded {
+    /// It is there, and it is the same one.
+    Present(NetNs),
+    /// It is not: no such file or process, or the file is another namespace (or none).
+    Gone(String),
+    /// It could not be looked at (descriptors exhausted, no memory, no permission, ...): that
+    /// says nothing about the container.
+    Unknown(anyhow::Error),
+}
+
+/// Opens the namespace a record was made in, telling "gone" apart from "cannot tell now".
+fn open_recorded(record: &PortRecord) -> Recorded {
+    let ns_ref: NsRef = match record.attachment.netns.parse() {
+        Ok(ns_ref) => ns_ref,
+        Err(e) => return Recorded::Unknown(anyhow::Error::new(e)),
+    };
+    match NetNs::open(&ns_ref) {
+        Ok(ns) => {
+            let id = ns.id();
+            if (id.dev, id.ino) == record.netns_id {
+                Recorded::Present(ns)
+            } else {
+                Recorded::Gone(format!("{ns_ref} is now another namespace, {id}"))
+            }
+        }
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ESRCH)) => {
+            Recorded::Gone(e.to_string())
+        }
+        // A file that is no network namespace at all is not the recorded one either.
+        Err(e @ netns::Error::InvalidArgument { .. }) => Recorded::Gone(e.to_string()),
+        Err(e) => Recorded::Unknown(anyhow::Error::new(e)),
+    }
+}
+
+/// Where an FDB entry points, for people.
+fn describe(view: &View, site: Site) -> String {
+    match site {
+        Site::Port(id) => view
+            .ports
+            .iter()
+            .find(|(port, _)| *port == id)
+            .map(|(_, a)| format!("port {}@{}", a.ifname, a.container_id))
+            .unwrap_or_else(|| format!("port {id:?}")),
+        Site::Peer(addr) => view
+            .peers
+            .iter()
+            .find(|(_, endpoint, _)| endpoint.ip() == addr.ip())
+            .map(|(name, endpoint, _)| format!("peer {name} {endpoint}"))
+            .unwrap_or_else(|| format!("peer {addr}")),
+    }
+}
+
+/// The switch and I/O counters summed over the workers' snapshots, the FDB's size, and each
+/// worker's traffic.
+fn totals(snapshots: &[Arc<WorkerSnapshot>]) -> Totals {
+    let mut totals = Totals::default();
+    for snapshot in snapshots {
+        totals.counters.add(&snapshot.counters);
+        totals.io.add(&snapshot.io);
+        // Every worker holds the whole table (its own entries and its siblings').
+        totals.fdb_entries = totals.fdb_entries.max(snapshot.fdb_entries);
+        totals.workers.push(traffic_of(&snapshot.counters));
+    }
+    totals
 }
 
 /// The first host address of a subnet: the gateway.
@@ -870,16 +1115,4 @@ where
         first.get_or_insert(value);
     }
     first.ok_or_else(|| DatapathStopped.into())
-}
-
-/// Folds the workers' rows of per-item values into one row, item by item.
-fn sum_columns<T: Default + Clone>(per_worker: Vec<Vec<T>>, add: impl Fn(&mut T, &T)) -> Vec<T> {
-    let mut rows = per_worker.into_iter();
-    let mut total = rows.next().unwrap_or_default();
-    for row in rows {
-        for (sum, one) in total.iter_mut().zip(&row) {
-            add(sum, one);
-        }
-    }
-    total
 }

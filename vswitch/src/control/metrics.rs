@@ -1,29 +1,43 @@
-//! The daemon's counters in the Prometheus text exposition format (version 0.0.4), served on
-//! `node.metrics_address` at `/metrics`.
+//! The daemon's counters for Prometheus, encoded by `prometheus-client` in the OpenMetrics text
+//! format and served on `node.metrics_address` at `/metrics`.
+//!
+//! A scrape is built from a [`Scrape`]: figures the control plane already holds (the workers'
+//! published snapshots and its own lists), never a walk over a worker's tables.
 
-use std::fmt::Write;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::api::{PeerView, PortView, Traffic};
 use crate::io::IoCounters;
 use crate::switch::Counters;
 
+/// The content type of a scrape's body.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// What one scrape reports.
-pub struct Snapshot<'a> {
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
     /// Switch-wide counters.
-    pub counters: &'a Counters,
+    pub counters: Counters,
     /// Counters of the I/O shell.
     pub io: IoCounters,
     /// MAC table entries.
     pub fdb_entries: usize,
     /// Attached containers.
-    pub ports: &'a [PortView],
+    pub ports: Vec<PortView>,
     /// Peers.
-    pub peers: &'a [PeerView],
+    pub peers: Vec<PeerView>,
     /// Each datapath worker's traffic, in worker order.
-    pub workers: &'a [Traffic],
+    pub workers: Vec<Traffic>,
 }
 
-/// Escapes a label value: backslash, double quote and newline.
+type Labels = Vec<(&'static str, String)>;
+
+/// Escapes a label value as the text format wants (backslash, double quote, newline): container
+/// ids and names come from requests, and the encoder writes values as they are.
 fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -31,162 +45,180 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric: Counter = Counter::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
 }
 
-/// Renders a scrape.
-pub fn render(s: &Snapshot<'_>) -> String {
-    let mut out = String::new();
-    let c = s.counters;
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: usize) {
+    let metric: Gauge = Gauge::default();
+    metric.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, metric);
+}
+
+fn counters(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, value) in samples {
+        family.get_or_create(&labels).inc_by(value);
+    }
+    registry.register(name, help, family);
+}
+
+/// Renders a scrape. Counter names get their `_total` suffix from the encoder.
+pub fn render(s: &Scrape) -> String {
+    let mut registry = Registry::default();
+    let c = &s.counters;
     let totals: [(&str, &str, u64); 8] = [
         (
-            "vswitch_port_rx_frames_total",
-            "Frames received from containers.",
+            "vswitch_port_rx_frames",
+            "Frames received from containers",
             c.port_rx_frames,
         ),
         (
-            "vswitch_port_rx_bytes_total",
-            "Bytes received from containers.",
+            "vswitch_port_rx_bytes",
+            "Bytes received from containers",
             c.port_rx_bytes,
         ),
         (
-            "vswitch_port_tx_frames_total",
-            "Frames written to containers.",
+            "vswitch_port_tx_frames",
+            "Frames written to containers",
             c.port_tx_frames,
         ),
         (
-            "vswitch_port_tx_bytes_total",
-            "Bytes written to containers.",
+            "vswitch_port_tx_bytes",
+            "Bytes written to containers",
             c.port_tx_bytes,
         ),
         (
-            "vswitch_peer_rx_datagrams_total",
-            "VXLAN datagrams received from peers.",
+            "vswitch_peer_rx_datagrams",
+            "VXLAN datagrams received from peers",
             c.peer_rx_datagrams,
         ),
         (
-            "vswitch_peer_rx_bytes_total",
-            "VXLAN bytes received from peers.",
+            "vswitch_peer_rx_bytes",
+            "VXLAN bytes received from peers",
             c.peer_rx_bytes,
         ),
         (
-            "vswitch_peer_tx_datagrams_total",
-            "VXLAN datagrams sent to peers.",
+            "vswitch_peer_tx_datagrams",
+            "VXLAN datagrams sent to peers",
             c.peer_tx_datagrams,
         ),
         (
-            "vswitch_peer_tx_bytes_total",
-            "VXLAN bytes sent to peers.",
+            "vswitch_peer_tx_bytes",
+            "VXLAN bytes sent to peers",
             c.peer_tx_bytes,
         ),
     ];
     for (name, help, value) in totals {
-        family(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
+        counter(&mut registry, name, help, value);
     }
-    family(
-        &mut out,
-        "vswitch_drops_total",
-        "counter",
-        "Frames and datagrams dropped, by reason.",
+    counters(
+        &mut registry,
+        "vswitch_drops",
+        "Frames and datagrams dropped, by reason",
+        c.drops
+            .iter()
+            .map(|(reason, n)| (vec![("reason", reason.as_str().to_owned())], n)),
     );
-    for (reason, n) in c.drops.iter() {
-        let _ = writeln!(
-            out,
-            "vswitch_drops_total{{reason=\"{}\"}} {n}",
-            reason.as_str()
-        );
-    }
     let io: [(&str, &str, u64); 3] = [
         (
-            "vswitch_tap_write_errors_total",
-            "Frames a container's TAP refused.",
+            "vswitch_tap_write_errors",
+            "Frames a container's TAP refused",
             s.io.tap_write_errors,
         ),
         (
-            "vswitch_udp_send_errors_total",
-            "Datagrams the underlay refused.",
+            "vswitch_udp_send_errors",
+            "Datagrams the underlay refused",
             s.io.udp_send_errors,
         ),
         (
-            "vswitch_offload_errors_total",
-            "Super-frames that could not be segmented.",
+            "vswitch_offload_errors",
+            "Super-frames that could not be segmented",
             s.io.offload_errors,
         ),
     ];
     for (name, help, value) in io {
-        family(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
+        counter(&mut registry, name, help, value);
     }
-    family(
-        &mut out,
-        "vswitch_worker_frames_total",
-        "counter",
-        "Frames and datagrams each datapath worker took in (rx) and sent (tx).",
+    counters(
+        &mut registry,
+        "vswitch_worker_frames",
+        "Frames and datagrams each datapath worker took in (rx) and sent (tx)",
+        s.workers.iter().enumerate().flat_map(|(index, traffic)| {
+            [("rx", traffic.rx_frames), ("tx", traffic.tx_frames)].map(|(direction, value)| {
+                (
+                    vec![
+                        ("worker", index.to_string()),
+                        ("direction", direction.to_owned()),
+                    ],
+                    value,
+                )
+            })
+        }),
     );
-    for (index, traffic) in s.workers.iter().enumerate() {
-        for (direction, value) in [("rx", traffic.rx_frames), ("tx", traffic.tx_frames)] {
-            let _ = writeln!(
-                out,
-                "vswitch_worker_frames_total{{worker=\"{index}\",direction=\"{direction}\"}} {value}"
-            );
-        }
-    }
-    let gauges: [(&str, &str, usize); 3] = [
-        ("vswitch_fdb_entries", "MAC table entries.", s.fdb_entries),
-        ("vswitch_ports", "Attached containers.", s.ports.len()),
-        ("vswitch_peers", "Configured peers.", s.peers.len()),
-    ];
-    for (name, help, value) in gauges {
-        family(&mut out, name, "gauge", help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    family(
-        &mut out,
-        "vswitch_container_bytes_total",
-        "counter",
-        "Bytes from (rx) and to (tx) each attached container.",
+    gauge(
+        &mut registry,
+        "vswitch_fdb_entries",
+        "MAC table entries",
+        s.fdb_entries,
     );
-    for p in s.ports {
-        let a = &p.attachment;
-        let labels = format!(
-            "container=\"{}\",ifname=\"{}\",network=\"{}\"",
-            label(&a.container_id),
-            label(&a.ifname),
-            label(&a.network)
-        );
-        let _ = writeln!(
-            out,
-            "vswitch_container_bytes_total{{{labels},direction=\"rx\"}} {}",
-            p.traffic.rx_bytes
-        );
-        let _ = writeln!(
-            out,
-            "vswitch_container_bytes_total{{{labels},direction=\"tx\"}} {}",
-            p.traffic.tx_bytes
-        );
-    }
-    family(
-        &mut out,
-        "vswitch_peer_bytes_total",
-        "counter",
-        "VXLAN bytes from (rx) and to (tx) each peer.",
+    gauge(
+        &mut registry,
+        "vswitch_ports",
+        "Attached containers",
+        s.ports.len(),
     );
-    for p in s.peers {
-        let labels = format!("peer=\"{}\"", label(&p.name));
-        let _ = writeln!(
-            out,
-            "vswitch_peer_bytes_total{{{labels},direction=\"rx\"}} {}",
-            p.traffic.rx_bytes
-        );
-        let _ = writeln!(
-            out,
-            "vswitch_peer_bytes_total{{{labels},direction=\"tx\"}} {}",
-            p.traffic.tx_bytes
-        );
-    }
+    gauge(
+        &mut registry,
+        "vswitch_peers",
+        "Configured peers",
+        s.peers.len(),
+    );
+    counters(
+        &mut registry,
+        "vswitch_container_bytes",
+        "Bytes from (rx) and to (tx) each attached container",
+        s.ports.iter().flat_map(|p| {
+            let a = &p.attachment;
+            [("rx", p.traffic.rx_bytes), ("tx", p.traffic.tx_bytes)].map(|(direction, value)| {
+                (
+                    vec![
+                        ("container", label(&a.container_id)),
+                        ("ifname", label(&a.ifname)),
+                        ("network", label(&a.network)),
+                        ("direction", direction.to_owned()),
+                    ],
+                    value,
+                )
+            })
+        }),
+    );
+    counters(
+        &mut registry,
+        "vswitch_peer_bytes",
+        "VXLAN bytes from (rx) and to (tx) each peer",
+        s.peers.iter().flat_map(|p| {
+            [("rx", p.traffic.rx_bytes), ("tx", p.traffic.tx_bytes)].map(|(direction, value)| {
+                (
+                    vec![
+                        ("peer", label(&p.name)),
+                        ("direction", direction.to_owned()),
+                    ],
+                    value,
+                )
+            })
+        }),
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
     out
 }
 
@@ -202,30 +234,37 @@ mod tests {
             ..Counters::default()
         };
         let ports = vec![PortView {
-            attachment: Attachment::example("web\"1"),
+            attachment: Attachment::example("web\"1\nx"),
             traffic: Traffic {
                 rx_bytes: 100,
                 tx_bytes: 200,
                 ..Traffic::default()
             },
         }];
-        let text = render(&Snapshot {
-            counters: &counters,
+        let text = render(&Scrape {
+            counters,
             io: IoCounters::default(),
             fdb_entries: 3,
-            ports: &ports,
-            peers: &[],
-            workers: &[Traffic::default(), Traffic::default()],
+            ports,
+            peers: Vec::new(),
+            workers: vec![Traffic::default(), Traffic::default()],
         });
-        assert!(text.contains("vswitch_worker_frames_total{worker=\"1\",direction=\"rx\"} 0\n"));
-        assert!(text.contains(
-            "# TYPE vswitch_port_rx_frames_total counter\nvswitch_port_rx_frames_total 7\n"
-        ));
+        assert!(
+            text.contains("vswitch_worker_frames_total{worker=\"1\",direction=\"rx\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE vswitch_port_rx_frames counter\nvswitch_port_rx_frames_total 7\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("vswitch_drops_total{reason=\"unknown_peer\"} 0\n"));
-        assert!(text.contains("vswitch_fdb_entries 3\n"));
+        assert!(text.contains("# TYPE vswitch_fdb_entries gauge\nvswitch_fdb_entries 3\n"));
         assert!(text.contains(
-            "vswitch_container_bytes_total{container=\"web\\\"1\",ifname=\"eth0\",network=\"default\",direction=\"tx\"} 200\n"
-        ));
+            "vswitch_container_bytes_total{container=\"web\\\"1\\nx\",ifname=\"eth0\",network=\"default\",direction=\"tx\"} 200\n"
+        ), "{text}");
+        assert!(text.ends_with("# EOF\n"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

@@ -16,10 +16,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::RecvMeta;
 use rustc_hash::FxHashMap;
 
+use super::datapath::{
+    FDB_LISTING_INTERVAL, FdbListing, SNAPSHOT_INTERVAL, SnapshotSlot, WorkerSnapshot,
+};
 use super::tap::TapQueue;
 use super::udp::Underlay;
 use crate::offload::{self, Coalescer, Segments, VNET_HDR_LEN, VnetHdr, complete_partial_checksum};
-use crate::switch::{Output, PortConfig, PortId, Switch, SwitchError, Update};
+use crate::switch::{Counters, Output, PortConfig, PortId, Site, Switch, SwitchError, Update};
 use crate::tunnel::VXLAN_HEADER_LEN;
 
 pub(super) const WAKER: Token = Token(0);
@@ -121,6 +124,15 @@ pub struct Worker {
     recv_batch: usize,
     counters: IoCounters,
     pub(super) running: bool,
+    snapshot: Arc<SnapshotSlot>,
+    /// What the last snapshot showed, to tell whether anything changed since.
+    snapshot_counters: (Counters, IoCounters),
+    snapshot_taken: Instant,
+    /// A control job ran: publish at once.
+    snapshot_stale: bool,
+    fdb_listing: Arc<FdbListing>,
+    /// The MAC table changed after its last listing (listings are rate-limited).
+    fdb_listing_behind: bool,
 }
 
 /// What a worker is built from.
@@ -132,6 +144,7 @@ pub(super) struct WorkerParts {
     pub(super) inbox: mpsc::Receiver<Job>,
     pub(super) updates: mpsc::Receiver<Arc<[Update]>>,
     pub(super) siblings: Vec<Sibling>,
+    pub(super) snapshot: Arc<SnapshotSlot>,
 }
 
 impl Worker {
@@ -144,6 +157,7 @@ impl Worker {
             inbox,
             updates,
             siblings,
+            snapshot,
         } = parts;
         poll.registry().register(
             &mut SourceFd(&underlay.receiver_fd()),
@@ -168,6 +182,12 @@ impl Worker {
             recv_batch: quinn_udp::BATCH_SIZE,
             counters: IoCounters::default(),
             running: true,
+            snapshot,
+            snapshot_counters: Default::default(),
+            snapshot_taken: Instant::now(),
+            snapshot_stale: true,
+            fdb_listing: WorkerSnapshot::default().fdb,
+            fdb_listing_behind: false,
         })
     }
 
@@ -261,13 +281,15 @@ impl Worker {
         let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let mut underlay_pending = true;
         let mut next_tick: Option<Instant> = None;
+        let mut next_snapshot: Option<Instant> = None;
 
         while self.running {
             let busy = underlay_pending || self.ports.iter().flatten().any(|p| p.pending);
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
-                next_tick.map(|t| t.saturating_duration_since(Instant::now()))
+                let wake = [next_tick, next_snapshot].into_iter().flatten().min();
+                wake.map(|t| t.saturating_duration_since(Instant::now()))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -288,6 +310,7 @@ impl Worker {
             }
             while let Ok(job) = self.inbox.try_recv() {
                 job(&mut self);
+                self.snapshot_stale = true;
             }
 
             let now = Instant::now();
@@ -312,8 +335,93 @@ impl Worker {
                 next_tick = self.switch.poll_timeout();
             }
             self.publish();
+            next_snapshot = self.publish_snapshot(now);
         }
         Ok(())
+    }
+
+    /// Publishes a snapshot for queries when something changed and the last one is at least
+    /// [`SNAPSHOT_INTERVAL`] old (at once after a control job); otherwise returns when to try
+    /// again, `None` when nothing waits to be published.
+    fn publish_snapshot(&mut self, now: Instant) -> Option<Instant> {
+        if self
+            .snapshot
+            .wanted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.snapshot_stale = true;
+        }
+        let (counters, io) = &self.snapshot_counters;
+        let counted = self.switch.counters() != counters
+            || self.counters.tap_write_errors != io.tap_write_errors
+            || self.counters.udp_send_errors != io.udp_send_errors
+            || self.counters.offload_errors != io.offload_errors
+            || self.counters.updates_applied != io.updates_applied;
+        let listing_due = self.fdb_listing.taken + FDB_LISTING_INTERVAL;
+        if !self.snapshot_stale {
+            if counted && now < self.snapshot_taken + SNAPSHOT_INTERVAL {
+                return Some(self.snapshot_taken + SNAPSHOT_INTERVAL);
+            }
+            if !counted {
+                // Only the MAC table listing may lag behind.
+                return match self.fdb_listing_behind {
+                    false => None,
+                    true if now < listing_due => Some(listing_due),
+                    true => {
+                        self.list_fdb(now);
+                        self.store_snapshot(now);
+                        None
+                    }
+                };
+            }
+        }
+        if self.snapshot_stale || now >= listing_due {
+            self.list_fdb(now);
+        } else {
+            self.fdb_listing_behind = true;
+        }
+        self.store_snapshot(now);
+        self.fdb_listing_behind.then_some(listing_due)
+    }
+
+    /// Lists the MAC table for queries (peers by address: ids differ between workers).
+    fn list_fdb(&mut self, now: Instant) {
+        let switch = &self.switch;
+        let entries = switch
+            .fdb_entries(now)
+            .filter_map(|e| {
+                let site = match e.location {
+                    crate::fdb::Location::Port(port) => Site::Port(port),
+                    crate::fdb::Location::Peer(peer) => Site::Peer(switch.peer(peer)?.addr),
+                };
+                Some((e, site))
+            })
+            .collect();
+        self.fdb_listing = Arc::new(FdbListing {
+            taken: now,
+            entries,
+        });
+        self.fdb_listing_behind = false;
+    }
+
+    fn store_snapshot(&mut self, now: Instant) {
+        let snapshot = Arc::new(WorkerSnapshot {
+            taken: now,
+            counters: self.switch.counters().clone(),
+            io: self.counters,
+            fdb_entries: self.switch.fdb().len(),
+            ports: self.switch.ports().map(|p| (p.id, *p.stats)).collect(),
+            peers: self.switch.peers().map(|p| (p.addr, *p.stats)).collect(),
+            fdb: Arc::clone(&self.fdb_listing),
+        });
+        self.snapshot_counters = (snapshot.counters.clone(), self.counters);
+        self.snapshot_taken = now;
+        self.snapshot_stale = false;
+        *self
+            .snapshot
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
     }
 
     /// Sends what this worker's switch learned to its siblings.
