@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use vswitch::control::api::{self, AttachRequest, DetachRequest, Reply, Request};
+use vswitch::control::api::{
+    self, AttachRequest, ClientError, DetachRequest, ErrorKind, Reply, Request,
+};
 use vswitch::control::render;
 use vswitch::wire::MacAddr;
 
@@ -98,8 +100,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vswitch: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit status of a failure: one per kind of refusal (README, "Exit status"), 1 for
+/// anything else. Clap exits with 2 on a bad command line, as a bad request does.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let Some(client) = e.chain().find_map(|e| e.downcast_ref::<ClientError>()) else {
+        return 1;
+    };
+    if client.is_daemon_missing() {
+        return 3;
+    }
+    match client.kind() {
+        Some(ErrorKind::BadRequest) => 2,
+        Some(ErrorKind::PermissionDenied) => 4,
+        Some(ErrorKind::UnknownNetwork) => 5,
+        Some(ErrorKind::NamespaceNotFound) => 6,
+        Some(ErrorKind::AddressExhausted) => 7,
+        Some(ErrorKind::AddressTaken) => 8,
+        Some(ErrorKind::AlreadyAttached) => 9,
+        Some(ErrorKind::NameTaken) => 10,
+        Some(ErrorKind::Unavailable) => 11,
+        _ => 1,
     }
 }
 
