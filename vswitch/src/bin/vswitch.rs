@@ -74,6 +74,9 @@ struct AttachArgs {
     /// A fixed MAC instead of one derived from the address.
     #[arg(long)]
     mac: Option<MacAddr>,
+    /// A label of the container, KEY=VALUE (repeatable), kept with the attachment.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     #[command(flatten)]
     output: Output,
 }
@@ -139,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 container_id: args.container_id,
                 ip: args.ip,
                 mac: args.mac,
+                labels: args.labels.into_iter().collect(),
             }))?;
             let Reply::Attached(a) = reply else {
                 anyhow::bail!("unexpected reply from vswitchd: {reply:?}");
@@ -184,6 +188,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The control API between `vswitch` and `vswitchd`: one JSON request per line on a Unix
 //! socket, one JSON reply per line back. The types here are the whole protocol.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
@@ -53,6 +54,9 @@ pub struct AttachRequest {
     /// A fixed MAC instead of one derived from the address.
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Labels of the container (`app=web`), kept with the attachment for policy to select on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What `vswitch detach` asks for.
@@ -90,6 +94,9 @@ pub struct Attachment {
     pub gateway: IpAddr,
     /// The interface MTU.
     pub mtu: u16,
+    /// The container's labels, as given at attach.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[cfg(test)]
@@ -107,6 +114,7 @@ impl Attachment {
             address6: None,
             gateway: IpAddr::V4([10, 244, 1, 1].into()),
             mtu: 1450,
+            labels: BTreeMap::new(),
         }
     }
 }

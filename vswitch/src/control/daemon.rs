@@ -549,6 +549,7 @@ impl Daemon {
             }
             return Ok(a.clone());
         }
+        check_labels(&r.labels)?;
         let ns = open_namespace(&r.netns)?;
         let (network_vni, mtu, gateway) = (network.vni, network.config.mtu, network.gateway);
         let addresses = state
@@ -568,6 +569,7 @@ impl Daemon {
             address6: addresses.v6,
             gateway: IpAddr::V4(gateway),
             mtu,
+            labels: r.labels.clone(),
         };
         let id = ns.id();
         let record = PortRecord {
@@ -1131,6 +1133,28 @@ where
         first.get_or_insert(value);
     }
     first.ok_or_else(|| DatapathStopped.into())
+}
+
+/// Labels must be few and short, and say something: a key of at most 253 bytes and a value of
+/// at most 253, neither with control characters, at most 64 of them.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let bad = |why: String| ApiError::new(ErrorKind::BadRequest, why).field("labels");
+    if labels.len() > 64 {
+        return Err(bad(format!("{} labels; at most 64 are kept", labels.len())));
+    }
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 253 || value.len() > 253 {
+            return Err(bad(format!(
+                "label {key:?}: keys are 1 to 253 bytes long, values at most 253"
+            )));
+        }
+        if key.chars().chain(value.chars()).any(char::is_control) {
+            return Err(bad(format!(
+                "label {key:?}: control characters are not allowed"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the namespace an attach names, saying what is wrong and what to do when it cannot.
