@@ -58,6 +58,10 @@ pub fn error(version: &str, code: u32, msg: &str, details: impl Into<String>) ->
 pub fn from_client(version: &str, e: &ClientError) -> CniError {
     let details = e.to_string();
     if e.is_daemon_missing() {
+        let details = format!(
+            "{details} (for vswitch-cni, the \"socket\" key of its entry in the conflist \
+             names the socket)"
+        );
         return error(
             version,
             DAEMON_NOT_RUNNING,
