@@ -36,7 +36,7 @@ fn read_response(stream: &UnixStream) -> Result<Response, String> {
 
 fn error_of(response: Result<Response, String>) -> String {
     match response {
-        Ok(Response::Error(message)) => message,
+        Ok(Response::Error(e)) => e.message,
         other => panic!("expected an error, got {other:?}"),
     }
 }

@@ -11,6 +11,7 @@
 //! - [`io`]: the thin shell that feeds the core from TAP queues and UDP sockets.
 //! - [`control`]: configuration, the control API and the daemon that wires it all together.
 
+pub mod cni;
 pub mod control;
 pub mod demo;
 pub mod fdb;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use vswitch::control::api::{self, AttachRequest, DetachRequest, Reply, Request};
+use vswitch::control::api::{
+    self, AttachRequest, ClientError, DetachRequest, ErrorKind, Reply, Request,
+};
 use vswitch::control::render;
 use vswitch::wire::MacAddr;
 
@@ -72,6 +74,9 @@ struct AttachArgs {
     /// A fixed MAC instead of one derived from the address.
     #[arg(long)]
     mac: Option<MacAddr>,
+    /// A label of the container, KEY=VALUE (repeatable), kept with the attachment.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     #[command(flatten)]
     output: Output,
 }
@@ -98,8 +103,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vswitch: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit status of a failure: one per kind of refusal (README, "Exit status"), 1 for
+/// anything else. Clap exits with 2 on a bad command line, as a bad request does.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let Some(client) = e.chain().find_map(|e| e.downcast_ref::<ClientError>()) else {
+        return 1;
+    };
+    if client.is_daemon_missing() {
+        return 3;
+    }
+    match client.kind() {
+        Some(ErrorKind::BadRequest) => 2,
+        Some(ErrorKind::PermissionDenied) => 4,
+        Some(ErrorKind::UnknownNetwork) => 5,
+        Some(ErrorKind::NamespaceNotFound) => 6,
+        Some(ErrorKind::AddressExhausted) => 7,
+        Some(ErrorKind::AddressTaken) => 8,
+        Some(ErrorKind::AlreadyAttached) => 9,
+        Some(ErrorKind::NameTaken) => 10,
+        Some(ErrorKind::Unavailable) => 11,
+        _ => 1,
     }
 }
 
@@ -114,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 container_id: args.container_id,
                 ip: args.ip,
                 mac: args.mac,
+                labels: args.labels.into_iter().collect(),
             }))?;
             let Reply::Attached(a) = reply else {
                 anyhow::bail!("unexpected reply from vswitchd: {reply:?}");
@@ -159,6 +188,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 

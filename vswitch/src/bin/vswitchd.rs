@@ -33,7 +33,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
-use vswitch::control::api::{Request, Response};
+use vswitch::control::api::{ApiError, ErrorKind, Request, Response};
 use vswitch::control::config::Config;
 use vswitch::control::daemon::{Daemon, SWEEP_INTERVAL, resolve_underlay};
 use vswitch::control::metrics;
@@ -239,7 +239,8 @@ impl Access {
         let Some(group) = self.group else {
             return Err(format!(
                 "permission denied: uid {uid} may not use the control socket (only root and \
-                 the daemon's user; see node.control_group)"
+                 the daemon's user; run as root, or set node.control_group and add the user \
+                 to it)"
             ));
         };
         if gid == group.as_raw() || is_member(uid, group) {
@@ -247,7 +248,7 @@ impl Access {
         }
         Err(format!(
             "permission denied: uid {uid} is not in the control group (node.control_group, \
-             gid {group})"
+             gid {group}); add the user to that group, or run as root"
         ))
     }
 }
@@ -280,9 +281,9 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener, access: Access) -> a
                             drop(slot);
                         });
                     }
-                    Err(_) => refuse(&stream, &format!(
+                    Err(_) => refuse(&stream, ApiError::new(ErrorKind::Unavailable, format!(
                         "too many control connections (at most {MAX_CONTROL_CONNECTIONS}); try again"
-                    )),
+                    ))),
                 },
                 Err(e) => {
                     warn!("control socket: {e}");
@@ -325,8 +326,8 @@ async fn sweep(daemon: Arc<Daemon>) {
 }
 
 /// Answers a client that will not be served with one error line, without waiting for it.
-fn refuse(stream: &UnixStream, message: &str) {
-    if let Ok(mut line) = serde_json::to_vec(&Response::Error(message.to_owned())) {
+fn refuse(stream: &UnixStream, error: ApiError) {
+    if let Ok(mut line) = serde_json::to_vec(&Response::Error(error)) {
         line.push(b'\n');
         let _ = stream.try_write(&line);
     }
@@ -340,7 +341,7 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream, access: Access) {
     };
     if let Err(message) = verdict {
         warn!("control socket: {message}");
-        refuse(&stream, &message);
+        refuse(&stream, ApiError::new(ErrorKind::PermissionDenied, message));
         // Let the client finish sending its request, so that it reads the answer rather than
         // a broken pipe; a little of it, for a little while.
         let mut sink = vec![0u8; 4096];
@@ -372,8 +373,9 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream, access: Access) {
             return;
         }
         if line.last() != Some(&b'\n') && line.len() > MAX_REQUEST_LINE {
-            let refusal = Response::Error(format!(
-                "request line longer than {MAX_REQUEST_LINE} bytes: refused"
+            let refusal = Response::Error(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("request line longer than {MAX_REQUEST_LINE} bytes: refused"),
             ));
             let _ = reply(&mut write, &refusal).await;
             return;
@@ -384,10 +386,16 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream, access: Access) {
                 off_runtime(move || daemon.handle(request))
                     .await
                     .unwrap_or_else(|| {
-                        Response::Error("internal error: the request was not finished".into())
+                        Response::Error(ApiError::new(
+                            ErrorKind::Internal,
+                            "internal error: the request was not finished (see the daemon's log)",
+                        ))
                     })
             }
-            Err(e) => Response::Error(format!("malformed request: {e}")),
+            Err(e) => Response::Error(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("malformed request: {e}"),
+            )),
         };
         if reply(&mut write, &response).await.is_err() {
             return;

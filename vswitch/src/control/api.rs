@@ -1,6 +1,7 @@
 //! The control API between `vswitch` and `vswitchd`: one JSON request per line on a Unix
 //! socket, one JSON reply per line back. The types here are the whole protocol.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
@@ -53,6 +54,9 @@ pub struct AttachRequest {
     /// A fixed MAC instead of one derived from the address.
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Labels of the container (`app=web`), kept with the attachment for policy to select on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What `vswitch detach` asks for.
@@ -90,6 +94,9 @@ pub struct Attachment {
     pub gateway: IpAddr,
     /// The interface MTU.
     pub mtu: u16,
+    /// The container's labels, as given at attach.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[cfg(test)]
@@ -107,6 +114,7 @@ impl Attachment {
             address6: None,
             gateway: IpAddr::V4([10, 244, 1, 1].into()),
             mtu: 1450,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -239,21 +247,114 @@ pub enum Reply {
     Reloaded(String),
 }
 
-/// A reply on the wire: the payload or an error message meant for a person.
+/// A reply on the wire: the payload, or an error saying what went wrong and what to do.
+///
+/// `{"ok":{...}}` or `{"error":{"kind":"unknown_network","message":"...","field":"network"}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     /// The request succeeded.
     Ok(Reply),
-    /// The request failed; the message says why and what to do.
-    Error(String),
+    /// The request failed.
+    Error(ApiError),
+}
+
+/// What kind of failure a refused request met: what a program branches on (the CLI's exit
+/// status, the CNI plugin's error code). Stable names on the wire, in `snake_case`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request is malformed or a value in it is invalid (a name, an address outside the
+    /// node's subnet); `field` names which.
+    BadRequest,
+    /// No network of that name is configured on this node.
+    UnknownNetwork,
+    /// The network namespace (name, path or PID) does not exist.
+    NamespaceNotFound,
+    /// The node's address pool for the network is full.
+    AddressExhausted,
+    /// The requested address is leased to another container.
+    AddressTaken,
+    /// The container's interface is already attached to another network.
+    AlreadyAttached,
+    /// The interface name is taken inside the container by a device that is not ours.
+    NameTaken,
+    /// The caller may not use the control socket, or the daemon may not do what it was asked.
+    PermissionDenied,
+    /// The daemon cannot serve the request now (too many connections, the address store is
+    /// unreachable); trying again later may succeed.
+    Unavailable,
+    /// Anything else: the message says what failed.
+    Internal,
+    /// A kind this client does not know (sent by a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The kind's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UnknownNetwork => "unknown_network",
+            ErrorKind::NamespaceNotFound => "namespace_not_found",
+            ErrorKind::AddressExhausted => "address_exhausted",
+            ErrorKind::AddressTaken => "address_taken",
+            ErrorKind::AlreadyAttached => "already_attached",
+            ErrorKind::NameTaken => "name_taken",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: its kind, a message for a person (what is wrong and what to do), and the
+/// request field or object it concerns, when there is one (`network`, `netns`, `ip`, `mac`,
+/// `ifname`, `container_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What is wrong and what to do about it.
+    pub message: String,
+    /// The request field or object concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error of `kind` with `message`, about no field in particular.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// The same error, about `field`.
+    #[must_use]
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
 }
 
 /// Why a control request could not be completed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The daemon is not listening where expected.
-    #[error("cannot reach vswitchd at {path}: {source} (is the daemon running? see --socket)")]
+    #[error("{}", connect_message(path, source))]
     Connect {
         /// The socket path tried.
         path: String,
@@ -271,7 +372,53 @@ pub enum ClientError {
     Protocol(#[from] serde_json::Error),
     /// The daemon refused the request.
     #[error("{0}")]
-    Refused(String),
+    Refused(ApiError),
+}
+
+impl ClientError {
+    /// Whether the daemon could not be reached at all: no socket, nobody listening.
+    pub fn is_daemon_missing(&self) -> bool {
+        matches!(self, ClientError::Connect { source, .. }
+            if source.kind() != std::io::ErrorKind::PermissionDenied)
+    }
+
+    /// The kind of failure, as the daemon would have said it; `None` when the daemon could not
+    /// be reached (see [`ClientError::is_daemon_missing`]).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            ClientError::Refused(e) => Some(e.kind),
+            ClientError::Connect { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Some(ErrorKind::PermissionDenied)
+            }
+            ClientError::Connect { .. } => None,
+            ClientError::Io(_) | ClientError::Closed => Some(ErrorKind::Unavailable),
+            ClientError::Protocol(_) => Some(ErrorKind::Internal),
+        }
+    }
+}
+
+/// What to say when the control socket cannot be reached, by why.
+fn connect_message(path: &str, source: &std::io::Error) -> String {
+    match source.raw_os_error() {
+        Some(libc::ENOENT) => format!(
+            "vswitchd is not running: there is no control socket at {path}; start it \
+             (vswitchd --config FILE), or point --socket (VSWITCH_SOCKET) at its \
+             node.control_socket"
+        ),
+        Some(libc::ECONNREFUSED) => format!(
+            "vswitchd is not running: nobody listens on {path} (a daemon that stopped left it); \
+             start vswitchd, or point --socket (VSWITCH_SOCKET) at the running daemon's socket"
+        ),
+        Some(libc::EACCES | libc::EPERM) => format!(
+            "permission denied on {path}: the control socket is for root and the members of \
+             node.control_group; run as root or as a member of that group"
+        ),
+        _ => format!(
+            "cannot reach vswitchd at {path}: {source} (is the daemon running? see --socket)"
+        ),
+    }
 }
 
 /// Sends one request and waits for its reply. Attach may take a few seconds (netlink, store).
@@ -295,7 +442,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     }
     match serde_json::from_str(&reply)? {
         Response::Ok(reply) => Ok(reply),
-        Response::Error(message) => Err(ClientError::Refused(message)),
+        Response::Error(e) => Err(ClientError::Refused(e)),
     }
 }
 
@@ -324,11 +471,57 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let r = Response::Error("no network is named \"red\"".into());
+        let r = Response::Error(
+            ApiError::new(ErrorKind::UnknownNetwork, "no network is named \"red\"")
+                .field("network"),
+        );
         let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(json, r#"{"error":"no network is named \"red\""}"#);
+        assert_eq!(
+            json,
+            r#"{"error":{"kind":"unknown_network","message":"no network is named \"red\"","field":"network"}}"#
+        );
+        let r = Response::Error(ApiError::new(ErrorKind::Internal, "x"));
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"error":{"kind":"internal","message":"x"}}"#);
         let r = Response::Ok(Reply::Detached(false));
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"ok":{"detached":false}}"#);
+    }
+
+    #[test]
+    fn kinds_have_stable_names_and_unknown_ones_are_read() {
+        for kind in [
+            ErrorKind::BadRequest,
+            ErrorKind::UnknownNetwork,
+            ErrorKind::NamespaceNotFound,
+            ErrorKind::AddressExhausted,
+            ErrorKind::AddressTaken,
+            ErrorKind::AlreadyAttached,
+            ErrorKind::NameTaken,
+            ErrorKind::PermissionDenied,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorKind>(&json).unwrap(), kind);
+        }
+        let e: Response =
+            serde_json::from_str(r#"{"error":{"kind":"from_the_future","message":"m"}}"#).unwrap();
+        assert!(
+            matches!(e, Response::Error(e) if e.kind == ErrorKind::Unknown && e.field.is_none())
+        );
+    }
+
+    #[test]
+    fn a_missing_daemon_says_so_and_what_to_do() {
+        let e = call(Path::new("/nonexistent/vswitchd.sock"), &Request::Status).unwrap_err();
+        assert!(e.is_daemon_missing());
+        assert_eq!(e.kind(), None);
+        let text = e.to_string();
+        assert!(
+            text.contains("vswitchd is not running") && text.contains("--socket"),
+            "{text}"
+        );
     }
 }

@@ -28,8 +28,8 @@ use netns::{NetNs, NsRef, Offloads};
 use tracing::{info, warn};
 
 use super::api::{
-    AttachRequest, Attachment, DetachRequest, FdbView, NetworkView, PeerView, PortView, Reply,
-    Request, Response, StatusView, Traffic,
+    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, NetworkView, PeerView,
+    PortView, Reply, Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
@@ -205,7 +205,7 @@ impl Daemon {
         };
         match result {
             Ok(reply) => Response::Ok(reply),
-            Err(e) => Response::Error(format!("{e:#}")),
+            Err(e) => Response::Error(api_error(&e)),
         }
     }
 
@@ -507,13 +507,25 @@ impl Daemon {
         let network_name = r.network.clone().unwrap_or_else(|| "default".into());
         let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".into());
         let container_id = r.container_id.clone().unwrap_or_else(|| r.netns.clone());
-        netns::validate_ifname(&ifname).context("--ifname")?;
+        netns::validate_ifname(&ifname).map_err(|e| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!("interface name {ifname:?}: {e}; choose another --ifname"),
+            )
+            .field("ifname")
+        })?;
         let Some(network) = state.networks.get(&network_name) else {
             let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
-            anyhow::bail!(
-                "no network is named {network_name:?}; this node carries: {}",
-                known.join(", ")
-            );
+            return Err(ApiError::new(
+                ErrorKind::UnknownNetwork,
+                format!(
+                    "no network is named {network_name:?}; this node carries: {} (add it to \
+                     [[networks]] in the config and run vswitch reload, or pick one of those)",
+                    known.join(", ")
+                ),
+            )
+            .field("network")
+            .into());
         };
         if let Some(existing) = state
             .ports
@@ -523,18 +535,23 @@ impl Daemon {
             .find(|r| r.attachment.container_id == container_id && r.attachment.ifname == ifname)
         {
             let a = &existing.attachment;
-            anyhow::ensure!(
-                a.network == network_name,
-                "{container_id} {ifname} is already attached to network {:?}; detach it first",
-                a.network
-            );
+            if a.network != network_name {
+                return Err(ApiError::new(
+                    ErrorKind::AlreadyAttached,
+                    format!(
+                        "{container_id} {ifname} is already attached to network {:?}; detach it \
+                         first (vswitch detach {container_id} --ifname {ifname}) or use another \
+                         interface name",
+                        a.network
+                    ),
+                )
+                .field("container_id")
+                .into());
+            }
             return Ok(a.clone());
         }
-        let ns_ref: NsRef = r
-            .netns
-            .parse()
-            .with_context(|| format!("network namespace {:?}", r.netns))?;
-        let ns = NetNs::open(&ns_ref)?;
+        check_labels(&r.labels)?;
+        let ns = open_namespace(&r.netns)?;
         let (network_vni, mtu, gateway) = (network.vni, network.config.mtu, network.gateway);
         let addresses = state
             .leases
@@ -553,6 +570,7 @@ impl Daemon {
             address6: addresses.v6,
             gateway: IpAddr::V4(gateway),
             mtu,
+            labels: r.labels.clone(),
         };
         let id = ns.id();
         let record = PortRecord {
@@ -1117,4 +1135,199 @@ where
         first.get_or_insert(value);
     }
     first.ok_or_else(|| DatapathStopped.into())
+}
+
+/// Labels must be few and short, and say something: a key of at most 253 bytes and a value of
+/// at most 253, neither with control characters, at most 64 of them.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let bad = |why: String| ApiError::new(ErrorKind::BadRequest, why).field("labels");
+    if labels.len() > 64 {
+        return Err(bad(format!("{} labels; at most 64 are kept", labels.len())));
+    }
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 253 || value.len() > 253 {
+            return Err(bad(format!(
+                "label {key:?}: keys are 1 to 253 bytes long, values at most 253"
+            )));
+        }
+        if key.chars().chain(value.chars()).any(char::is_control) {
+            return Err(bad(format!(
+                "label {key:?}: control characters are not allowed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Opens the namespace an attach names, saying what is wrong and what to do when it cannot.
+fn open_namespace(netns: &str) -> Result<NetNs, ApiError> {
+    let ns_ref: NsRef = netns.parse().map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "network namespace {netns:?}: {e}; give an `ip netns` name, a path such as \
+                 /proc/PID/ns/net, or pid:PID"
+            ),
+        )
+        .field("netns")
+    })?;
+    NetNs::open(&ns_ref).map_err(|e| {
+        let path = ns_ref.path();
+        let path = path.display();
+        let (kind, message) = match (e.errno(), &ns_ref) {
+            (Some(libc::ENOENT | libc::ESRCH), NsRef::Name(name)) => (
+                ErrorKind::NamespaceNotFound,
+                format!(
+                    "no network namespace is named {name:?} (there is no {path}): create it \
+                     (ip netns add {name}), or name the container's namespace by path or pid:PID"
+                ),
+            ),
+            (Some(libc::ENOENT | libc::ESRCH), NsRef::Pid(pid)) => (
+                ErrorKind::NamespaceNotFound,
+                format!(
+                    "no process {pid} (there is no {path}): give the PID of a process running \
+                     in the container"
+                ),
+            ),
+            (Some(libc::ENOENT | libc::ESRCH), NsRef::Path(_)) => (
+                ErrorKind::NamespaceNotFound,
+                format!(
+                    "no network namespace at {path}: check the path (it must exist for as long \
+                     as the container does)"
+                ),
+            ),
+            (Some(libc::EACCES | libc::EPERM), _) => (
+                ErrorKind::PermissionDenied,
+                format!(
+                    "vswitchd may not open {path} ({e}): run vswitchd as root (it needs \
+                     CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+                ),
+            ),
+            _ => (
+                ErrorKind::BadRequest,
+                format!("network namespace {netns:?}: {e}"),
+            ),
+        };
+        ApiError::new(kind, message).field("netns")
+    })
+}
+
+/// The typed form of a failed request: the kind of the first error of the chain that has one
+/// (an [`ApiError`] raised on purpose, an address pool's refusal, the kernel's permission
+/// error), with the whole chain of context as the message.
+fn api_error(e: &anyhow::Error) -> ApiError {
+    let mut message = format!("{e:#}");
+    let (kind, field, raised) =
+        e.chain()
+            .find_map(kind_of)
+            .unwrap_or((ErrorKind::Internal, None, false));
+    if kind == ErrorKind::PermissionDenied && !raised {
+        message.push_str(
+            " (vswitchd needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, to set up interfaces)",
+        );
+    }
+    ApiError {
+        kind,
+        message,
+        field,
+    }
+}
+
+/// The kind of one error of a chain, the field it concerns, and whether it was raised as an
+/// [`ApiError`]; `None` when it says nothing about the kind.
+fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<(ErrorKind, Option<String>, bool)> {
+    let permission = |denied: bool| denied.then_some((ErrorKind::PermissionDenied, None, false));
+    if let Some(e) = e.downcast_ref::<ApiError>() {
+        return Some((e.kind, e.field.clone(), true));
+    }
+    if let Some(e) = e.downcast_ref::<ipam::Error>() {
+        let (kind, field) = match e {
+            ipam::Error::AddressesExhausted { .. } => (ErrorKind::AddressExhausted, None),
+            ipam::Error::AddressInUse { .. } | ipam::Error::OwnerHoldsOther { .. } => {
+                (ErrorKind::AddressTaken, Some("ip"))
+            }
+            ipam::Error::AddressOutsideSubnet { .. } | ipam::Error::AddressReserved { .. } => {
+                (ErrorKind::BadRequest, Some("ip"))
+            }
+            ipam::Error::InvalidName { field, .. } => (
+                ErrorKind::BadRequest,
+                match *field {
+                    "container id" => Some("container_id"),
+                    "interface name" => Some("ifname"),
+                    _ => None,
+                },
+            ),
+            ipam::Error::Etcd(_)
+            | ipam::Error::EtcdTimeout { .. }
+            | ipam::Error::Contention { .. } => (ErrorKind::Unavailable, None),
+            _ => (ErrorKind::Internal, None),
+        };
+        return Some((kind, field.map(str::to_owned), false));
+    }
+    match e.downcast_ref::<attach::AttachError>() {
+        Some(attach::AttachError::NameTaken { .. }) => {
+            return Some((ErrorKind::NameTaken, Some("ifname".into()), false));
+        }
+        Some(attach::AttachError::Netns(e)) => return permission(e.is_permission_denied()),
+        None => {}
+    }
+    if let Some(e) = e.downcast_ref::<netns::Error>() {
+        return permission(e.is_permission_denied());
+    }
+    if let Some(e) = e.downcast_ref::<std::io::Error>() {
+        return permission(e.kind() == std::io::ErrorKind::PermissionDenied);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind_field_and_context() {
+        let raised = anyhow::Error::new(
+            ApiError::new(ErrorKind::UnknownNetwork, "no network is named \"red\"")
+                .field("network"),
+        )
+        .context("attaching c1");
+        let e = api_error(&raised);
+        assert_eq!(e.kind, ErrorKind::UnknownNetwork);
+        assert_eq!(e.field.as_deref(), Some("network"));
+        assert_eq!(e.message, "attaching c1: no network is named \"red\"");
+
+        let name_taken = anyhow::Error::new(attach::AttachError::NameTaken {
+            ifname: "eth0".into(),
+            netns: "c1".into(),
+        });
+        let e = api_error(&name_taken);
+        assert_eq!(
+            (e.kind, e.field.as_deref()),
+            (ErrorKind::NameTaken, Some("ifname"))
+        );
+
+        let denied = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM))
+            .context("creating the TAP");
+        let e = api_error(&denied);
+        assert_eq!(e.kind, ErrorKind::PermissionDenied);
+        assert!(e.message.contains("needs root"), "{}", e.message);
+
+        let other = anyhow::anyhow!("something broke");
+        assert_eq!(api_error(&other).kind, ErrorKind::Internal);
+    }
+
+    #[test]
+    fn missing_namespaces_say_what_to_do() {
+        let e = open_namespace("vswitch-test-no-such-ns").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NamespaceNotFound);
+        assert!(e.message.contains("ip netns add"), "{}", e.message);
+        let e = open_namespace("pid:4000000").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NamespaceNotFound);
+        assert!(e.message.contains("no process 4000000"), "{}", e.message);
+        let e = open_namespace("pid:x").unwrap_err();
+        assert_eq!(
+            (e.kind, e.field.as_deref()),
+            (ErrorKind::BadRequest, Some("netns"))
+        );
+    }
 }
