@@ -27,6 +27,7 @@ fn each_mistake_says_what_to_do_with_its_own_exit_status() {
         name: "blue",
         vni: 43,
         subnet: std::net::Ipv4Addr::new(10, 245, 0, 0),
+        sealed: false,
     };
     let mut lab = vswitch_lab("err", 1, &[NetworkSpec::DEFAULT, blue], "");
     let socket = lab.hosts[0].socket.clone();

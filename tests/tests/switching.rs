@@ -51,6 +51,7 @@ fn networks_with_different_vnis_are_isolated() {
         name: "blue",
         vni: 100,
         subnet: Ipv4Addr::new(10, 244, 0, 0),
+        sealed: false,
     };
     let red = NetworkSpec {
         name: "red",

@@ -8,4 +8,5 @@ pub mod daemon;
 pub mod leases;
 pub mod metrics;
 pub mod render;
+pub mod sealing;
 pub mod state;

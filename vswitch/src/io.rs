@@ -11,7 +11,7 @@ mod worker;
 
 pub use datapath::{
     Datapath, DatapathStopped, FDB_LISTING_INTERVAL, FRESH_INTERVAL, FdbListing, SNAPSHOT_INTERVAL,
-    TEST_PANIC_ENV, WorkerSnapshot,
+    TEST_PANIC_ENV, WorkerSnapshot, Workers,
 };
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};

@@ -76,10 +76,15 @@ impl SealedHeader {
         buf[12..20].copy_from_slice(&self.counter.to_be_bytes());
     }
 
-    /// Reads the header of a sealed datagram. `Runt` when it cannot hold a header, an Ethernet
-    /// header and a tag.
+    /// Reads the header of a sealed datagram. `Runt` when it cannot hold a header and a tag
+    /// (with nothing between them it is a keepalive, which confirms a session), or holds less
+    /// than an Ethernet header between them.
     pub fn read(datagram: &[u8]) -> Result<SealedHeader, DropReason> {
-        if datagram.len() < SEALED_HEADER_LEN + ETHERNET_HEADER_LEN + SEALED_TAG_LEN {
+        let body = datagram
+            .len()
+            .checked_sub(SEALED_HEADER_LEN + SEALED_TAG_LEN)
+            .ok_or(DropReason::Runt)?;
+        if body != 0 && body < ETHERNET_HEADER_LEN {
             return Err(DropReason::Runt);
         }
         let be32 = |at: usize| {
@@ -230,6 +235,12 @@ mod tests {
         assert_eq!(SealedHeader::read(&datagram), Ok(header));
         assert_eq!(
             SealedHeader::read(&datagram[..datagram.len() - 1]),
+            Err(DropReason::Runt)
+        );
+        let keepalive = &datagram[..SEALED_HEADER_LEN + SEALED_TAG_LEN];
+        assert_eq!(SealedHeader::read(keepalive), Ok(header));
+        assert_eq!(
+            SealedHeader::read(&keepalive[..keepalive.len() - 1]),
             Err(DropReason::Runt)
         );
         assert_eq!(classify(&datagram), Kind::Sealed);

@@ -94,6 +94,10 @@ pub struct NodeConfig {
     /// 0660 and owned by this group); only root and the daemon's own user when absent.
     #[serde(default)]
     pub control_group: Option<String>,
+    /// The file holding this node's private key (`vswitch keygen` writes one), needed when a
+    /// network is sealed.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.
@@ -118,9 +122,14 @@ pub struct NetworkConfig {
     /// An optional cluster-wide IPv6 ULA prefix, split into one /64 per node.
     #[serde(default)]
     pub subnet6: Option<Ipv6Net>,
-    /// The inner (container) MTU.
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    /// The inner (container) MTU; by default 1450, or 1422 on a sealed network (see
+    /// [`NetworkConfig::mtu`]).
+    #[serde(default, rename = "mtu")]
+    pub mtu_setting: Option<u16>,
+    /// Seal the network: frames cross the underlay only authenticated and encrypted, to and
+    /// from peers whose public keys are configured.
+    #[serde(default)]
+    pub encryption: bool,
     /// Seconds a released address rests before it is handed out again (while others are free),
     /// so stale ARP and conntrack entries elsewhere do not meet a new container.
     #[serde(default = "default_address_hold")]
@@ -138,6 +147,9 @@ pub struct PeerConfig {
     /// Its VXLAN port, when it differs from this node's.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Its public key (`vswitch pubkey` on that node), needed for sealed networks.
+    #[serde(default)]
+    pub public_key: Option<String>,
     /// The networks it carries; all of this node's networks when absent.
     #[serde(default)]
     pub networks: Option<Vec<String>>,
@@ -253,9 +265,6 @@ fn default_subnet() -> Ipv4Net {
 fn default_node_prefix_len() -> u8 {
     24
 }
-fn default_mtu() -> u16 {
-    DEFAULT_MTU
-}
 fn default_address_hold() -> u64 {
     30
 }
@@ -303,7 +312,8 @@ impl NetworkConfig {
             node_prefix_len: default_node_prefix_len(),
             node_subnet: None,
             subnet6: None,
-            mtu: default_mtu(),
+            mtu_setting: None,
+            encryption: false,
             address_hold_secs: default_address_hold(),
         }
     }
@@ -311,6 +321,17 @@ impl NetworkConfig {
     /// The VNI.
     pub fn vni(&self) -> Vni {
         self.vni
+    }
+
+    /// The inner MTU: as configured, else 1450 (1500 less VXLAN over IPv4), less the 28 bytes
+    /// sealing adds on a sealed network.
+    pub fn mtu(&self) -> u16 {
+        let sealing = if self.encryption {
+            crate::tunnel::SEALED_OVERHEAD as u16
+        } else {
+            0
+        };
+        self.mtu_setting.unwrap_or(DEFAULT_MTU - sealing)
     }
 }
 
@@ -362,6 +383,18 @@ impl Config {
     /// Looks up a network by name.
     pub fn network(&self, name: &str) -> Option<&NetworkConfig> {
         self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// The networks `peer` carries, of this node's.
+    pub fn peer_networks<'a>(
+        &'a self,
+        peer: &'a PeerConfig,
+    ) -> impl Iterator<Item = &'a NetworkConfig> + 'a {
+        self.networks.iter().filter(move |n| {
+            peer.networks
+                .as_ref()
+                .is_none_or(|names| names.contains(&n.name))
+        })
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -459,8 +492,8 @@ impl Config {
                     );
                 }
             }
-            if !(576..=9000).contains(&net.mtu) {
-                return err(key("mtu"), format!("{} is not in 576..=9000", net.mtu));
+            if !(576..=9000).contains(&net.mtu()) {
+                return err(key("mtu"), format!("{} is not in 576..=9000", net.mtu()));
             }
         }
         if let Some(group) = &self.node.control_group {
@@ -511,6 +544,31 @@ impl Config {
                     );
                 }
             }
+            match &peer.public_key {
+                Some(text) => {
+                    if let Err(e) = text.parse::<crypto::PublicKey>() {
+                        return err(key("public_key"), format!("{e}"));
+                    }
+                }
+                None => {
+                    if let Some(sealed) = self.peer_networks(peer).find(|n| n.encryption) {
+                        return err(
+                            key("public_key"),
+                            format!(
+                                "network {:?} is sealed: give this peer's public key (`vswitch \
+                                 pubkey` on it prints it)",
+                                sealed.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if self.networks.iter().any(|n| n.encryption) && self.node.private_key.is_none() {
+            return err(
+                "node.private_key".into(),
+                "a network is sealed: name the file `vswitch keygen` wrote".into(),
+            );
         }
         if let StoreConfig::Etcd {
             endpoints,
@@ -643,7 +701,7 @@ mod tests {
         assert_eq!(c.networks.len(), 1);
         let net = &c.networks[0];
         assert_eq!(
-            (net.name.as_str(), net.vni.get(), net.mtu),
+            (net.name.as_str(), net.vni.get(), net.mtu()),
             ("default", 42, 1450)
         );
         assert_eq!(net.subnet.to_string(), "10.244.0.0/16");

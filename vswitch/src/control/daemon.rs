@@ -107,6 +107,8 @@ pub struct Daemon {
     config_path: PathBuf,
     started: Instant,
     datapath: Datapath,
+    /// The handshake thread's view, when a network is sealed.
+    sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
 }
@@ -153,6 +155,7 @@ impl Daemon {
             config_path: config_path.to_owned(),
             started: Instant::now(),
             datapath,
+            sealing: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 config: config.clone(),
                 networks: BTreeMap::new(),
@@ -175,6 +178,9 @@ impl Daemon {
             }
             daemon.restore(&mut state)?;
             daemon.publish_view(&state);
+        }
+        if let Some(sealing) = super::sealing::Sealing::start(&config, daemon.datapath.remote())? {
+            let _ = daemon.sealing.set(sealing);
         }
         info!(
             node = %config.node.name,
@@ -230,7 +236,7 @@ impl Daemon {
                     subnet: IpNet::V4(n.config.subnet),
                     node_subnet: IpNet::V4(n.node_subnet),
                     gateway: IpAddr::V4(n.gateway),
-                    mtu: n.config.mtu,
+                    mtu: n.config.mtu(),
                     ports: state
                         .ports
                         .iter()
@@ -362,12 +368,12 @@ impl Daemon {
         let gateway = first_host(node_subnet);
         let switch_network = switch::NetworkConfig {
             vni,
-            mtu: config.mtu,
+            mtu: config.mtu(),
             gateway: Some(Gateway {
                 ip: gateway,
                 mac: mac_for(gateway),
             }),
-            sealed: false,
+            sealed: config.encryption,
         };
         agreed(
             self.datapath
@@ -552,7 +558,7 @@ impl Daemon {
         }
         check_labels(&r.labels)?;
         let ns = open_namespace(&r.netns)?;
-        let (network_vni, mtu, gateway) = (network.vni, network.config.mtu, network.gateway);
+        let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);
         let addresses = state
             .leases
             .allocate(&network_name, &container_id, &ifname, r.ip)?;
@@ -757,24 +763,24 @@ impl Daemon {
                         network.name
                     ));
                 }
-                Some(current) if current.config.mtu != network.mtu => {
+                Some(current) if current.config.mtu() != network.mtu() => {
                     let update = switch::NetworkConfig {
                         vni: current.vni,
-                        mtu: network.mtu,
+                        mtu: network.mtu(),
                         gateway: Some(Gateway {
                             ip: current.gateway,
                             mac: mac_for(current.gateway),
                         }),
-                        sealed: false,
+                        sealed: network.encryption,
                     };
                     agreed(
                         self.datapath
                             .run(move |w| w.switch().add_network(update.clone()))?,
                     )?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
-                        current.config.mtu = network.mtu;
+                        current.config.mtu_setting = network.mtu_setting;
                     }
-                    changes.push(format!("network {}: MTU {}", network.name, network.mtu));
+                    changes.push(format!("network {}: MTU {}", network.name, network.mtu()));
                 }
                 Some(_) => {}
             }

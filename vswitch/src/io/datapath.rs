@@ -116,6 +116,58 @@ struct Handle {
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
+/// Sends jobs to the workers, from any thread; cheap to clone.
+#[derive(Clone)]
+pub struct Workers {
+    lanes: Arc<[(mpsc::Sender<Job>, Arc<Waker>)]>,
+}
+
+impl Workers {
+    /// Runs `job` on every worker, in worker order, and waits for all the results.
+    pub fn run<R, F>(&self, job: F) -> Result<Vec<R>, DatapathStopped>
+    where
+        R: Send + 'static,
+        F: Fn(&mut Worker) -> R + Send + Sync + 'static,
+    {
+        let job = Arc::new(job);
+        let mut answers = Vec::with_capacity(self.lanes.len());
+        for (jobs, waker) in self.lanes.iter() {
+            let (reply, answer) = mpsc::sync_channel(1);
+            let job = Arc::clone(&job);
+            jobs.send(Box::new(move |w: &mut Worker| {
+                let _ = reply.send(job(w));
+            }))
+            .map_err(|_| DatapathStopped)?;
+            waker.wake().map_err(|_| DatapathStopped)?;
+            answers.push(answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.recv().map_err(|_| DatapathStopped))
+            .collect()
+    }
+
+    /// Runs `job` on the first worker only, without waiting for it.
+    pub fn run_on_first(
+        &self,
+        job: impl FnOnce(&mut Worker) + Send + 'static,
+    ) -> Result<(), DatapathStopped> {
+        let (jobs, waker) = self.lanes.first().ok_or(DatapathStopped)?;
+        jobs.send(Box::new(job)).map_err(|_| DatapathStopped)?;
+        waker.wake().map_err(|_| DatapathStopped)
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+}
+
 /// A handle on the running worker threads.
 pub struct Datapath {
     workers: Vec<Handle>,
@@ -311,24 +363,18 @@ impl Datapath {
         R: Send + 'static,
         F: Fn(&mut Worker) -> R + Send + Sync + 'static,
     {
-        let job = Arc::new(job);
-        let mut answers = Vec::with_capacity(self.workers.len());
-        for worker in &self.workers {
-            let (reply, answer) = mpsc::sync_channel(1);
-            let job = Arc::clone(&job);
-            worker
-                .jobs
-                .send(Box::new(move |w: &mut Worker| {
-                    let _ = reply.send(job(w));
-                }))
-                .map_err(|_| DatapathStopped)?;
-            worker.waker.wake().map_err(|_| DatapathStopped)?;
-            answers.push(answer);
+        self.remote().run(job)
+    }
+
+    /// A handle that sends jobs to the workers from another thread.
+    pub fn remote(&self) -> Workers {
+        Workers {
+            lanes: self
+                .workers
+                .iter()
+                .map(|w| (w.jobs.clone(), Arc::clone(&w.waker)))
+                .collect(),
         }
-        answers
-            .into_iter()
-            .map(|answer| answer.recv().map_err(|_| DatapathStopped))
-            .collect()
     }
 
     /// Stops the workers and waits for them; returns the first error one stopped on, if any.

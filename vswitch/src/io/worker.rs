@@ -776,11 +776,27 @@ impl Worker {
         self.flush();
     }
 
-    /// Installs a session on this worker's switch and sends what waited for it.
+    /// Installs a session on this worker's switch and sends what waited for it. The first
+    /// worker of the side that sends at once also sends a keepalive, so that the peer (which
+    /// sends on a new session only once something arrived on it) can answer at once.
     pub fn install_session(&mut self, install: SessionInstall) {
         let addr = install.peer;
         let send_now = install.send_now;
         if self.switch.install_session(install) && send_now {
+            if self.index == 0
+                && let Some(peer) = self.switch.peer_id(addr)
+            {
+                let datagram = self.underlay.queue_with_room(
+                    addr,
+                    0,
+                    &[0; SEALED_HEADER_LEN],
+                    &[],
+                    SEALED_TAG_LEN,
+                );
+                let _ = self
+                    .switch
+                    .seal(peer, crate::wire::Vni::default(), datagram);
+            }
             self.send_held(addr);
         }
     }

@@ -103,6 +103,8 @@ pub struct NetworkSpec<'a> {
     pub vni: u32,
     /// The first address of its /16.
     pub subnet: Ipv4Addr,
+    /// Sealed: frames cross the underlay only encrypted and authenticated.
+    pub sealed: bool,
 }
 
 impl NetworkSpec<'static> {
@@ -111,6 +113,7 @@ impl NetworkSpec<'static> {
         name: "default",
         vni: 42,
         subnet: Ipv4Addr::new(10, 244, 0, 0),
+        sealed: false,
     };
 }
 
@@ -144,6 +147,10 @@ pub struct Host {
     pub config: PathBuf,
     /// Its `vswitchd` log.
     pub log: PathBuf,
+    /// Its `vswitchd` private key file, for sealed networks.
+    pub private_key: PathBuf,
+    /// The public key that goes with it.
+    pub public_key: String,
     index: usize,
     daemon_pid: Option<u32>,
 }
@@ -291,6 +298,16 @@ impl Lab {
                 "vx0",
             )?;
         }
+        let private_key = host_dir.join("private.key");
+        let secret = crypto::StaticSecret::generate(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
+        );
+        crate::control::sealing::write_private_key(&private_key, &secret).map_err(|e| {
+            LabError::Io {
+                what: format!("writing {}", private_key.display()),
+                source: std::io::Error::other(format!("{e:#}")),
+            }
+        })?;
         self.hosts.push(Host {
             name,
             ns,
@@ -300,6 +317,8 @@ impl Lab {
             socket: host_dir.join("vswitchd.sock"),
             config: host_dir.join("vswitchd.toml"),
             log: host_dir.join("vswitchd.log"),
+            private_key,
+            public_key: secret.public_key().to_string(),
             index,
             daemon_pid: None,
         });
@@ -360,17 +379,18 @@ impl Lab {
             format!("address = \"{}\"", self.underlay_address(host))
         };
         let mut config = format!(
-            "[node]\nname = \"{}\"\n{underlay}\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n{node_extra}\n\n",
+            "[node]\nname = \"{}\"\n{underlay}\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\nprivate_key = \"{}\"\n{node_extra}\n\n",
             host.name,
             self.dir.join(&host.name).join("state").display(),
-            host.socket.display()
+            host.socket.display(),
+            host.private_key.display(),
         );
         for network in networks {
             let [a, b, _, _] = network.subnet.octets();
             let _ = write!(
                 config,
-                "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{a}.{b}.0.0/16\"\n",
-                network.name, network.vni,
+                "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{a}.{b}.0.0/16\"\nencryption = {}\n",
+                network.name, network.vni, network.sealed,
             );
             if !self.claim_node_subnets {
                 let _ = writeln!(config, "node_subnet = \"{a}.{b}.{}.0/24\"", index + 1);
@@ -380,9 +400,10 @@ impl Lab {
         for peer in self.hosts.iter().filter(|h| h.index != index) {
             let _ = write!(
                 config,
-                "[[peers]]\nname = \"{}\"\naddress = \"{}\"\n\n",
+                "[[peers]]\nname = \"{}\"\naddress = \"{}\"\npublic_key = \"{}\"\n\n",
                 peer.name,
-                self.underlay_address(peer)
+                self.underlay_address(peer),
+                peer.public_key,
             );
         }
         config.push_str(extra);

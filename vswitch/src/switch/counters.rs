@@ -206,6 +206,8 @@ pub struct Counters {
     pub arp_suppressed: u64,
     /// Peers created for unknown addresses (`accept_unknown_peers`).
     pub dynamic_peers_created: u64,
+    /// Sealed keepalives received: empty datagrams that confirm a new session.
+    pub keepalives: u64,
     /// Drops, by reason.
     pub drops: DropCounters,
 }
@@ -262,6 +264,7 @@ impl Counters {
         self.gateway_echo_replies += other.gateway_echo_replies;
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
+        self.keepalives += other.keepalives;
         self.drops.add(&other.drops);
     }
 }

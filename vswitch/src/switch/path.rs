@@ -340,6 +340,11 @@ impl Switch {
         let (vni, range, sealed) = if tunnel::classify(datagram) == tunnel::Kind::Sealed {
             let (vni, range, by) = self.open(datagram)?;
             *peer = Some(by);
+            if range.is_empty() {
+                // A keepalive: it confirmed the session (opening it did); nothing to forward.
+                self.counters.keepalives += 1;
+                return Ok(());
+            }
             (vni, range, true)
         } else {
             if peer.is_none() && !self.config.accept_unknown_peers {

@@ -70,6 +70,11 @@ pub enum Update {
         /// Its VXLAN address.
         addr: SocketAddr,
     },
+    /// The peer's first datagram on a session opened: every replica may seal with it now.
+    SessionConfirmed {
+        /// This node's index of the session.
+        local_index: u32,
+    },
 }
 
 impl Switch {
@@ -151,6 +156,7 @@ impl Switch {
                     None => {}
                 }
             }
+            Update::SessionConfirmed { local_index } => self.confirm_session(local_index),
             Update::PeerLost { addr } => {
                 let Some(id) = self.peer_id(addr) else { return };
                 let Some(p) = self.peers.get(id.0 as usize).and_then(Option::as_ref) else {

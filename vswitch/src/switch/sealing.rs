@@ -268,11 +268,28 @@ impl Switch {
             Err(_) => return Err(DropReason::Unauthentic),
         };
         let peer = session.peer;
-        if let Some((remote_index, sealer)) = session.pending_send.take()
-            && let Some(p) = self.peer_mut(peer)
-        {
-            p.sealing.send = Some(SendSession {
+        if session.pending_send.is_some() {
+            self.confirm_session(header.receiver);
+            self.publish(super::Update::SessionConfirmed {
                 local_index: header.receiver,
+            });
+        }
+        Ok((header.vni, SEALED_HEADER_LEN..SEALED_HEADER_LEN + len, peer))
+    }
+
+    /// Seals with the session `local_index` from now on, if it waited for the peer's first
+    /// datagram (this replica's or a sibling's), and lets what was held for the peer go.
+    pub(super) fn confirm_session(&mut self, local_index: u32) {
+        let Some(recv) = self.sessions.recv.get_mut(&local_index) else {
+            return;
+        };
+        let Some((remote_index, sealer)) = recv.pending_send.take() else {
+            return;
+        };
+        let peer = recv.peer;
+        if let Some(p) = self.peer_mut(peer) {
+            p.sealing.send = Some(SendSession {
+                local_index,
                 remote_index,
                 sealer,
             });
@@ -280,7 +297,6 @@ impl Switch {
             let addr = p.addr;
             self.sessions.ready.push(addr);
         }
-        Ok((header.vni, SEALED_HEADER_LEN..SEALED_HEADER_LEN + len, peer))
     }
 
     fn peer_mut(&mut self, peer: PeerId) -> Option<&mut super::Peer> {
