@@ -10,6 +10,7 @@ use vswitch::control::api::{
     self, AttachRequest, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
 use vswitch::control::render;
+use vswitch::control::sealing;
 use vswitch::wire::MacAddr;
 
 #[derive(Parser)]
@@ -52,6 +53,19 @@ enum Command {
     /// Build a throwaway two-host cluster in namespaces on this machine, show it working, measure
     /// it against the kernel's VXLAN, and remove everything.
     Demo(vswitch::demo::DemoOptions),
+    /// Make this node's key pair for sealed networks: write the private key to FILE (mode 0600,
+    /// never over an existing file) and print the public key for the peers' configs.
+    Keygen {
+        /// Where to write the private key (`node.private_key` in the config).
+        #[arg(default_value = "/etc/vswitch/private.key")]
+        file: std::path::PathBuf,
+    },
+    /// Print the public key that goes with a private key file.
+    Pubkey {
+        /// The private key file.
+        #[arg(default_value = "/etc/vswitch/private.key")]
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -188,6 +202,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),
+        Command::Keygen { file } => {
+            use rand::SeedableRng;
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let secret = crypto::StaticSecret::generate(&mut rng);
+            sealing::write_private_key(&file, &secret)?;
+            println!("{}", secret.public_key());
+            Ok(())
+        }
+        Command::Pubkey { file } => {
+            println!("{}", sealing::read_private_key(&file)?.public_key());
+            Ok(())
+        }
     }
 }
 

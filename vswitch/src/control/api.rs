@@ -157,6 +157,9 @@ pub struct PeerView {
     pub macs: usize,
     /// Its traffic.
     pub traffic: Traffic,
+    /// Its session, when it carries a sealed network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<super::sealing::SessionStatus>,
 }
 
 /// One MAC table entry.

@@ -965,13 +965,21 @@ impl Daemon {
                         tx_bytes: s.tx_bytes,
                         drops: s.drops,
                     },
+                    session: None,
                 }
             })
             .collect()
     }
 
     fn peers(&self) -> Vec<PeerView> {
-        Self::peers_of(&self.view(), &self.datapath.fresh_snapshots())
+        let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        if let Some(sealing) = self.sealing.get() {
+            let sessions = sealing.status();
+            for peer in &mut peers {
+                peer.session = sessions.get(&peer.endpoint).cloned();
+            }
+        }
+        peers
     }
 
     /// The daemon's counters for a scrape, from the workers' latest snapshots.

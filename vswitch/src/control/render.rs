@@ -185,12 +185,22 @@ pub fn peers(peers: &[PeerView]) -> String {
                 p.macs.to_string(),
             ];
             row.extend(traffic_cells(&p.traffic));
+            row.push(match &p.session {
+                None => "-".into(),
+                Some(s) => match s.last_handshake_secs {
+                    Some(age) => {
+                        format!("{} ({} handshakes, last {age}s ago)", s.state, s.handshakes)
+                    }
+                    None => s.state.clone(),
+                },
+            });
             row
         })
         .collect();
     table(
         &[
             "PEER", "ENDPOINT", "NETWORKS", "MACS", "RX", "RX BYTES", "TX", "TX BYTES", "DROPS",
+            "SESSION",
         ],
         &rows,
     )
