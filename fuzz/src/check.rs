@@ -40,9 +40,10 @@ pub struct Packet {
     pub ip_id: u16,
 }
 
-/// Reads Ethernet (at most one 802.1Q tag), IPv4 or IPv6 (no extension headers) and a TCP or
-/// UDP header; `None` when the frame is anything else or a declared length runs past its end.
-pub fn parse(frame: &[u8]) -> Option<Packet> {
+/// Reads Ethernet (at most one 802.1Q tag) and IPv4 or IPv6 (no extension headers) up to the
+/// transport header, without reading it: `data` is `l4`, `seq` and `flags` are 0. `None` when
+/// the frame is anything else or the IP length runs past its end.
+pub fn parse_ip(frame: &[u8]) -> Option<Packet> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).ok()?;
     let (mut ethertype, mut l3) = (eth.ether_type(), 14);
     if ethertype == EtherType::VLAN_TAGGED_FRAME {
@@ -74,38 +75,61 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
     } else {
         return None;
     };
-    let l4_bytes = frame.get(l4..end)?;
-    match proto {
+    if end > frame.len() {
+        return None;
+    }
+    Some(Packet {
+        l3,
+        l4,
+        data: l4,
+        end,
+        v6,
+        proto,
+        fragment,
+        seq: 0,
+        flags: 0,
+        ip_id,
+    })
+}
+
+/// Reads what [`parse_ip`] reads and a valid TCP or UDP header behind it; `None` when the frame
+/// is anything else.
+pub fn parse(frame: &[u8]) -> Option<Packet> {
+    let p = parse_ip(frame)?;
+    let l4_bytes = &frame[p.l4..p.end];
+    match p.proto {
         TCP => {
             let tcp = TcpHeaderSlice::from_slice(l4_bytes).ok()?;
-            let flags = l4_bytes[13];
             Some(Packet {
-                l3,
-                l4,
-                data: l4 + usize::from(tcp.data_offset()) * 4,
-                end,
-                v6,
-                proto,
-                fragment,
+                data: p.l4 + usize::from(tcp.data_offset()) * 4,
                 seq: tcp.sequence_number(),
-                flags,
-                ip_id,
+                flags: l4_bytes[13],
+                ..p
             })
         }
         UDP if l4_bytes.len() >= 8 => Some(Packet {
-            l3,
-            l4,
-            data: l4 + 8,
-            end,
-            v6,
-            proto,
-            fragment,
-            seq: 0,
-            flags: 0,
-            ip_id,
+            data: p.l4 + 8,
+            ..p
         }),
         _ => None,
     }
+}
+
+/// After `complete_partial_checksum` changed `frame`: the TCP or UDP checksum verifies. Only
+/// the IP layer is read, since the completion (like a NIC's) does not look into the
+/// transport header beyond its checksum field.
+pub fn assert_completed(frame: &[u8]) {
+    let p = parse_ip(frame).expect("completed a frame that does not parse as IP");
+    assert!(
+        p.proto == TCP || p.proto == UDP,
+        "completed a frame that is neither TCP nor UDP"
+    );
+    let field = p.l4 + if p.proto == TCP { 16 } else { 6 };
+    assert!(field + 2 <= p.end, "completed past the IP packet");
+    assert!(
+        transport_ok(frame, &p),
+        "completed checksum does not verify"
+    );
 }
 
 /// RFC 1071 sum of `data` added to `acc`, unfolded.
