@@ -11,7 +11,7 @@
 //! Checked, beyond "no panic": every frame emitted is well formed and its vnet header agrees
 //! with it (see `check::assert_coalesced`: a super-frame segments back into well-formed
 //! frames); together they stand for exactly the frames pushed, to the ports they were pushed
-//! to; nothing is held after a flush; with `pending-fixes`, packets whose IPv4 header
+//! to; nothing is held after a flush; packets whose IPv4 header
 //! checksum is wrong pass through unmerged.
 
 use std::cell::RefCell;
@@ -67,14 +67,11 @@ fuzz_target!(|input: &[u8]| {
         coalescer.flush(&mut emit);
         assert_eq!(coalescer.open_flows(), 0, "flows held after a flush");
         assert_eq!(emitted, pushed, "frames lost, duplicated or sent elsewhere");
-        // Known: the coalescer does not verify IPv4 header checksums, so a packet whose header
-        // is corrupt merges and leaves with a recomputed, valid one (Linux's GRO refuses to
-        // merge it); see fuzz/regressions/coalesce.
-        if cfg!(feature = "pending-fixes") {
-            assert_eq!(
-                bad_out, bad_in,
-                "packets with a bad IPv4 header checksum merged"
-            );
-        }
+        // A packet whose IPv4 header is corrupt never merges into one with a recomputed,
+        // valid header (Linux's GRO refuses to merge it too).
+        assert_eq!(
+            bad_out, bad_in,
+            "packets with a bad IPv4 header checksum merged"
+        );
     });
 });

@@ -81,6 +81,7 @@ impl Fixture {
                 aging: Duration::from_secs(2),
                 max_entries: 64,
                 max_per_port: 1,
+                max_per_peer: 16,
             },
             accept_unknown_peers,
             max_dynamic_peers: 2,
@@ -124,7 +125,7 @@ impl Fixture {
         let arp = arp_request(REMOTE_MAC, REMOTE_IP, PORT_A_IP);
         let mut datagram = tunnel::encap_header(vni42).to_vec();
         datagram.extend_from_slice(&arp);
-        switch.handle_datagram(start, PEER, &datagram, &mut out);
+        switch.handle_datagram(start, PEER, &mut datagram, &mut out);
         let mut updates = Vec::new();
         switch.take_updates(&mut updates);
         let mut sibling = sibling;

@@ -127,6 +127,15 @@ pub(crate) fn seal_macs(key: &[u8; 32], message: &mut [u8]) {
     message[mac1_at + MAC_LEN..].fill(0);
 }
 
+/// Writes the mac fields of `message` (a whole initiation or response of the right length) for
+/// the holder of `receiver`, as its sender does; does nothing to a message too short for them.
+/// For tools and fuzzing that craft messages by hand.
+pub fn seal_mac1(receiver: &PublicKey, message: &mut [u8]) {
+    if message.len() >= 2 * MAC_LEN {
+        seal_macs(&mac1_key(receiver), message);
+    }
+}
+
 /// Whether mac1 of `message` (a whole initiation or response) is right, in constant time.
 pub(crate) fn mac1_ok(key: &[u8; 32], message: &[u8]) -> bool {
     let mac1_at = message.len() - 2 * MAC_LEN;

@@ -367,7 +367,8 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let mut err = toml_error(path, text, &inner);
-            if key != "." {
+            // A key spelled as the empty string leaves an empty path: keep the error's own key.
+            if key != "." && !key.is_empty() {
                 err.key = key;
             }
             err

@@ -314,6 +314,11 @@ fn mergeable(frame: &[u8], seg: &Seg) -> Option<bool> {
     if seg.payload() == 0 {
         return None;
     }
+    // The merged header's checksum is computed afresh, so a packet whose IPv4 header does not
+    // verify is passed on as it is, for the receiver to drop, never merged (as Linux's GRO).
+    if !ip.v6 && checksum(frame.get(ip.l3..ip.l4)?, 0) != 0 {
+        return None;
+    }
     let fits = match seg.l4 {
         L4::Tcp { flags, .. } => tcp::mergeable(frame, ip, flags),
         L4::Udp => udp::mergeable(frame, ip),

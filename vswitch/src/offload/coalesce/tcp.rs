@@ -311,6 +311,17 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_ipv4_header_checksum_is_never_merged() {
+        let spec = Spec::default();
+        let (hdr, frame, segs) = split(&spec, 1, ACK, 2000, 1000);
+        let mut bad = fixtures::tcp(&spec, 2001, ACK, &payload(1000));
+        bad[24] ^= 0x01;
+        let frames = on(0, &[segs[0].clone(), segs[1].clone(), bad.clone()]);
+        let out = push_all(&mut Coalescer::new(), &frames, true);
+        assert_eq!(out, vec![(0, hdr, frame), (0, zero(), bad)]);
+    }
+
+    #[test]
     fn partial_checksums_are_merged() {
         for v6 in [false, true] {
             let spec = Spec {
