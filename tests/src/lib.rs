@@ -125,3 +125,15 @@ pub fn fdb(lab: &Lab, host: usize) -> Vec<FdbView> {
         other => panic!("unexpected reply {other:?}"),
     }
 }
+
+/// How many frames or datagrams `vswitchd` on `host` dropped for `reason` (its snake_case name).
+pub fn drops(lab: &Lab, host: usize, reason: &str) -> u64 {
+    match lab.call(host, &Request::Status).expect("status") {
+        Reply::Status(s) => s
+            .drops
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map_or(0, |(_, n)| *n),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}

@@ -12,9 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
-use vswitch::control::api::{Reply, Request};
 use vswitch::offload::VnetHdr;
-use vswitch_e2e::{Capture, NetworkSpec, reaches, vswitch_lab};
+use vswitch_e2e::{Capture, NetworkSpec, drops, reaches, vswitch_lab};
 
 const HOSTILE: &[u8] = b"HOSTILE-FRAME-MARKER";
 const HONEST_UDP: &[u8] = b"HONEST-UDP-MARKER";
@@ -242,17 +241,6 @@ fn packets_with(pcap: &[u8], marker: &[u8]) -> usize {
         }
     }
     n
-}
-
-fn drops(lab: &vswitch_e2e::Lab, host: usize, reason: &str) -> u64 {
-    match lab.call(host, &Request::Status).expect("status") {
-        Reply::Status(s) => s
-            .drops
-            .iter()
-            .find(|(r, _)| r == reason)
-            .map_or(0, |(_, n)| *n),
-        other => panic!("unexpected reply {other:?}"),
-    }
 }
 
 #[test]

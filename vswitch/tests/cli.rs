@@ -64,7 +64,9 @@ fn the_cli_says_when_no_daemon_listens() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot reach vswitchd at /nonexistent/vswitchd.sock"),
+        stderr.contains(
+            "vswitchd is not running: there is no control socket at /nonexistent/vswitchd.sock"
+        ),
         "{stderr}"
     );
 }

@@ -520,24 +520,40 @@ impl Worker {
                         slots,
                         coalescer,
                         counters,
+                        segments,
                         ..
                     } = self;
+                    let mut deliver = |frame: &[u8]| {
+                        for id in out.ports() {
+                            let Some(&slot) = slots.get(id) else { continue };
+                            let Some(Some(port)) = ports.get(slot) else {
+                                continue;
+                            };
+                            if port.write.has_vnet_hdr() {
+                                coalescer.push(slot as u32, frame, &mut |slot, hdr, bytes| {
+                                    write_slot(ports, counters, slot as usize, hdr, bytes);
+                                });
+                            } else if port.write.write(&VnetHdr::default(), frame).is_err() {
+                                counters.tap_write_errors += 1;
+                            }
+                        }
+                    };
+                    let offload = *out.offload();
+                    if offload.is_gso() {
+                        // A peer that kept offloads end to end sent a TCP super-frame: cut it
+                        // into MTU-sized segments with full checksums, as GSO would have.
+                        segments.clear();
+                        if offload::segment(&offload.hdr, frame, segments).is_err() {
+                            counters.offload_errors += 1;
+                            continue;
+                        }
+                        segments.iter().for_each(&mut deliver);
+                        continue;
+                    }
                     // A sender whose checksum offload never ran (a Linux peer behind a veth)
                     // left only the pseudo-header sum: finish it, as its NIC would have.
                     complete_partial_checksum(frame);
-                    for id in out.ports() {
-                        let Some(&slot) = slots.get(id) else { continue };
-                        let Some(Some(port)) = ports.get(slot) else {
-                            continue;
-                        };
-                        if port.write.has_vnet_hdr() {
-                            coalescer.push(slot as u32, frame, &mut |slot, hdr, bytes| {
-                                write_slot(ports, counters, slot as usize, hdr, bytes);
-                            });
-                        } else if port.write.write(&VnetHdr::default(), frame).is_err() {
-                            counters.tap_write_errors += 1;
-                        }
-                    }
+                    deliver(frame);
                 }
             }
         }

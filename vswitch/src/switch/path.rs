@@ -409,7 +409,7 @@ impl Switch {
         }
         let (_, l3) = security::inner_ethertype(inner)?;
         if inner.len() > l3 + mtu {
-            return Err(DropReason::OverMtu);
+            out.offload = peer_super_frame(inner, mtu).ok_or(DropReason::OverMtu)?;
         }
         let arp = if eth.ethertype() == EtherType::ARP {
             Some(ArpPacket::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?)
@@ -444,6 +444,32 @@ impl Switch {
         }
         Ok(())
     }
+}
+
+/// A TCP segment from a peer larger than the MTU: a super-frame from a peer that keeps
+/// offloads end to end (a Linux VXLAN device over a veth hands the socket the unsegmented
+/// packet), to be cut into MTU-sized segments before delivery. It passes the same checks as a
+/// super-frame from a port; anything else over the MTU is dropped.
+fn peer_super_frame(frame: &[u8], mtu: usize) -> Option<Offload> {
+    let ip = wire::IpHeaders::locate(frame).ok()?;
+    if ip.proto != IpProtocol::TCP.0 {
+        return None;
+    }
+    let tcp_header = usize::from(*frame.get(ip.l4 + 12)? >> 4) * 4;
+    let gso_size = mtu.checked_sub(ip.l4 - ip.l3 + tcp_header)?;
+    let hdr = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: if ip.v6 {
+            VnetHdr::GSO_TCPV6
+        } else {
+            VnetHdr::GSO_TCPV4
+        },
+        hdr_len: 0,
+        gso_size: u16::try_from(gso_size).ok()?,
+        csum_start: u16::try_from(ip.l4).ok()?,
+        csum_offset: 16,
+    };
+    offload::validate(&hdr, frame).ok()
 }
 
 /// The drop reason for a vnet header that does not describe its frame.

@@ -601,3 +601,20 @@ pub(super) fn offload_and_security_drops(
     seen.push(limited);
     seen.into_iter().map(|r| r.unwrap()).collect()
 }
+
+#[test]
+fn a_peers_tcp_super_frame_is_taken_to_be_segmented() {
+    let (mut sw, a, _, t) = lab();
+    let mut out = Output::new();
+    // A Linux VXLAN peer over a veth hands over TSO frames unsegmented.
+    let big = tcp4(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), ACK, 20_000);
+    sw.handle_datagram(t, peer_addr(2), &mut datagram(Vni::DEFAULT, &big), &mut out);
+    assert_eq!(out.ports(), &[a]);
+    let offload = *out.offload();
+    assert!(offload.is_gso());
+    assert_eq!(offload.segment_len, 14 + 1450);
+    // SYN or RST on one is refused like any over-MTU frame.
+    let syn = tcp4(mac(2, 0), mac(0, 0), ip(2, 10), ip(0, 10), SYN, 20_000);
+    sw.handle_datagram(t, peer_addr(2), &mut datagram(Vni::DEFAULT, &syn), &mut out);
+    assert_eq!(out.dropped(), Some(DropReason::OverMtu));
+}
