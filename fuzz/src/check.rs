@@ -46,10 +46,14 @@ pub struct Packet {
 pub fn parse_ip(frame: &[u8]) -> Option<Packet> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).ok()?;
     let (mut ethertype, mut l3) = (eth.ether_type(), 14);
-    if ethertype == EtherType::VLAN_TAGGED_FRAME {
-        let tag = SingleVlanHeaderSlice::from_slice(frame.get(14..)?).ok()?;
+    // Up to four tags of any of the VLAN TPIDs (802.1Q, 802.1ad, 0x9100), as the switch takes.
+    for _ in 0..4 {
+        if ![0x8100, 0x88a8, 0x9100].contains(&ethertype.0) {
+            break;
+        }
+        let tag = SingleVlanHeaderSlice::from_slice(frame.get(l3..)?).ok()?;
         ethertype = tag.ether_type();
-        l3 = 18;
+        l3 += 4;
     }
     let rest = frame.get(l3..)?;
     let (l4, end, v6, proto, fragment, ip_id) = if ethertype == EtherType::IPV4 {
