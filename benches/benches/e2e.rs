@@ -152,20 +152,35 @@ fn main() {
     for _ in 0..2 {
         lab.add_host(HostKind::Vswitch).expect("adding a host");
     }
+    let sealed_network = NetworkSpec {
+        name: "sealed",
+        vni: 43,
+        subnet: std::net::Ipv4Addr::new(10, 245, 0, 0),
+        sealed: true,
+    };
     for host in 0..2 {
-        lab.start_vswitchd_with(host, &[NetworkSpec::DEFAULT], &node_extra, "")
-            .expect("starting vswitchd");
+        lab.start_vswitchd_with(
+            host,
+            &[NetworkSpec::DEFAULT, sealed_network],
+            &node_extra,
+            "",
+        )
+        .expect("starting vswitchd");
     }
     let a = lab.add_container(0, "default", None).expect("container");
     let b = lab.add_container(1, "default", None).expect("container");
+    let sealed = Path {
+        from: lab.add_container(0, "sealed", None).expect("container"),
+        to: lab.add_container(1, "sealed", None).expect("container"),
+    };
     let kernel = lab.add_kernel_baseline().expect("kernel baseline");
     let ours = Path { from: a, to: b };
     let theirs = Path {
         from: kernel[0],
         to: kernel[1],
     };
-    // Warm up ARP and the FDB on both paths.
-    for path in [&ours, &theirs] {
+    // Warm up ARP and the FDB on every path.
+    for path in [&ours, &theirs, &sealed] {
         measure(&lab, path, Test::Rtt, seconds);
     }
     // `VSWITCH_BENCH_ONLY=rtt` (or `tcp`, `udp`) runs the tests whose rows name it.
@@ -181,6 +196,7 @@ fn main() {
         seconds.as_secs()
     );
     let mut rows = Vec::new();
+    let mut sealed_row = Row::default();
     for test in tests {
         let names = test.rows();
         let mut figures: Vec<Row> = names.iter().map(|_| Row::default()).collect();
@@ -207,6 +223,18 @@ fn main() {
                     k = values;
                 }
             }
+            if matches!(test, Test::Tcp(1)) {
+                // The sealed network in the same round, against the plain one.
+                let s = measure(&lab, &sealed, test, seconds)
+                    .first()
+                    .map_or(0.0, |&(value, _)| value);
+                let plain = o.first().copied().unwrap_or(0.0);
+                sealed_row.ours.push(s);
+                sealed_row.kernel.push(plain);
+                sealed_row
+                    .ratios
+                    .push(if plain > 0.0 { s / plain } else { 0.0 });
+            }
             for ((o, k), row) in o.into_iter().zip(k).zip(&mut figures) {
                 row.ours.push(o);
                 row.kernel.push(k);
@@ -231,6 +259,21 @@ fn main() {
                 per_round,
             ]);
         }
+    }
+    if !sealed_row.ratios.is_empty() {
+        let per_round = sealed_row
+            .ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        rows.push(vec![
+            "TCP, 1 stream, sealed / plain (Gbit/s)".into(),
+            format!("{:.2}", median(&mut sealed_row.ours)),
+            format!("plain {:.2}", median(&mut sealed_row.kernel)),
+            format!("{:.2}", median(&mut sealed_row.ratios)),
+            per_round,
+        ]);
     }
     print!(
         "{}",
