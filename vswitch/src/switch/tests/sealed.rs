@@ -66,6 +66,37 @@ fn sealed_switch(host: u8, other: u8) -> (Switch, PortId, PeerId) {
     (sw, port, peer)
 }
 
+/// Two sealed switches, A (host 1, the initiator) and B (host 2), with a session between them;
+/// B seals on counter lane `b_lane`.
+struct Pair {
+    a: Switch,
+    a_port: PortId,
+    b_at_a: PeerId,
+    b: Switch,
+    b_port: PortId,
+    a_at_b: PeerId,
+    a_keys: SessionKeys,
+    b_keys: SessionKeys,
+}
+
+fn sealed_pair(seed: u64, b_lane: usize) -> Pair {
+    let (a_keys, b_keys) = session_pair(seed);
+    let (mut a, a_port, b_at_a) = sealed_switch(1, 2);
+    let (mut b, b_port, a_at_b) = sealed_switch(2, 1);
+    install(&mut a, peer_addr(2), &a_keys, 0);
+    install(&mut b, peer_addr(1), &b_keys, b_lane);
+    Pair {
+        a,
+        a_port,
+        b_at_a,
+        b,
+        b_port,
+        a_at_b,
+        a_keys,
+        b_keys,
+    }
+}
+
 /// Seals `frame` as the worker does: header room, frame, tag room.
 fn sealed_datagram(sw: &mut Switch, peer: PeerId, frame: &[u8]) -> Result<Vec<u8>, DropReason> {
     let mut d = vec![0u8; SEALED_HEADER_LEN];
@@ -77,11 +108,15 @@ fn sealed_datagram(sw: &mut Switch, peer: PeerId, frame: &[u8]) -> Result<Vec<u8
 
 #[test]
 fn frames_cross_only_sealed_and_open_on_the_other_side() {
-    let (a_keys, b_keys) = session_pair(1);
-    let (mut a, a_port, b_at_a) = sealed_switch(1, 2);
-    let (mut b, b_port, a_at_b) = sealed_switch(2, 1);
-    install(&mut a, peer_addr(2), &a_keys, 0);
-    install(&mut b, peer_addr(1), &b_keys, 3);
+    let Pair {
+        mut a,
+        a_port,
+        b_at_a,
+        mut b,
+        b_port,
+        a_at_b,
+        ..
+    } = sealed_pair(1, 3);
     let t = Instant::now();
     let mut out = Output::new();
     let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 300);
@@ -108,11 +143,13 @@ fn frames_cross_only_sealed_and_open_on_the_other_side() {
 
 #[test]
 fn hostile_datagrams_are_dropped_by_reason() {
-    let (a_keys, b_keys) = session_pair(2);
-    let (mut a, _, b_at_a) = sealed_switch(1, 2);
-    let (mut b, _, _) = sealed_switch(2, 1);
-    install(&mut a, peer_addr(2), &a_keys, 0);
-    install(&mut b, peer_addr(1), &b_keys, 0);
+    let Pair {
+        mut a,
+        b_at_a,
+        mut b,
+        b_keys,
+        ..
+    } = sealed_pair(2, 0);
     let t = Instant::now();
     let mut out = Output::new();
     let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 100);
@@ -197,11 +234,14 @@ fn frames_wait_for_the_session_instead_of_leaving_in_clear() {
 
 #[test]
 fn a_retired_session_opens_nothing() {
-    let (a_keys, b_keys) = session_pair(5);
-    let (mut a, _, b_at_a) = sealed_switch(1, 2);
-    let (mut b, _, _) = sealed_switch(2, 1);
-    install(&mut a, peer_addr(2), &a_keys, 0);
-    install(&mut b, peer_addr(1), &b_keys, 0);
+    let Pair {
+        mut a,
+        b_at_a,
+        mut b,
+        a_keys,
+        b_keys,
+        ..
+    } = sealed_pair(5, 0);
     let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 10);
     let mut d = sealed_datagram(&mut a, b_at_a, &frame).unwrap();
     b.retire_session(b_keys.local_index);
@@ -214,11 +254,12 @@ fn a_retired_session_opens_nothing() {
 
 /// One drop for each sealing reason, on a fresh pair of sealed switches.
 pub(super) fn sealing_drops() -> Vec<DropReason> {
-    let (a_keys, b_keys) = session_pair(6);
-    let (mut a, _, b_at_a) = sealed_switch(1, 2);
-    let (mut b, _, _) = sealed_switch(2, 1);
-    install(&mut a, peer_addr(2), &a_keys, 0);
-    install(&mut b, peer_addr(1), &b_keys, 0);
+    let Pair {
+        mut a,
+        b_at_a,
+        mut b,
+        ..
+    } = sealed_pair(6, 0);
     let t = Instant::now();
     let mut out = Output::new();
     let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 10);
