@@ -36,7 +36,7 @@ use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
-use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
+use crate::io::{Command, Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
 use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
@@ -375,10 +375,10 @@ impl Daemon {
             }),
             sealed: config.encryption,
         };
-        agreed(
-            self.datapath
-                .run(move |w| w.switch().add_network(switch_network.clone()))?,
-        )?;
+        agreed(self.datapath.ask(|reply| Command::AddNetwork {
+            config: switch_network.clone(),
+            reply,
+        })?)?;
         info!(network = %config.name, %vni, %node_subnet, %gateway, "network up");
         state.networks.insert(
             config.name.clone(),
@@ -402,8 +402,11 @@ impl Daemon {
             .iter()
             .filter_map(|n| state.networks.get(n).map(|n| n.vni))
             .collect();
-        self.datapath
-            .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
+        self.datapath.ask(|reply| Command::AddPeer {
+            addr: endpoint,
+            vnis: vnis.clone(),
+            reply,
+        })?;
         state
             .peers
             .insert(peer.name.clone(), Peer { endpoint, networks });
@@ -490,9 +493,11 @@ impl Daemon {
                 .collect(),
             port_security: true,
         };
-        let added = self
-            .datapath
-            .run(move |w| w.add_port(&queues, port.clone()))?;
+        let added = self.datapath.ask(|reply| Command::AddPort {
+            queues: Arc::clone(&queues),
+            config: port.clone(),
+            reply,
+        })?;
         let ids: Vec<PortId> = added
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -502,7 +507,8 @@ impl Daemon {
             Err(e) => {
                 // Take back what the workers that succeeded added.
                 if let Some(&id) = ids.first() {
-                    self.datapath.run(move |w| w.remove_port(id))?;
+                    self.datapath
+                        .ask(|reply| Command::RemovePort { id, reply })?;
                 }
                 Err(e)
             }
@@ -666,7 +672,8 @@ impl Daemon {
         })?;
         if let Some(i) = port_index {
             let id = state.ports.remove(i).id;
-            self.datapath.run(move |w| w.remove_port(id))?;
+            self.datapath
+                .ask(|reply| Command::RemovePort { id, reply })?;
         } else if let Some(i) = waiting_index {
             state.waiting.remove(i);
         }
@@ -744,7 +751,8 @@ impl Daemon {
             }
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
-                self.datapath.run(move |w| w.switch().remove_network(vni))?;
+                self.datapath
+                    .ask(|reply| Command::RemoveNetwork { vni, reply })?;
             }
             changes.push(format!("network {name} removed"));
         }
@@ -773,10 +781,10 @@ impl Daemon {
                         }),
                         sealed: network.encryption,
                     };
-                    agreed(
-                        self.datapath
-                            .run(move |w| w.switch().add_network(update.clone()))?,
-                    )?;
+                    agreed(self.datapath.ask(|reply| Command::AddNetwork {
+                        config: update.clone(),
+                        reply,
+                    })?)?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu_setting = network.mtu_setting;
                     }
@@ -800,9 +808,9 @@ impl Daemon {
             if !same {
                 if let Some(peer) = state.peers.remove(&name) {
                     let endpoint = peer.endpoint;
-                    self.datapath.run(move |w| {
-                        let id = w.switch().peer_id(endpoint);
-                        id.is_some_and(|id| w.switch().remove_peer(id))
+                    self.datapath.ask(|reply| Command::RemovePeer {
+                        addr: endpoint,
+                        reply,
                     })?;
                 }
                 if wanted.is_none() {
