@@ -77,6 +77,20 @@ fn each_mistake_says_what_to_do_with_its_own_exit_status() {
         10,
         &["eth2 already exists", "choose another --ifname"],
     );
+    // The refusal left the container's own device alone.
+    let eth2 = nl.link_info("eth2").unwrap().expect("eth2 is still there");
+    assert_eq!(eth2.kind.as_deref(), Some("veth"));
+    // Another container id on the interface this one holds: refused, naming the holder.
+    expect(
+        &["attach", &name, "--id", "x4"],
+        10,
+        &[
+            "eth0 in",
+            "is the interface of container",
+            &name,
+            "choose another --ifname",
+        ],
+    );
     expect(
         &["attach", &name, "--ifname", "a/b", "--id", "x3"],
         2,
