@@ -145,8 +145,15 @@ impl Hooks {
                 }
             }
         };
+        let fail_at = read(FAIL_ATTACH_ENV).filter(|&step| {
+            let after_commit = step == AttachStep::Answer;
+            if after_commit {
+                warn!("{FAIL_ATTACH_ENV}: nothing can fail after the commit; ignored");
+            }
+            !after_commit
+        });
         Self {
-            fail_at: read(FAIL_ATTACH_ENV),
+            fail_at,
             kill_at: read(KILL_ATTACH_ENV),
         }
     }
@@ -157,7 +164,7 @@ impl Hooks {
             warn!("{KILL_ATTACH_ENV}: killing the daemon at attach step {step}");
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }
-        if self.fail_at == Some(step) && step != AttachStep::Answer {
+        if self.fail_at == Some(step) {
             anyhow::bail!("{FAIL_ATTACH_ENV}: the attach was made to fail at step {step}");
         }
         Ok(())
