@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use super::{Daemon, Owner, Port, Recorded, SWEEP_INTERVAL, State, open_recorded};
 use crate::control::api::{ApiError, Attachment, ErrorKind};
 use crate::control::attach::{self, mac_for};
+use crate::control::leases::Addresses;
 use crate::control::state::{Intent, PortRecord};
 use crate::io::Command;
 use crate::switch::PortId;
@@ -277,7 +278,7 @@ impl Daemon {
         &self,
         state: &mut State,
         plan: &Plan,
-        addresses: super::super::leases::Addresses,
+        addresses: Addresses,
         done: &mut Done,
     ) -> anyhow::Result<Attachment> {
         let hooks = hooks();
