@@ -111,6 +111,7 @@ pub struct Daemon {
     sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
+    policy: super::policy::PolicyPlane,
 }
 
 fn switch_config(config: &Config) -> SwitchConfig {
@@ -151,6 +152,7 @@ impl Daemon {
         .with_context(|| format!("binding the VXLAN socket on {local}"))?;
         let store = PortStore::open(&config.node.state_dir)?;
         let leases = Leases::open(&config).context("opening the address store")?;
+        let policy = super::policy::PolicyPlane::open(&config.node.state_dir, &config.policies)?;
         let daemon = Arc::new(Self {
             config_path: config_path.to_owned(),
             started: Instant::now(),
@@ -167,6 +169,7 @@ impl Daemon {
                 leases,
             }),
             view: Mutex::default(),
+            policy,
         });
         {
             let mut state = daemon.lock();
@@ -208,6 +211,24 @@ impl Daemon {
             Request::Ports => Ok(Reply::Ports(self.ports())),
             Request::Fdb => Ok(Reply::Fdb(self.fdb())),
             Request::Peers => Ok(Reply::Peers(self.peers())),
+            Request::PolicyApply(r) => self
+                .change(|_| self.policy.apply(&self.datapath, r.policies))
+                .map(Reply::Policy),
+            Request::PolicyDelete(r) => self.change(|_| {
+                let deleted = self.policy.delete(&self.datapath, &r.name)?;
+                Ok(Reply::Policy(if deleted {
+                    format!("deleted {}", r.name)
+                } else {
+                    format!("no policy is named {:?}", r.name)
+                }))
+            }),
+            Request::PolicyList => Ok(Reply::Policies(Box::new(self.policy.list()))),
+            Request::PolicyExplain(r) => self
+                .policy
+                .explain(&r)
+                .map(Reply::Explained)
+                .map_err(anyhow::Error::new),
+            Request::Qos(r) => self.change(|state| self.set_qos(state, &r).map(Reply::Attached)),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -259,6 +280,47 @@ impl Daemon {
             .view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
+        let ports: Vec<_> = state
+            .ports
+            .iter()
+            .map(|p| (p.id, &p.record.attachment))
+            .collect();
+        if let Err(e) = self
+            .policy
+            .sync(&self.datapath, &state.config.policies, &ports)
+        {
+            warn!("putting policies and rate limits in force: {e:#}");
+        }
+    }
+
+    /// Sets or clears the rate limit of an attached container's port, and saves it.
+    fn set_qos(
+        &self,
+        state: &mut State,
+        r: &super::policy::QosRequest,
+    ) -> anyhow::Result<Attachment> {
+        let ifname = r.ifname.as_deref().unwrap_or("eth0");
+        let Some(i) = state.ports.iter().position(|p| {
+            p.record.attachment.container_id == r.container_id
+                && p.record.attachment.ifname == ifname
+        }) else {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{} {ifname} is not attached here", r.container_id),
+            )
+            .field("container_id")
+            .into());
+        };
+        let mtu = state.ports[i].record.attachment.mtu;
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        let mut records = state.records();
+        records[i].attachment.qos = qos;
+        state
+            .store
+            .save(&records)
+            .context("saving the attachment list")?;
+        state.ports[i].record.attachment.qos = qos;
+        Ok(state.ports[i].record.attachment.clone())
     }
 
     fn view(&self) -> Arc<View> {
@@ -336,6 +398,7 @@ impl Daemon {
             }
         }
         self.retry_releases(&mut state);
+        self.policy.sweep();
         self.publish_view(&state);
     }
 
@@ -577,6 +640,7 @@ impl Daemon {
             gateway: IpAddr::V4(gateway),
             mtu,
             labels: r.labels.clone(),
+            qos: super::policy::qos_setting(r.rate, r.burst, mtu)?,
         };
         let id = ns.id();
         let record = PortRecord {
@@ -884,6 +948,8 @@ impl Daemon {
                         tx_bytes: s.tx_bytes,
                         drops: s.drops,
                     },
+                    denied: s.denied,
+                    limited: s.limited,
                 }
             })
             .collect()
@@ -994,6 +1060,7 @@ impl Daemon {
             ports: Self::ports_of(&view, &snapshots),
             peers: Self::peers_of(&view, &snapshots),
             workers: totals.workers,
+            policy: self.policy.list(),
         }
     }
 
