@@ -300,8 +300,12 @@ fn policy(
         PolicyCommand::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let json = file.extension().is_some_and(|e| e == "json")
-                || text.trim_start().starts_with(['{', '[']);
+            let start = text.trim_start();
+            let json = match file.extension().and_then(|e| e.to_str()) {
+                Some("json") => true,
+                Some("toml") => false,
+                _ => start.starts_with('{') || (start.starts_with('[') && !start.starts_with("[[")),
+            };
             let policies = if json {
                 vswitch::policy::parse_json(&text)
             } else {

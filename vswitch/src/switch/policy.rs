@@ -245,18 +245,19 @@ impl Switch {
         if !self.enforcement.is_active() {
             return Ok(());
         }
+        let to = out.ports.first().copied();
         let result = self
             .enforcement
             .enforce(now, from, frame, out, &mut self.counters.drops);
         if let Err(reason) = result {
-            self.count_enforced(reason, from, out);
+            self.count_enforced(reason, from.or(to));
         }
         result
     }
 
-    /// Counts a frame policy or QoS refused against the port it concerns.
-    fn count_enforced(&mut self, reason: DropReason, from: Option<PortId>, out: &Output) {
-        let port = from.or_else(|| out.ports.first().copied());
+    /// Counts a frame policy or QoS refused against its source port, or for a frame from a
+    /// peer, its destination port.
+    fn count_enforced(&mut self, reason: DropReason, port: Option<PortId>) {
         if let Some(p) = port.and_then(|p| self.ports.get_mut(p.get() as usize)?.as_mut()) {
             match reason {
                 DropReason::PolicyDenied => p.stats.denied += 1,
