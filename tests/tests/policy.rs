@@ -171,6 +171,14 @@ action = "deny"
         assert!(ingress.hits >= 8, "{ingress:?}");
         assert!(listed.connections > 0);
     }
+    // Denied flows are logged with the rule that denied them (rate-limited).
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(
+        log.contains("policy denied a flow: rule #")
+            && log.contains("db")
+            && log.contains("egress[0]"),
+        "{log}"
+    );
     let db0_port = ports(&lab, 0)
         .into_iter()
         .find(|p| p.attachment.container_id == c(db0).name)

@@ -748,6 +748,9 @@ impl Worker {
 
     /// Logs the denied flows the core kept (as many as the shared log limiter allowed).
     fn log_denied(&mut self) {
+        if !self.switch.has_denied() {
+            return;
+        }
         let Some(compiled) = self.switch.policy().cloned() else {
             return;
         };

@@ -208,6 +208,9 @@ impl Switch {
         if install.is_some() && self.enforcement.cache.is_none() {
             self.enforcement.cache = Some(FlowCache::default());
         }
+        if install.is_none() {
+            self.enforcement.denied.clear();
+        }
         self.enforcement.policy = install;
     }
 
@@ -225,6 +228,12 @@ impl Switch {
         }
         e.qos[at] = qos;
         e.limited_ports = e.qos.iter().filter(|q| q.is_some()).count();
+    }
+
+    /// True when denied flows wait to be logged.
+    #[inline]
+    pub fn has_denied(&self) -> bool {
+        !self.enforcement.denied.is_empty()
     }
 
     /// Denied flows worth a log line since the last call (bounded, and only as many as the
