@@ -179,6 +179,9 @@ impl Daemon {
             for peer in &config.peers {
                 daemon.add_peer(&mut state, peer)?;
             }
+            // Policies in force before any container is back: each stays closed until the
+            // compilation that knows it arrives.
+            daemon.publish_view(&state);
             daemon.restore(&mut state)?;
             daemon.publish_view(&state);
         }

@@ -172,6 +172,8 @@ struct Inner {
     config: Vec<Policy>,
     endpoints: Vec<Endpoint>,
     compiled: Option<Arc<Compiled>>,
+    /// The set in force has been handed to the workers at least once.
+    installed: bool,
     /// Each limited port's setting and buckets; a port id reused by another container gets
     /// new buckets.
     qos: BTreeMap<PortId, (String, QosSetting, Arc<PortQos>)>,
@@ -265,6 +267,7 @@ impl PolicyPlane {
                 config: config.to_vec(),
                 endpoints: Vec::new(),
                 compiled: None,
+                installed: false,
                 qos: BTreeMap::new(),
             }),
             conntrack: Arc::new(Conntrack::default()),
@@ -325,7 +328,7 @@ impl PolicyPlane {
     ) -> anyhow::Result<()> {
         let mut inner = self.lock();
         let endpoints: Vec<Endpoint> = ports.iter().map(|(id, a)| endpoint(*id, a)).collect();
-        let changed = inner.config != config || inner.endpoints != endpoints;
+        let changed = !inner.installed || inner.config != config || inner.endpoints != endpoints;
         inner.config = config.to_vec();
         inner.endpoints = endpoints;
         self.sync_qos(&mut inner, datapath, ports)?;
@@ -402,6 +405,7 @@ impl PolicyPlane {
             log: Arc::clone(&self.log),
         });
         datapath.run(move |w| w.switch().set_policy(install.clone()))?;
+        inner.installed = true;
         inner.compiled = compiled.clone();
         *self
             .published

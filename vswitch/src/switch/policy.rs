@@ -19,7 +19,9 @@
 //!   ports that refuse are left out, and the frame is dropped when nobody is left.
 //!
 //! Non-IP frames and the ICMPv6 messages IPv6 needs (neighbour discovery) are not subject to
-//! rules (port security judges them) but count against QoS. Denied flows are kept, at the
+//! rules (port security judges them) but count against QoS. While a policy is in force, IP
+//! traffic from or to a port the compilation does not know yet (plugged a moment ago, the new
+//! compilation on its way) is denied: a container is never open before its policy applies. Denied flows are kept, at the
 //! rate the shared [`LogLimiter`] allows, for the caller to log ([`Switch::take_denied`]).
 
 use std::sync::Arc;
@@ -121,6 +123,18 @@ impl Enforcement {
             if let Some(flow) = flow {
                 let cache = self.cache.get_or_insert_with(FlowCache::default);
                 let compiled = &policy.compiled;
+                // A port plugged since the compilation waits for the next one, closed.
+                if from.is_some_and(|p| compiled.endpoint_at(p).is_none()) {
+                    return Err(DropReason::PolicyDenied);
+                }
+                let before = out.ports.len();
+                out.ports.retain(|&p| compiled.endpoint_at(p).is_some());
+                for _ in out.ports.len()..before {
+                    drops.bump(DropReason::PolicyDenied);
+                }
+                if out.ports.is_empty() && out.transmits.is_empty() {
+                    return Err(DropReason::PolicyDenied);
+                }
                 let single = out.ports.len() + out.transmits.len() == 1;
                 let to = if single {
                     out.ports.first().copied()

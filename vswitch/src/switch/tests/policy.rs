@@ -225,6 +225,38 @@ fn a_super_frame_is_charged_once_at_its_size_on_the_wire() {
 }
 
 #[test]
+fn a_port_plugged_after_the_compilation_is_closed_until_the_next() {
+    let (mut sws, p, t) = policed(1);
+    let sw = &mut sws[0];
+    let late = sw
+        .add_port(port_cfg(Vni::DEFAULT, mac(0, 3), &[ip(0, 13)]))
+        .unwrap();
+    assert_eq!(
+        send(sw, t, late, &tcp(3, 2, 40000, 80, SYN)),
+        Some(DropReason::PolicyDenied)
+    );
+    assert_eq!(
+        send(sw, t, p[2], &tcp(2, 3, 40000, 80, SYN)),
+        Some(DropReason::PolicyDenied)
+    );
+    // ARP is port security's to judge, policy or not.
+    let who_has = arp_request(mac(0, 3), ip(0, 13), ip(0, 12));
+    assert_eq!(send(sw, t, late, &who_has), None);
+    // Compiled with the new port (unselected), it is open.
+    let mut eps = endpoints(&p);
+    eps.push(Endpoint {
+        id: "late".into(),
+        labels: Default::default(),
+        ips: vec![IpAddr::V4(ip(0, 13))],
+        local: Some(late),
+    });
+    let compiled = Arc::new(Compiled::new(&parse_toml(POLICIES).unwrap(), &eps, t));
+    install(sw, &compiled, &Arc::new(Conntrack::default()), t);
+    assert_eq!(send(sw, t, late, &tcp(3, 2, 40000, 80, SYN)), None);
+    assert_eq!(send(sw, t, p[2], &tcp(2, 3, 40001, 80, SYN)), None);
+}
+
+#[test]
 fn floods_reach_only_the_ports_whose_ingress_allows_them() {
     let (mut sws, p, t) = policed(1);
     let sw = &mut sws[0];
