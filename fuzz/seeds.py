@@ -414,6 +414,43 @@ def config():
         write(t, name, text.encode())
 
 
+POLICY_TOML = """[[policy]]
+name = "db"
+selector = { app = "db" }
+priority = 10
+[[policy.ingress]]
+peers = [{ selector = { app = "web" } }, { cidr = "10.244.2.0/24" }, { cidr = "fd00::/64" }]
+protocol = "tcp"
+ports = [5432, "8000-8080"]
+[[policy.ingress]]
+protocol = "icmp"
+action = "log"
+[[policy.egress]]
+protocol = "udp"
+ports = [53]
+action = "limit(1.5M)"
+[[policy.egress]]
+action = "deny"
+"""
+POLICY_JSON = (
+    '{"policy": [{"name": "web", "selector": {"app": "web"}, "ingress": [{"peers": '
+    '[{"cidr": "192.0.2.0/24"}], "protocol": "tcp", "ports": [80]}], "egress": '
+    '[{"action": "allow"}]}]}'
+)
+
+
+def policy_file():
+    t = "policy_file"
+    for name, text in {
+        "toml": b"\0" + POLICY_TOML.encode(),
+        "json": b"\1" + POLICY_JSON.encode(),
+        "json-list": b"\1[" + POLICY_JSON.encode()[12:-1] + b"]",
+        "bad-port": b"\0" + POLICY_TOML.replace("5432", "70000").encode(),
+        "host-bits": b"\0" + POLICY_TOML.replace("10.244.2.0/24", "10.244.2.1/24").encode(),
+    }.items():
+        write(t, name, text)
+
+
 if __name__ == "__main__":
     frame_from_port()
     datagram_from_peer()
@@ -422,3 +459,4 @@ if __name__ == "__main__":
     decap()
     control_request()
     config()
+    policy_file()

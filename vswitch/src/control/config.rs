@@ -50,6 +50,10 @@ pub struct Config {
     /// Switching tables and their limits.
     #[serde(default)]
     pub switch: SwitchTuning,
+    /// Network policies in force from the start (the policy file's shape, see README); those
+    /// applied at run time are kept in the state directory beside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::policy::Policy>,
 }
 
 /// This node: its name, its underlay address and its local files.
@@ -401,6 +405,14 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, reason: String| Err((key, reason));
         validate_name(&self.node.name).or_else(|r| err("node.name".into(), r))?;
+        for (i, p) in self.policies.iter().enumerate() {
+            if self.policies[..i].iter().any(|q| q.name == p.name) {
+                return err(
+                    format!("policies[{i}].name"),
+                    format!("policy {:?} is defined twice", p.name),
+                );
+            }
+        }
         if self.node.port == 0 {
             return err("node.port".into(), "must not be 0".into());
         }

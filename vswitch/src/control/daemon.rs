@@ -119,6 +119,7 @@ pub struct Daemon {
     sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
+    policy: super::policy::PolicyPlane,
 }
 
 fn switch_config(config: &Config) -> SwitchConfig {
@@ -159,6 +160,7 @@ impl Daemon {
         .with_context(|| format!("binding the VXLAN socket on {local}"))?;
         let store = PortStore::open(&config.node.state_dir)?;
         let leases = Leases::open(&config).context("opening the address store")?;
+        let policy = super::policy::PolicyPlane::open(&config.node.state_dir, &config.policies)?;
         let daemon = Arc::new(Self {
             config_path: config_path.to_owned(),
             started: Instant::now(),
@@ -176,6 +178,7 @@ impl Daemon {
                 leases,
             }),
             view: Mutex::default(),
+            policy,
         });
         {
             let mut state = daemon.lock();
@@ -185,6 +188,9 @@ impl Daemon {
             for peer in &config.peers {
                 daemon.add_peer(&mut state, peer)?;
             }
+            // Policies in force before any container is back: each stays closed until the
+            // compilation that knows it arrives.
+            daemon.publish_view(&state);
             daemon.restore(&mut state)?;
             daemon.publish_view(&state);
         }
@@ -217,6 +223,24 @@ impl Daemon {
             Request::Ports => Ok(Reply::Ports(self.ports())),
             Request::Fdb => Ok(Reply::Fdb(self.fdb())),
             Request::Peers => Ok(Reply::Peers(self.peers())),
+            Request::PolicyApply(r) => self
+                .change(|_| self.policy.apply(&self.datapath, r.policies))
+                .map(Reply::Policy),
+            Request::PolicyDelete(r) => self.change(|_| {
+                let deleted = self.policy.delete(&self.datapath, &r.name)?;
+                Ok(Reply::Policy(if deleted {
+                    format!("deleted {}", r.name)
+                } else {
+                    format!("no policy is named {:?}", r.name)
+                }))
+            }),
+            Request::PolicyList => Ok(Reply::Policies(Box::new(self.policy.list()))),
+            Request::PolicyExplain(r) => self
+                .policy
+                .explain(&r)
+                .map(Reply::Explained)
+                .map_err(anyhow::Error::new),
+            Request::Qos(r) => self.change(|state| self.set_qos(state, &r).map(Reply::Attached)),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -268,6 +292,47 @@ impl Daemon {
             .view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
+        let ports: Vec<_> = state
+            .ports
+            .iter()
+            .map(|p| (p.id, &p.record.attachment))
+            .collect();
+        if let Err(e) = self
+            .policy
+            .sync(&self.datapath, &state.config.policies, &ports)
+        {
+            warn!("putting policies and rate limits in force: {e:#}");
+        }
+    }
+
+    /// Sets or clears the rate limit of an attached container's port, and saves it.
+    fn set_qos(
+        &self,
+        state: &mut State,
+        r: &super::policy::QosRequest,
+    ) -> anyhow::Result<Attachment> {
+        let ifname = r.ifname.as_deref().unwrap_or("eth0");
+        let Some(i) = state.ports.iter().position(|p| {
+            p.record.attachment.container_id == r.container_id
+                && p.record.attachment.ifname == ifname
+        }) else {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{} {ifname} is not attached here", r.container_id),
+            )
+            .field("container_id")
+            .into());
+        };
+        let mtu = state.ports[i].record.attachment.mtu;
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        let mut records = state.records();
+        records[i].attachment.qos = qos;
+        state
+            .store
+            .save(&records)
+            .context("saving the attachment list")?;
+        state.ports[i].record.attachment.qos = qos;
+        Ok(state.ports[i].record.attachment.clone())
     }
 
     fn view(&self) -> Arc<View> {
@@ -346,6 +411,7 @@ impl Daemon {
         }
         self.retry_undos(&mut state);
         self.retry_releases(&mut state);
+        self.policy.sweep();
         self.publish_view(&state);
     }
 
@@ -596,6 +662,12 @@ impl Daemon {
         }
         check_labels(&r.labels)?;
         let ns = open_namespace(&r.netns)?;
+        let mtu = state
+            .networks
+            .get(&network_name)
+            .map(|n| n.config.mtu())
+            .unwrap_or_default();
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
         self.attach_in_steps(
             state,
             transaction::Plan {
@@ -607,6 +679,7 @@ impl Daemon {
                 ip: r.ip,
                 mac: r.mac,
                 labels: r.labels,
+                qos,
             },
         )
     }
@@ -881,6 +954,8 @@ impl Daemon {
                         tx_bytes: s.tx_bytes,
                         drops: s.drops,
                     },
+                    denied: s.denied,
+                    limited: s.limited,
                 }
             })
             .collect()
@@ -991,6 +1066,7 @@ impl Daemon {
             ports: Self::ports_of(&view, &snapshots),
             peers: Self::peers_of(&view, &snapshots),
             workers: totals.workers,
+            policy: self.policy.list(),
         }
     }
 

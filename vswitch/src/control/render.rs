@@ -131,6 +131,9 @@ pub fn ports(ports: &[PortView]) -> String {
                 a.mac.to_string(),
             ];
             row.extend(traffic_cells(&p.traffic));
+            row.push(p.denied.to_string());
+            row.push(p.limited.to_string());
+            row.push(a.qos.map_or_else(|| "-".into(), |q| q.rate.to_string()));
             row
         })
         .collect();
@@ -146,6 +149,9 @@ pub fn ports(ports: &[PortView]) -> String {
             "TX",
             "TX BYTES",
             "DROPS",
+            "DENIED",
+            "LIMITED",
+            "RATE",
         ],
         &rows,
     )

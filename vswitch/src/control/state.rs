@@ -134,46 +134,54 @@ impl PortStore {
 
     /// Replaces the list, durably.
     pub fn save(&self, records: &[PortRecord]) -> Result<(), StateError> {
-        let io = |op, path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io { op, path, source }
-        };
-        let tmp = self.path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(records).map_err(|source| StateError::Corrupt {
             path: self.path.clone(),
             source,
         })?;
-        // A fresh file: never one left behind, never through a symlink put in its place.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("removing", &tmp)(e));
-            }
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        let written = file
-            .write_all(&json)
-            .map_err(io("writing", &tmp))
-            .and_then(|()| file.sync_all().map_err(io("syncing", &tmp)))
-            .and_then(|()| fs::rename(&tmp, &self.path).map_err(io("renaming", &tmp)));
-        if let Err(e) = written {
-            // Leave no half-written file holding the space that ran out.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("syncing", dir))?;
-        }
-        Ok(())
+        write_private(&self.path, &json)
     }
+}
+
+/// Replaces the file at `path` (in the state directory) with `bytes`, durably and atomically:
+/// a fresh private temporary file, fsync, rename over the old one, fsync the directory.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Io { op, path, source }
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A fresh file: never one left behind, never through a symlink put in its place.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("removing", &tmp)(e));
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    let written = file
+        .write_all(bytes)
+        .map_err(io("writing", &tmp))
+        .and_then(|()| file.sync_all().map_err(io("syncing", &tmp)))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io("renaming", &tmp)));
+    if let Err(e) = written {
+        // Leave no half-written file holding the space that ran out.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing", dir))?;
+    }
+    Ok(())
 }
 
 /// Creates the state directory (mode 0700) or checks the one there: a directory (a symlink to

@@ -343,6 +343,7 @@ impl Worker {
             }
             self.flush();
             self.sealing_housekeeping();
+            self.log_denied();
 
             if next_tick.is_none_or(|t| t <= now) {
                 self.switch.handle_timeout(now);
@@ -730,6 +731,28 @@ impl Worker {
             } else {
                 segments.iter().for_each(&mut send);
             }
+        }
+    }
+
+    /// Logs the denied flows the core kept (as many as the shared log limiter allowed).
+    fn log_denied(&mut self) {
+        if !self.switch.has_denied() {
+            return;
+        }
+        let Some(compiled) = self.switch.policy().cloned() else {
+            return;
+        };
+        for d in self.switch.take_denied() {
+            let rule = d.rule.map_or_else(
+                || "default deny (selected, no rule allows it)".to_owned(),
+                |r| format!("rule #{} {}", r.0, compiled.describe(r)),
+            );
+            let f = &d.flow;
+            tracing::info!(
+                src = %f.src, dst = %f.dst, proto = f.proto.0, sport = f.src_port,
+                dport = f.dst_port, direction = %d.direction, suppressed = d.suppressed,
+                "policy denied a flow: {rule}"
+            );
         }
     }
 

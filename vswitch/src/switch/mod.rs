@@ -19,6 +19,7 @@ mod counters;
 mod neigh;
 mod output;
 mod path;
+mod policy;
 mod replica;
 mod sealing;
 mod security;
@@ -41,6 +42,7 @@ pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
+pub use policy::{DeniedFlow, PolicyInstall};
 pub use replica::{Site, Update};
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
 
@@ -169,6 +171,7 @@ pub struct Switch {
     updates: Vec<Update>,
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
+    enforcement: policy::Enforcement,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -196,6 +199,7 @@ impl Switch {
             updates: Vec::new(),
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
+            enforcement: policy::Enforcement::default(),
         }
     }
 
@@ -337,6 +341,7 @@ impl Switch {
             net.ports.retain(|&p| p != port);
         }
         self.fdb.remove_port(port);
+        self.forget_port_qos(port);
         self.neighbours.remove_location(Location::Port(port));
         for &ip in &removed.ipv4 {
             self.neighbours.remove_static(vni, ip, removed.config.mac);

@@ -317,6 +317,7 @@ impl Switch {
                 self.counters.flooded += 1;
             }
         }
+        self.enforce(now, Some(port), frame, out)?;
         if !out.transmits.is_empty() {
             let Some(net) = self.networks.get(&vni) else {
                 return Err(DropReason::UnknownVni);
@@ -442,7 +443,7 @@ impl Switch {
                 self.counters.flooded += 1;
             }
         }
-        Ok(())
+        self.enforce(now, None, inner, out)
     }
 }
 

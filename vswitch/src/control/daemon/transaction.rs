@@ -187,6 +187,7 @@ pub(super) struct Plan {
     pub(super) ip: Option<IpAddr>,
     pub(super) mac: Option<MacAddr>,
     pub(super) labels: std::collections::BTreeMap<String, String>,
+    pub(super) qos: Option<super::super::policy::QosSetting>,
 }
 
 /// What an attach in progress has done so far, to undo.
@@ -301,6 +302,7 @@ impl Daemon {
             gateway: IpAddr::V4(network.gateway),
             mtu: network.config.mtu(),
             labels: plan.labels.clone(),
+            qos: plan.qos.clone(),
         };
         let inside = Netlink::in_namespace(&plan.ns)?;
         let id = plan.ns.id();
