@@ -4,14 +4,15 @@
 //! container's kernel learns that path MTU, and TCP transfers across hosts complete, with MSS
 //! clamping and, with it turned off, by path MTU discovery alone.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use etherparse::{Icmpv4Type, Ipv4HeaderSlice, icmpv4::DestUnreachableHeader};
+use etherparse::{Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, icmpv4::DestUnreachableHeader};
 use netns::{NetNs, Netlink};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockProtocol, SockType, sockopt};
 use vswitch::control::api::{MtuView, Reply, Request};
+use vswitch::control::attach::mac_for;
 use vswitch::lab::{HostKind, Lab};
 use vswitch_e2e::{NetworkSpec, tcp_transfer};
 
@@ -120,6 +121,65 @@ fn df_ping(from: &NetNs, to: Ipv4Addr, size: usize) -> Option<FragNeeded> {
     .expect("entering the namespace")
 }
 
+/// What a 2000-byte ICMPv6 echo request from `from` to the link-local address `to` met: the
+/// "packet too big" errors that came back (source and MTU), and whether an echo reply came
+/// back. Up to five requests, one a second, until a reply comes: the first is too big for the
+/// path; once both kernels have taken their errors, requests and replies cross in fragments.
+fn big_ping6(from: &NetNs, to: Ipv6Addr) -> (Vec<(Ipv6Addr, u32)>, bool) {
+    from.run(|| {
+        let scope = nix::net::if_::if_nametoindex("eth0").expect("eth0's index");
+        let fd = socket::socket(
+            AddressFamily::Inet6,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::IcmpV6,
+        )
+        .expect("opening a raw ICMPv6 socket");
+        let socket = UdpSocket::from(fd);
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut errors = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for seq in 1..=5u16 {
+            // The kernel fills in the checksum of a raw ICMPv6 socket's messages.
+            let mut request = vec![128u8, 0, 0, 0, 0x4d, 0x54];
+            request.extend_from_slice(&seq.to_be_bytes());
+            request.extend((0..2000).map(|i| i as u8));
+            // The link-local address is tentative until duplicate address detection is done.
+            let settled = Instant::now() + Duration::from_secs(5);
+            while let Err(e) = socket.send_to(&request, SocketAddrV6::new(to, 0, 0, scope)) {
+                assert!(
+                    e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL) && Instant::now() < settled,
+                    "sending the echo request: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                let Ok((n, source)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let std::net::IpAddr::V6(source) = source.ip() else {
+                    continue;
+                };
+                let Ok(icmp) = etherparse::Icmpv6Slice::from_slice(&buf[..n]) else {
+                    continue;
+                };
+                match icmp.icmp_type() {
+                    Icmpv6Type::PacketTooBig { mtu } => errors.push((source, mtu)),
+                    Icmpv6Type::EchoReply(echo) if echo.seq == seq && source == to => {
+                        return (errors, true);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (errors, false)
+    })
+    .expect("entering the namespace")
+}
+
 /// The path MTU the kernel of `from` holds for `to` (`IP_MTU` of a connected UDP socket).
 fn path_mtu(from: &NetNs, to: Ipv4Addr) -> i32 {
     from.run(|| {
@@ -212,4 +272,30 @@ fn path_mtu_discovery_alone_carries_tcp_and_the_far_switch_answers_too() {
     );
     assert_eq!(path_mtu(&c[0].ns, c[1].ip), 1400);
     assert_eq!(mtu_counters(&lab, 1).too_big_sent, before + 1);
+}
+
+#[test]
+fn ipv6_packet_too_big_comes_from_the_gateway_link_local_and_is_taken() {
+    let lab = lab("mtu6", ["", ""]);
+    let c = &lab.containers;
+    let to = c[1].mac.link_local();
+    let (errors, answered) = big_ping6(&c[0].ns, to);
+    let gateway = mac_for(Ipv4Addr::new(10, 244, 1, 1)).link_local();
+    assert_eq!(
+        errors.first(),
+        Some(&(gateway, 1450)),
+        "the first request is too big: {errors:?}"
+    );
+    assert!(
+        errors.iter().all(|&e| e == (gateway, 1450)),
+        "errors from elsewhere: {errors:?}"
+    );
+    assert!(
+        answered,
+        "no echo reply: a kernel did not take its packet too big ({errors:?})"
+    );
+    for host in 0..2 {
+        let counters = mtu_counters(&lab, host);
+        assert!(counters.too_big_sent >= 1, "host {host}: {counters:?}");
+    }
 }
