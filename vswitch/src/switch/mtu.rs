@@ -7,10 +7,11 @@
 //!   link-local address of its MAC), so the sender's path MTU discovery learns the size instead
 //!   of timing out. The error goes back where the frame came from: to the port, or sealed or
 //!   plain to the peer that sent it.
-//! - Never in answer to an ICMP error, to a fragment other than the first, to a frame for a
-//!   multicast or broadcast address (Ethernet or IP), to a source that cannot be answered
-//!   (unspecified, multicast, broadcast, loopback), on a network without a gateway, or to a frame
-//!   port security refuses; and at most [`TOO_BIG_RATE`] a second (bursts of [`TOO_BIG_BURST`])
+//! - Never in answer to an IP packet that fits (a frame over the MTU only by its padding), to
+//!   an ICMP error, to a fragment other than the first, to a frame for a multicast or broadcast
+//!   address (Ethernet or IP), to a source that cannot be answered (unspecified, multicast,
+//!   broadcast, loopback), on a network without a gateway, or to a frame port security
+//!   refuses; and at most [`TOO_BIG_RATE`] a second (bursts of [`TOO_BIG_BURST`])
 //!   per port and per peer, per replica, so a sender cannot make the switch amplify.
 //! - The error quotes as much of the offending packet as fits in 576 bytes (IPv4, RFC 1812) or
 //!   1280 (IPv6, RFC 4443): always the IP header and more than the 8 bytes after it.
@@ -235,6 +236,11 @@ pub(crate) fn write_too_big(buf: &mut Vec<u8>, frame: &[u8], gateway: Gateway, m
     let Some(packet) = frame.get(ip.l3..ip.end) else {
         return false;
     };
+    // A frame over the MTU only by what follows its IP packet (padding) tells nothing about
+    // the path; a packet over the MTU is always longer than its header and 8 bytes.
+    if packet.len() <= usize::from(mtu) {
+        return false;
+    }
     buf.clear();
     // The Ethernet header, VLAN tags and all, turned around.
     buf.extend_from_slice(&frame[..ip.l3]);

@@ -321,6 +321,15 @@ fn no_error_for_errors_multicast_fragments_strangers_or_without_gateway() {
     frag6[ip6 + 4..ip6 + 6].copy_from_slice(&(payload_len + 8).to_be_bytes());
     frag6.splice(54..54, [17, 0, 0x05, 0xa8, 0, 0, 0, 1]);
     silent(&mut sw, &mut out, &frag6, "a later IPv6 fragment");
+    // An IP packet that fits, in a frame made too long by padding.
+    let mut padded = udp4(ip(0, 10), ip(0, 11), mac(0, 1), 20);
+    padded.resize(14 + MTU + 1, 0);
+    silent(
+        &mut sw,
+        &mut out,
+        &padded,
+        "a frame over the MTU by its padding",
+    );
     // A spoofed source: dropped as over the MTU, never answered to someone else.
     silent(
         &mut sw,
