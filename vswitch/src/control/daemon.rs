@@ -29,8 +29,8 @@ use netns::{NetNs, NsRef, Offloads};
 use tracing::{info, warn};
 
 use super::api::{
-    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, NetworkView, PeerView,
-    PortView, Reply, Request, Response, StatusView, Traffic,
+    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, MtuView, NetworkView,
+    PeerView, PortView, Reply, Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
@@ -450,6 +450,7 @@ impl Daemon {
                 mac: mac_for(gateway),
             }),
             sealed: config.encryption,
+            clamp_mss: config.clamp_mss,
         };
         agreed(self.datapath.ask(|reply| Command::AddNetwork {
             config: switch_network.clone(),
@@ -833,7 +834,10 @@ impl Daemon {
                         network.name
                     ));
                 }
-                Some(current) if current.config.mtu() != network.mtu() => {
+                Some(current)
+                    if current.config.mtu() != network.mtu()
+                        || current.config.clamp_mss != network.clamp_mss =>
+                {
                     let update = switch::NetworkConfig {
                         vni: current.vni,
                         mtu: network.mtu(),
@@ -842,6 +846,7 @@ impl Daemon {
                             mac: mac_for(current.gateway),
                         }),
                         sealed: network.encryption,
+                        clamp_mss: network.clamp_mss,
                     };
                     agreed(self.datapath.ask(|reply| Command::AddNetwork {
                         config: update.clone(),
@@ -849,8 +854,14 @@ impl Daemon {
                     })?)?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu_setting = network.mtu_setting;
+                        current.config.clamp_mss = network.clamp_mss;
                     }
-                    changes.push(format!("network {}: MTU {}", network.name, network.mtu()));
+                    changes.push(format!(
+                        "network {}: MTU {}, MSS clamping {}",
+                        network.name,
+                        network.mtu(),
+                        if network.clamp_mss { "on" } else { "off" }
+                    ));
                 }
                 Some(_) => {}
             }
@@ -931,6 +942,11 @@ impl Daemon {
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
             workers,
+            mtu: MtuView {
+                too_big_sent: counters.too_big_sent,
+                too_big_limited: counters.too_big_limited,
+                mss_clamped: counters.mss_clamped,
+            },
         }
     }
 

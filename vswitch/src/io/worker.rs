@@ -497,6 +497,7 @@ impl Worker {
                     }
                     self.switch
                         .handle_datagram(now, meta.addr, datagram, &mut self.out);
+                    self.send_peer_reply();
                     if self.out.ports().is_empty() {
                         continue;
                     }
@@ -585,6 +586,9 @@ impl Worker {
                 self.switch.handle_frame(now, id, &buf[..n], &mut self.out);
             }
             let range = self.out.frame_range();
+            if let Some(frame) = buf.get_mut(range.clone()) {
+                self.out.rewrite(frame);
+            }
             let frame = &buf[range.clone()];
             // Only the header the switch rebuilt is acted on, never the one the container wrote.
             let offload = *self.out.offload();
@@ -753,6 +757,32 @@ impl Worker {
                 dport = f.dst_port, direction = %d.direction, suppressed = d.suppressed,
                 "policy denied a flow: {rule}"
             );
+        }
+    }
+
+    /// Sends the frame the switch generated for a peer (an ICMP error answering its frame), if
+    /// any: sealed on a sealed network (dropped while the session is not up: it only answers).
+    fn send_peer_reply(&mut self) {
+        let Self {
+            out,
+            switch,
+            underlay,
+            ..
+        } = self;
+        let Some((transmit, reply)) = out.peer_reply() else {
+            return;
+        };
+        if !out.sealed() {
+            underlay.queue(transmit.addr, out.flow_hash(), out.vxlan_header(), reply);
+        } else if switch.has_session(transmit.peer) {
+            let datagram = underlay.queue_with_room(
+                transmit.addr,
+                out.flow_hash(),
+                &[0; SEALED_HEADER_LEN],
+                reply,
+                SEALED_TAG_LEN,
+            );
+            let _ = switch.seal(transmit.peer, out.vni(), datagram);
         }
     }
 
