@@ -12,7 +12,10 @@ use std::sync::{Arc, mpsc};
 
 use super::tap::TapQueue;
 use super::worker::{PortError, SealingEvent, Worker};
-use crate::switch::{NetworkConfig, PortConfig, PortId, SessionInstall, SwitchError};
+use crate::policy::PortQos;
+use crate::switch::{
+    NetworkConfig, PolicyInstall, PortConfig, PortId, SessionInstall, SwitchError,
+};
 use crate::wire::Vni;
 use crypto::{SessionKeys, SharedReplay};
 
@@ -90,6 +93,20 @@ pub enum Command {
     RetireSession {
         /// This node's index of the session.
         local_index: u32,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Puts a compiled policy set in force (or none: every network open).
+    SetPolicy {
+        /// The compiled policies with the shared connection table and log limiter.
+        install: Option<PolicyInstall>,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Sets or clears the rate limits of ports (buckets shared by every worker).
+    SetPortQos {
+        /// Each port with its limits, or `None` to lift them.
+        changes: Arc<[(PortId, Option<Arc<PortQos>>)]>,
         /// Done.
         reply: Reply<()>,
     },
@@ -175,6 +192,16 @@ impl Worker {
                 self.switch().retire_session(local_index);
                 reply.send(());
             }
+            Command::SetPolicy { install, reply } => {
+                self.switch().set_policy(install);
+                reply.send(());
+            }
+            Command::SetPortQos { changes, reply } => {
+                for (id, qos) in changes.iter() {
+                    self.switch().set_port_qos(*id, qos.clone());
+                }
+                reply.send(());
+            }
             Command::SendRaw { addr, bytes } => self.send_raw(addr, &bytes),
             Command::Stop => self.running = false,
             Command::Panic => panic!("{}: the forced test panic", super::TEST_PANIC_ENV),
@@ -254,6 +281,7 @@ mod tests {
             mtu: 1450,
             gateway: None,
             sealed: false,
+            clamp_mss: true,
         };
         let added = datapath
             .ask(|reply| Command::AddNetwork {
