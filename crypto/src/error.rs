@@ -113,6 +113,9 @@ pub enum Error {
     /// required primitives, not a fault of the peer.
     #[error("handshake state could not be set up")]
     NoiseSetup,
+    /// A rekey time of zero or longer than the default two minutes.
+    #[error("the rekey time must be more than zero and at most 120 s")]
+    RekeyTime,
 }
 
 impl Error {

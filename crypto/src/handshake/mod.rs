@@ -155,10 +155,10 @@ struct Live {
 }
 
 impl Live {
-    fn rekey_at(&self) -> Instant {
+    fn rekey_at(&self, rekey_after: Duration) -> Instant {
         match self.role {
-            Role::Initiator => self.established_at + REKEY_AFTER_TIME,
-            Role::Responder => self.established_at + REKEY_AFTER_TIME + RESPONDER_REKEY_SLACK,
+            Role::Initiator => self.established_at + rekey_after,
+            Role::Responder => self.established_at + rekey_after + RESPONDER_REKEY_SLACK,
         }
     }
 
@@ -190,6 +190,8 @@ pub struct Handshaker {
     /// Local indices of pending handshakes and live sessions.
     indices: HashMap<u32, PeerId>,
     limiter: ratelimit::RateLimiter,
+    /// Session age at which its initiator rekeys: [`REKEY_AFTER_TIME`] unless set shorter.
+    rekey_after: Duration,
     clock_base: Instant,
     unix_base: Duration,
     last_timestamp: [u8; TIMESTAMP_LEN],
@@ -216,6 +218,7 @@ impl Handshaker {
             by_key: HashMap::new(),
             indices: HashMap::new(),
             limiter: ratelimit::RateLimiter::new(now),
+            rekey_after: REKEY_AFTER_TIME,
             clock_base: now,
             unix_base: unix_time,
             last_timestamp: [0; TIMESTAMP_LEN],
@@ -223,6 +226,17 @@ impl Handshaker {
             events: VecDeque::new(),
             stats: HandshakeStats::default(),
         })
+    }
+
+    /// Rekeys sessions after `after` instead of [`REKEY_AFTER_TIME`], for tests that want many
+    /// rekeys quickly. Only shorter is allowed (a longer time would let keys be retired at
+    /// [`REJECT_AFTER_TIME`] before their successor is made); zero is refused too.
+    pub fn set_rekey_after(&mut self, after: Duration) -> Result<(), Error> {
+        if after.is_zero() || after > REKEY_AFTER_TIME {
+            return Err(Error::RekeyTime);
+        }
+        self.rekey_after = after;
+        Ok(())
     }
 
     /// This node's public key.
@@ -292,7 +306,10 @@ impl Handshaker {
         rng: &mut R,
     ) -> Result<(), Error> {
         let p = self.peers.get(peer.index()).ok_or(Error::NoSuchPeer)?;
-        if p.pending.is_some() || p.current.is_some_and(|c| now < c.rekey_at()) {
+        if p.pending.is_some()
+            || p.current
+                .is_some_and(|c| now < c.rekey_at(self.rekey_after))
+        {
             return Ok(());
         }
         self.initiate(peer, now, now, 0, rng)
@@ -362,7 +379,7 @@ impl Handshaker {
                 let rekey = p
                     .current
                     .filter(|_| p.pending.is_none())
-                    .map(|c| c.rekey_at());
+                    .map(|c| c.rekey_at(self.rekey_after));
                 let expiry = [p.current, p.previous]
                     .into_iter()
                     .flatten()
@@ -385,7 +402,8 @@ impl Handshaker {
             let unanswered = p.pending.take_if(|h| now >= h.retransmit_at);
             let rekey_due = p.pending.is_none()
                 && unanswered.is_none()
-                && p.current.is_some_and(|c| now >= c.rekey_at());
+                && p.current
+                    .is_some_and(|c| now >= c.rekey_at(self.rekey_after));
             for live in expired.into_iter().flatten() {
                 self.indices.remove(&live.local_index);
                 self.events.push_back(Event::Retire {
