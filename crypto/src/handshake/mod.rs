@@ -192,6 +192,9 @@ pub struct Handshaker {
     limiter: ratelimit::RateLimiter,
     /// Session age at which its initiator rekeys: [`REKEY_AFTER_TIME`] unless set shorter.
     rekey_after: Duration,
+    /// Packets sent on a session after which a handshake starts: [`REKEY_AFTER_MESSAGES`]
+    /// unless set lower.
+    rekey_after_messages: u64,
     clock_base: Instant,
     unix_base: Duration,
     last_timestamp: [u8; TIMESTAMP_LEN],
@@ -219,6 +222,7 @@ impl Handshaker {
             indices: HashMap::new(),
             limiter: ratelimit::RateLimiter::new(now),
             rekey_after: REKEY_AFTER_TIME,
+            rekey_after_messages: REKEY_AFTER_MESSAGES,
             clock_base: now,
             unix_base: unix_time,
             last_timestamp: [0; TIMESTAMP_LEN],
@@ -236,6 +240,16 @@ impl Handshaker {
             return Err(Error::RekeyTime);
         }
         self.rekey_after = after;
+        Ok(())
+    }
+
+    /// Rekeys sessions after `packets` sent instead of [`REKEY_AFTER_MESSAGES`], for tests
+    /// that want rekeys by count. Only lower is allowed, and not zero.
+    pub fn set_rekey_after_messages(&mut self, packets: u64) -> Result<(), Error> {
+        if packets == 0 || packets > REKEY_AFTER_MESSAGES {
+            return Err(Error::RekeyCount);
+        }
+        self.rekey_after_messages = packets;
         Ok(())
     }
 
@@ -316,7 +330,8 @@ impl Handshaker {
     }
 
     /// Adds `packets` to the count of packets sent on the session `local_index` of `peer`;
-    /// starts a handshake once the current session reaches [`REKEY_AFTER_MESSAGES`].
+    /// starts a handshake once the current session reaches [`REKEY_AFTER_MESSAGES`] (or what
+    /// [`set_rekey_after_messages`](Self::set_rekey_after_messages) set).
     pub fn note_sent<R: CryptoRng + RngCore>(
         &mut self,
         peer: PeerId,
@@ -330,7 +345,7 @@ impl Handshaker {
             return Ok(());
         };
         current.sent = current.sent.saturating_add(packets);
-        if current.sent >= REKEY_AFTER_MESSAGES && p.pending.is_none() {
+        if current.sent >= self.rekey_after_messages && p.pending.is_none() {
             self.initiate(peer, now, now, 0, rng)?;
         }
         Ok(())

@@ -429,6 +429,27 @@ fn rekey_by_count() {
 }
 
 #[test]
+fn a_lower_rekey_count_rekeys_sooner() {
+    let mut p = pair(16, None);
+    let a = &mut p.a.hs;
+    assert_eq!(a.set_rekey_after_messages(0), Err(Error::RekeyCount));
+    assert_eq!(
+        a.set_rekey_after_messages(REKEY_AFTER_MESSAGES + 1),
+        Err(Error::RekeyCount)
+    );
+    a.set_rekey_after_messages(1000).unwrap();
+    let (ka, _) = handshake(&mut p.a, &mut p.b, p.ab, p.t0);
+    let now = p.t0 + Duration::from_secs(1);
+    let a = &mut p.a;
+    a.hs.note_sent(p.ab, ka.local_index, 999, now, &mut a.rng)
+        .unwrap();
+    assert!(a.hs.poll_transmit().is_none());
+    a.hs.note_sent(p.ab, ka.local_index, 1, now, &mut a.rng)
+        .unwrap();
+    assert_eq!(a.transmit()[0], TYPE_INITIATION);
+}
+
+#[test]
 fn responder_restart_makes_a_new_session_and_old_keys_die() {
     let mut p = pair(8, None);
     // b initiates first, so a holds b's last timestamp.

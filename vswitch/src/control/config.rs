@@ -102,6 +102,10 @@ pub struct NodeConfig {
     /// tests that want many rekeys quickly; a deployment has no reason to set it.
     #[serde(default)]
     pub rekey_after_secs: Option<u64>,
+    /// Datagrams sent on a sealed session after which it is rekeyed: 2^40 by default, and only
+    /// fewer. For tests, like `rekey_after_secs`.
+    #[serde(default)]
+    pub rekey_after_messages: Option<u64>,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.

@@ -972,7 +972,14 @@ impl Daemon {
     }
 
     fn peers(&self) -> Vec<PeerView> {
-        let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        self.with_sessions(Self::peers_of(
+            &self.view(),
+            &self.datapath.fresh_snapshots(),
+        ))
+    }
+
+    /// `peers` with each sealed peer's session filled in.
+    fn with_sessions(&self, mut peers: Vec<PeerView>) -> Vec<PeerView> {
         if let Some(sealing) = self.sealing.get() {
             let sessions = sealing.status();
             for peer in &mut peers {
@@ -992,7 +999,7 @@ impl Daemon {
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers: Self::peers_of(&view, &snapshots),
+            peers: self.with_sessions(Self::peers_of(&view, &snapshots)),
             workers: totals.workers,
         }
     }

@@ -3,10 +3,10 @@
 //!
 //! One thread owns the [`crypto::Handshaker`]. The workers hand it the handshake messages they
 //! receive and the peers they hold frames for; it answers, retransmits and rekeys on its
-//! timers, sends its messages through the first worker's underlay, and installs each session
-//! it completes on every worker (each its own counter lane) and retires old ones. It connects
-//! to every peer of a sealed network at start, so sessions are usually up before the first
-//! frame.
+//! timers (and by count: each second it sums what every worker sealed per session), sends its
+//! messages through the first worker's underlay, and installs each session it completes on
+//! every worker (each its own counter lane) and retires old ones. It connects to every peer of
+//! a sealed network at start, so sessions are usually up before the first frame.
 //!
 //! One handshake covers a pair of nodes, so the pre-shared key of a sealed network
 //! (`networks[].psk_file`) is the key of the session with each of its peers: every sealed
@@ -165,6 +165,15 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
             ));
         }
     }
+    if let Some(packets) = config.node.rekey_after_messages {
+        let most = crypto::handshake::REKEY_AFTER_MESSAGES;
+        if packets == 0 || packets > most {
+            return Err((
+                "node.rekey_after_messages".into(),
+                format!("must be between 1 and {most}"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -197,6 +206,11 @@ impl Sealing {
             handshaker
                 .set_rekey_after(Duration::from_secs(secs))
                 .context("node.rekey_after_secs")?;
+        }
+        if let Some(packets) = config.node.rekey_after_messages {
+            handshaker
+                .set_rekey_after_messages(packets)
+                .context("node.rekey_after_messages")?;
         }
         let mut psks: BTreeMap<&Path, PresharedKey> = BTreeMap::new();
         for (i, network) in config.networks.iter().enumerate() {
@@ -237,6 +251,8 @@ impl Sealing {
         let mut thread = Handshakes {
             handshaker,
             rng: StdRng::from_os_rng(),
+            counted: BTreeMap::new(),
+            counted_at: Instant::now(),
             peers,
             workers,
             inbox,
@@ -274,6 +290,10 @@ impl Sealing {
 struct Handshakes {
     handshaker: Handshaker,
     rng: StdRng,
+    /// Datagrams sent on each current session as last told to the handshaker, by local index.
+    counted: BTreeMap<u32, u64>,
+    /// When the workers were last asked for those counts.
+    counted_at: Instant,
     peers: Vec<(crypto::PeerId, SocketAddr)>,
     workers: Workers,
     inbox: mpsc::Receiver<SealingEvent>,
@@ -310,10 +330,52 @@ impl Handshakes {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            if self.counted_at.elapsed() >= TICK {
+                self.count_sent();
+            }
             self.handshaker
                 .handle_timeout(Instant::now(), &mut self.rng);
             self.flush();
         }
+    }
+
+    /// Asks the workers (once for all peers) how much each current session carried and tells
+    /// the handshaker what is new since the last time; it rekeys a session that reached its
+    /// count.
+    fn count_sent(&mut self) {
+        let now = Instant::now();
+        self.counted_at = now;
+        let current: Vec<(crypto::PeerId, u32)> = self
+            .peers
+            .iter()
+            .filter_map(|&(peer, _)| Some((peer, self.handshaker.current_session(peer)?)))
+            .collect();
+        if current.is_empty() {
+            return;
+        }
+        let indices: Vec<u32> = current.iter().map(|&(_, index)| index).collect();
+        let Ok(per_worker) = self.workers.run(move |w| {
+            indices
+                .iter()
+                .map(|&index| w.switch().sealed_on(index))
+                .collect::<Vec<u64>>()
+        }) else {
+            return;
+        };
+        let mut counted = BTreeMap::new();
+        for (i, &(peer, index)) in current.iter().enumerate() {
+            let total: u64 = per_worker.iter().filter_map(|counts| counts.get(i)).sum();
+            let before = self.counted.get(&index).copied().unwrap_or_default();
+            let new = total.saturating_sub(before);
+            if let Err(e) = self
+                .handshaker
+                .note_sent(peer, index, new, now, &mut self.rng)
+            {
+                warn!("counting a session's datagrams: {e}");
+            }
+            counted.insert(index, total);
+        }
+        self.counted = counted;
     }
 
     fn on_message(&mut self, from: SocketAddr, message: &[u8]) {
