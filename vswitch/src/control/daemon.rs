@@ -714,6 +714,7 @@ impl Daemon {
         {
             changes.push("node settings changed: restart vswitchd to apply them".to_owned());
         }
+        changes.extend(super::sealing::reload_changes(&state.config, &config));
         // Networks: removed ones take their containers with them; changed ones are updated.
         let removed: Vec<String> = state
             .networks

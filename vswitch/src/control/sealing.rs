@@ -177,6 +177,33 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// What `vswitch reload` cannot apply to sealed networks (the handshakes are set up at start):
+/// a line asking for a restart when keys, pre-shared keys, encryption or rekey settings differ.
+pub(super) fn reload_changes(old: &Config, new: &Config) -> Option<String> {
+    let sealing = |c: &Config| {
+        (
+            (
+                c.node.private_key.clone(),
+                c.node.rekey_after_secs,
+                c.node.rekey_after_messages,
+            ),
+            c.networks
+                .iter()
+                .map(|n| (n.name.clone(), n.encryption, n.psk_file.clone()))
+                .collect::<Vec<_>>(),
+            c.peers
+                .iter()
+                .map(|p| (p.name.clone(), p.public_key.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    (sealing(old) != sealing(new)).then(|| {
+        "sealing settings changed (keys, psk_file, encryption, peers' public keys, rekey): restart \
+         vswitchd to apply them"
+            .to_owned()
+    })
+}
+
 /// The pre-shared key file of the sealed networks shared with `peer`, if they name one.
 fn psk_file_of<'a>(config: &'a Config, peer: &'a super::config::PeerConfig) -> Option<&'a PathBuf> {
     config
@@ -565,6 +592,25 @@ mod tests {
             .map(|p| psk_file_of(&config, p).unwrap().clone())
             .collect();
         assert_eq!(files, [PathBuf::from("/psk2"), PathBuf::from("/psk1")]);
+    }
+
+    #[test]
+    fn reload_asks_for_a_restart_when_sealing_settings_change() {
+        let text = format!("{NODE}{}{PEERS}", network("s1", 43, true, Some("/psk")));
+        let old = check(&text).unwrap();
+        assert_eq!(reload_changes(&old, &check(&text).unwrap()), None);
+        for changed in [
+            text.replace("/psk", "/psk2"),
+            text.replace(
+                "encryption = true\npsk_file = \"/psk\"\n",
+                "encryption = false\n",
+            ),
+            text.replace("71ESAd88", "81ESAd88"),
+            text.replace("[node]\n", "[node]\nrekey_after_secs = 5\n"),
+        ] {
+            let new = check(&changed).unwrap();
+            assert!(reload_changes(&old, &new).is_some(), "{changed}");
+        }
     }
 
     #[test]
