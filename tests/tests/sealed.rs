@@ -1,7 +1,7 @@
 //! Sealed networks end to end: two `vswitchd` hosts carry a sealed network beside a plain one.
 //! Verified TCP crosses the sealed network; a capture on the underlay finds a marker payload in
 //! clear on the plain network and never on the sealed one, from the first datagram after
-//! attach; replayed, tampered and plain datagrams sent at the sealed network get nothing
+//! attach; replayed, tampered, truncated and plain datagrams sent at the sealed network get nothing
 //! through and show in the drop counters; a restarted daemon is talking again within seconds,
 //! and a TCP connection crosses restarts of either daemon and rekeys every second; a node with
 //! the wrong pre-shared key gets nothing through.
@@ -178,6 +178,41 @@ fn sealed_and_plain_side_by_side() {
     );
     assert!(counted.1 >= replays as u64, "every forged copy unauthentic");
     assert_eq!(counted.2, 1, "the plain datagram refused");
+
+    // Truncated copies: one byte short of the tag (with a new counter, past the replay check)
+    // does not authenticate; cut inside the header is a runt.
+    let refused = |lab: &vswitch_e2e::Lab| {
+        ["unauthentic", "no_session", "runt"]
+            .iter()
+            .map(|r| drops(lab, 1, r))
+            .sum::<u64>()
+    };
+    let before = (refused(&lab), drops(&lab, 1, "runt"));
+    let socket = lab.hosts[0]
+        .ns
+        .run(|| UdpSocket::bind(SocketAddr::new(lab.hosts[0].address.into(), 0)))
+        .expect("entering the namespace")
+        .expect("binding");
+    let truncated = sealed.iter().take(10).count() as u64;
+    for d in sealed.iter().take(10) {
+        let mut short = d[..d.len() - 1].to_vec();
+        short[13] ^= 0x20;
+        socket
+            .send_to(&short, to)
+            .expect("sending a truncated copy");
+        socket.send_to(&d[..30], to).expect("sending a runt");
+    }
+    let started = Instant::now();
+    let after = loop {
+        let after = (refused(&lab) - before.0, drops(&lab, 1, "runt") - before.1);
+        if after.0 >= 2 * truncated || started.elapsed() > Duration::from_secs(3) {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(after.0, 2 * truncated, "every truncated copy refused");
+    // (A copy of a datagram with a tiny frame, one byte short, is a runt too.)
+    assert!(after.1 >= truncated, "every copy cut in its header a runt");
 }
 /// The byte at `offset` of a paced transfer's stream.
 fn stream_byte(offset: u64) -> u8 {
