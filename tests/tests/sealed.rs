@@ -359,13 +359,14 @@ fn rekeys_under_load(tag: &str, node_extra: &str, rekeys: u64) {
 
 #[test]
 fn rekey_under_load_loses_no_connection() {
-    rekeys_under_load("sk", "rekey_after_secs = 1", 3);
+    rekeys_under_load("sk", "rekey_after_secs = 1", 2);
 }
 
 #[test]
 fn rekey_by_count_under_load_loses_no_connection() {
-    // About 4,000 datagrams a second each way; the count is looked at every second.
-    rekeys_under_load("sc", "rekey_after_messages = 2000", 2);
+    // About 4,000 datagrams a second each way; the count is looked at every second. Any rekey
+    // within 5 s is one by count (the time is the default 120 s).
+    rekeys_under_load("sc", "rekey_after_messages = 2000", 1);
 }
 
 /// The `[[networks]]` table of the sealed network on host `host`, with a pre-shared key file.

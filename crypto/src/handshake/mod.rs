@@ -155,10 +155,16 @@ struct Live {
 }
 
 impl Live {
+    /// When this side starts the next handshake: the initiator at `rekey_after`, the responder
+    /// [`RESPONDER_REKEY_SLACK`] later (or half of a shortened `rekey_after`, whichever is less,
+    /// so that two nodes that are each the responder of their current session still rekey
+    /// soon).
     fn rekey_at(&self, rekey_after: Duration) -> Instant {
         match self.role {
             Role::Initiator => self.established_at + rekey_after,
-            Role::Responder => self.established_at + rekey_after + RESPONDER_REKEY_SLACK,
+            Role::Responder => {
+                self.established_at + rekey_after + RESPONDER_REKEY_SLACK.min(rekey_after / 2)
+            }
         }
     }
 

@@ -356,6 +356,8 @@ fn a_shorter_rekey_time_rekeys_again_and_again() {
     let mut sessions = HashSet::from([first.local_index]);
     for round in 1..=5u32 {
         assert_eq!(p.a.hs.poll_timeout(), Some(now + Duration::from_secs(2)));
+        // The responder's slack is half the shortened time, not 10 s.
+        assert_eq!(p.b.hs.poll_timeout(), Some(now + Duration::from_secs(3)));
         now += Duration::from_secs(2);
         p.b.timeout(now);
         assert!(p.b.hs.poll_transmit().is_none(), "the responder waits");

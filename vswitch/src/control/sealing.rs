@@ -382,12 +382,10 @@ impl Handshakes {
         if current.is_empty() {
             return;
         }
-        let indices: Vec<u32> = current.iter().map(|&(_, index)| index).collect();
-        let Ok(per_worker) = self.workers.run(move |w| {
-            indices
-                .iter()
-                .map(|&index| w.switch().sealed_on(index))
-                .collect::<Vec<u64>>()
+        let local_indices: Arc<[u32]> = current.iter().map(|&(_, index)| index).collect();
+        let Ok(per_worker) = self.workers.ask(|reply| Command::CountSealed {
+            local_indices: Arc::clone(&local_indices),
+            reply,
         }) else {
             return;
         };
