@@ -784,6 +784,7 @@ impl Daemon {
         {
             changes.push("node settings changed: restart vswitchd to apply them".to_owned());
         }
+        changes.extend(super::sealing::reload_changes(&state.config, &config));
         // Networks: removed ones take their containers with them; changed ones are updated.
         let removed: Vec<String> = state
             .networks
@@ -1060,7 +1061,14 @@ impl Daemon {
     }
 
     fn peers(&self) -> Vec<PeerView> {
-        let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        self.with_sessions(Self::peers_of(
+            &self.view(),
+            &self.datapath.fresh_snapshots(),
+        ))
+    }
+
+    /// `peers` with each sealed peer's session filled in.
+    fn with_sessions(&self, mut peers: Vec<PeerView>) -> Vec<PeerView> {
         if let Some(sealing) = self.sealing.get() {
             let sessions = sealing.status();
             for peer in &mut peers {
@@ -1080,7 +1088,7 @@ impl Daemon {
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers: Self::peers_of(&view, &snapshots),
+            peers: self.with_sessions(Self::peers_of(&view, &snapshots)),
             workers: totals.workers,
             policy: self.policy.list(),
         }

@@ -198,12 +198,7 @@ pub fn peers(peers: &[PeerView]) -> String {
             row.extend(traffic_cells(&p.traffic));
             row.push(match &p.session {
                 None => "-".into(),
-                Some(s) => match s.last_handshake_secs {
-                    Some(age) => {
-                        format!("{} ({} handshakes, last {age}s ago)", s.state, s.handshakes)
-                    }
-                    None => s.state.clone(),
-                },
+                Some(s) => session_cell(s),
             });
             row
         })
@@ -215,6 +210,22 @@ pub fn peers(peers: &[PeerView]) -> String {
         ],
         &rows,
     )
+}
+
+/// A sealed peer's session: state, handshakes, rekeys, age of the last, refused messages.
+fn session_cell(s: &super::sealing::SessionStatus) -> String {
+    let mut cell = s.state.clone();
+    if let Some(age) = s.last_handshake_secs {
+        let _ = write!(
+            cell,
+            " ({} handshakes, {} rekeys, last {age}s ago)",
+            s.handshakes, s.rekeys
+        );
+    }
+    if s.refused > 0 {
+        let _ = write!(cell, ", {} refused", s.refused);
+    }
+    cell
 }
 
 /// `vswitch attach`: what a person needs to use the interface.
