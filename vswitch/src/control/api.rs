@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::host_tap;
 use crate::wire::MacAddr;
 
 /// A request to the daemon.
@@ -31,6 +32,16 @@ pub enum Request {
     Peers,
     /// Re-read the config file and apply the difference in networks and peers.
     Reload,
+    /// Lease an address before any interface exists (a runtime's IPAM, see [`host_tap`]).
+    Reserve(host_tap::ReserveRequest),
+    /// Release a reservation, unplugging its TAP first.
+    Unreserve(host_tap::UnreserveRequest),
+    /// Create a reservation's TAP in the daemon's namespace and switch it.
+    PlugTap(host_tap::PlugTapRequest),
+    /// Take an endpoint's TAP off the switch and delete it.
+    UnplugTap(host_tap::UnplugTapRequest),
+    /// The reservations and their TAPs.
+    Reservations,
 }
 
 /// What `vswitch attach` asks for.
@@ -248,6 +259,14 @@ pub enum Reply {
     Peers(Vec<PeerView>),
     /// The config was reloaded; what changed.
     Reloaded(String),
+    /// An address was reserved (or plugged): the reservation.
+    Reserved(host_tap::Reservation),
+    /// A reservation was released; `false` when there was none.
+    Unreserved(bool),
+    /// An endpoint's TAP was unplugged; `false` when it had none.
+    Unplugged(bool),
+    /// The reservations.
+    Reservations(Vec<host_tap::Reservation>),
 }
 
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.

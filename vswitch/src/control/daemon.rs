@@ -41,6 +41,9 @@ use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Sit
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
+#[path = "daemon_reservations.rs"]
+mod reservations;
+
 /// A network as the daemon runs it.
 struct Network {
     config: NetworkConfig,
@@ -77,6 +80,8 @@ struct State {
     unreleased: Vec<Owner>,
     store: PortStore,
     leases: Leases,
+    /// Addresses reserved for runtimes that move interfaces themselves, and their TAPs.
+    reservations: reservations::Reservations,
 }
 
 impl State {
@@ -165,6 +170,9 @@ impl Daemon {
                 unreleased: Vec::new(),
                 store,
                 leases,
+                reservations: reservations::Reservations::new(
+                    super::host_tap::ReservationStore::new(&config.node.state_dir),
+                ),
             }),
             view: Mutex::default(),
         });
@@ -208,6 +216,15 @@ impl Daemon {
             Request::Ports => Ok(Reply::Ports(self.ports())),
             Request::Fdb => Ok(Reply::Fdb(self.fdb())),
             Request::Peers => Ok(Reply::Peers(self.peers())),
+            Request::Reserve(r) => self.change(|state| self.reserve(state, r).map(Reply::Reserved)),
+            Request::Unreserve(r) => {
+                self.change(|state| self.unreserve(state, &r).map(Reply::Unreserved))
+            }
+            Request::PlugTap(r) => self.change(|state| self.plug_tap(state, r).map(Reply::Reserved)),
+            Request::UnplugTap(r) => {
+                self.change(|state| self.unplug_tap(state, &r).map(Reply::Unplugged))
+            }
+            Request::Reservations => Ok(Reply::Reservations(self.lock().reservations.list())),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -415,6 +432,7 @@ impl Daemon {
     /// cannot be looked at now, or whose port cannot be plugged now, is kept (record and lease)
     /// and tried again by the sweep.
     fn restore(&self, state: &mut State) -> anyhow::Result<()> {
+        self.restore_reservations(state)?;
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
@@ -454,6 +472,7 @@ impl Daemon {
                 let a = &r.attachment;
                 (a.network.clone(), a.container_id.clone(), a.ifname.clone())
             })
+            .chain(state.reservations.owners())
             .collect();
         let released = state.leases.retain(&live)?;
         if released > 0 {
@@ -474,6 +493,21 @@ impl Daemon {
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
         let tap =
             attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
+        let ips = [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.add_port(network.vni, a.mac, ips, tap)
+    }
+
+    /// Hands an open TAP to the datapath as a port of network `vni`.
+    fn add_port(
+        &self,
+        vni: Vni,
+        mac: crate::wire::MacAddr,
+        ips: Vec<IpAddr>,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
         let vnet_hdr = tap.vnet_hdr_len() > 0;
         let uso = tap.offloads().contains(Offloads::USO4);
         let queues: Arc<[Arc<TapQueue>]> = tap
@@ -482,12 +516,9 @@ impl Daemon {
             .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr).with_uso(uso)))
             .collect();
         let port = PortConfig {
-            vni: network.vni,
-            mac: a.mac,
-            ips: [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
-                .into_iter()
-                .flatten()
-                .collect(),
+            vni,
+            mac,
+            ips,
             port_security: true,
         };
         let added = self
@@ -521,17 +552,7 @@ impl Daemon {
             .field("ifname")
         })?;
         let Some(network) = state.networks.get(&network_name) else {
-            let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
-            return Err(ApiError::new(
-                ErrorKind::UnknownNetwork,
-                format!(
-                    "no network is named {network_name:?}; this node carries: {} (add it to \
-                     [[networks]] in the config and run vswitch reload, or pick one of those)",
-                    known.join(", ")
-                ),
-            )
-            .field("network")
-            .into());
+            return Err(unknown_network(state, &network_name).into());
         };
         if let Some(existing) = state
             .ports
@@ -1051,6 +1072,20 @@ enum Recorded {
     /// It could not be looked at (descriptors exhausted, no memory, no permission, ...): that
     /// says nothing about the container.
     Unknown(anyhow::Error),
+}
+
+/// The error for a network this node does not carry, naming those it does.
+fn unknown_network(state: &State, name: &str) -> ApiError {
+    let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
+    ApiError::new(
+        ErrorKind::UnknownNetwork,
+        format!(
+            "no network is named {name:?}; this node carries: {} (add it to [[networks]] in the \
+             config and run vswitch reload, or pick one of those)",
+            known.join(", ")
+        ),
+    )
+    .field("network")
 }
 
 /// Opens the namespace a record was made in, telling "gone" apart from "cannot tell now".
