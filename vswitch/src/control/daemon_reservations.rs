@@ -189,7 +189,7 @@ impl Daemon {
                 Ok(plugged)
             }
             Err(e) => {
-                let _ = host_tap::delete(&r.tap);
+                let _ = host_tap::delete_here(&r.tap);
                 let mut unplugged = plugged;
                 unplugged.tap = None;
                 unplugged.sandbox = None;
@@ -228,7 +228,7 @@ impl Daemon {
             self.datapath.run(move |w| w.remove_port(id))?;
             state.reservations.list[i].1 = None;
         }
-        host_tap::delete(&tap)?;
+        host_tap::delete(&reservation)?;
         let mut unplugged = reservation;
         unplugged.tap = None;
         unplugged.sandbox = None;

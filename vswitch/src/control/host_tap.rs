@@ -184,17 +184,15 @@ pub fn create(name: &str, r: &Reservation, offloads: bool, queues: usize) -> any
     Ok(tap)
 }
 
-/// Opens a reservation's TAP again: in the daemon's namespace under its name (not handed over
-/// yet, or handed back), else in the sandbox under whatever name the runtime gave it, found
-/// by MAC. `None` when it is in neither (the container is gone).
-pub fn reopen(r: &Reservation, offloads: bool, queues: usize) -> anyhow::Result<Option<Tap>> {
+/// Where a reservation's TAP is: in the daemon's namespace under its name (not handed over
+/// yet, or handed back), or in the sandbox under whatever name the runtime gave it, found by
+/// MAC. `None` when it is in neither (the container is gone).
+fn locate(r: &Reservation) -> anyhow::Result<Option<(Option<NetNs>, String)>> {
     let Some(name) = &r.tap else {
         return Ok(None);
     };
     if Netlink::current()?.link_index(name)?.is_some() {
-        return Ok(Some(Tap::attach(&super::attach::tap_options(
-            name, offloads, queues,
-        ))?));
+        return Ok(Some((None, name.clone())));
     }
     let Some(sandbox) = &r.sandbox else {
         return Ok(None);
@@ -205,27 +203,44 @@ pub fn reopen(r: &Reservation, offloads: bool, queues: usize) -> anyhow::Result<
         Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ESRCH | libc::EINVAL)) => {
             return Ok(None);
         }
-        Err(e @ netns::Error::InvalidArgument { .. }) => {
-            tracing::info!(%sandbox, "sandbox is no namespace any more: {e}");
-            return Ok(None);
-        }
+        // A file that is no namespace any more: the sandbox is gone.
+        Err(netns::Error::InvalidArgument { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let inside = Netlink::in_namespace(&ns)?;
-    let Some(link) = inside
+    let found = Netlink::in_namespace(&ns)?
         .links()?
         .into_iter()
-        .find(|l| l.mac == Some(r.mac.0) && l.kind.as_deref() == Some("tun"))
-    else {
-        return Ok(None);
-    };
-    let options = super::attach::tap_options(&link.name, offloads, queues);
-    Ok(Some(ns.run(|| Tap::attach(&options))??))
+        .find(|l| l.mac == Some(r.mac.0) && l.kind.as_deref() == Some("tun"));
+    Ok(found.map(|link| (Some(ns), link.name)))
 }
 
-/// Deletes a reservation's TAP from the daemon's namespace, where the runtime hands it back;
-/// `false` when it is not there.
-pub fn delete(name: &str) -> anyhow::Result<bool> {
+/// Opens a reservation's TAP again, wherever it is; `None` when it is gone.
+pub fn reopen(r: &Reservation, offloads: bool, queues: usize) -> anyhow::Result<Option<Tap>> {
+    let Some((ns, name)) = locate(r)? else {
+        return Ok(None);
+    };
+    let options = super::attach::tap_options(&name, offloads, queues);
+    Ok(Some(match ns {
+        None => Tap::attach(&options)?,
+        Some(ns) => ns.run(|| Tap::attach(&options))??,
+    }))
+}
+
+/// Deletes a reservation's TAP wherever it is: a runtime that moves the device back after
+/// the endpoint left (libnetwork does) finds nothing to move. `false` when it was gone.
+pub fn delete(r: &Reservation) -> anyhow::Result<bool> {
+    let Some((ns, name)) = locate(r)? else {
+        return Ok(false);
+    };
+    let nl = match &ns {
+        None => Netlink::current()?,
+        Some(ns) => Netlink::in_namespace(ns)?,
+    };
+    Ok(nl.delete_link(&name)?)
+}
+
+/// Deletes a TAP of the daemon's namespace by name; `false` when it is not there.
+pub fn delete_here(name: &str) -> anyhow::Result<bool> {
     Ok(Netlink::current()?.delete_link(name)?)
 }
 

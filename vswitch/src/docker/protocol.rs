@@ -1,6 +1,7 @@
 //! libnetwork's plugin protocol as far as vswitch speaks it: the paths Docker posts to, the
 //! JSON bodies it sends (read leniently: newer engines add fields) and the answers it reads.
-//! Every answer is an object; a refusal is `{"Err": "..."}`, which Docker shows to the user.
+//! Every answer is an object; a refusal carries its message under `Err` (read by the network
+//! driver's client) and `Error` (read by the IPAM client), which Docker shows to the user.
 
 use std::collections::BTreeMap;
 
@@ -280,9 +281,9 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Call, ProtocolError> {
     })
 }
 
-/// A refusal as Docker reads it.
+/// A refusal as Docker reads it, from either driver.
 pub fn error_body(message: &str) -> Value {
-    serde_json::json!({ "Err": message })
+    serde_json::json!({ "Err": message, "Error": message })
 }
 
 #[cfg(test)]
