@@ -160,7 +160,11 @@ impl Docker {
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(Unavailable(format!(
                     "dockerd cannot run here ({}): {}",
-                    if exited { "it exited" } else { "it did not answer" },
+                    if exited {
+                        "it exited"
+                    } else {
+                        "it did not answer"
+                    },
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )));
             }
@@ -282,6 +286,18 @@ impl Drop for Docker {
         drop(self.dockerd.take());
         drop(self.plugin.take());
         let _ = std::fs::remove_file(&self.plugin_socket);
+        // dockerd bind-mounts its data root on itself, and a dockerd stopped under running
+        // containers leaves that mount behind.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| Path::new(point).starts_with(&self.dir))
+            .collect();
+        mounts.sort_unstable_by(|a, b| b.cmp(a));
+        for point in mounts {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 
@@ -320,20 +336,51 @@ fn docker_containers_share_a_network_across_hosts() {
     let driver = docker.driver.clone();
 
     let refused = docker.fails(&[
-        "network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet",
-        "10.245.0.0/16", "-o", "colour=red", "bad",
+        "network",
+        "create",
+        "-d",
+        &driver,
+        "--ipam-driver",
+        &driver,
+        "--subnet",
+        "10.245.0.0/16",
+        "-o",
+        "colour=red",
+        "bad",
     ]);
     assert!(refused.contains("unknown option \"colour\""), "{refused}");
     let refused = docker.fails(&[
-        "network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet",
-        "10.99.0.0/16", "bad",
+        "network",
+        "create",
+        "-d",
+        &driver,
+        "--ipam-driver",
+        &driver,
+        "--subnet",
+        "10.99.0.0/16",
+        "bad",
     ]);
-    assert!(refused.contains("no vswitch network has subnet 10.99.0.0/16"), "{refused}");
-    assert!(docker.reservations().is_empty(), "a refused network left reservations");
+    assert!(
+        refused.contains("no vswitch network has subnet 10.99.0.0/16"),
+        "{refused}"
+    );
+    assert!(
+        docker.reservations().is_empty(),
+        "a refused network left reservations"
+    );
 
     docker.ok(&[
-        "network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet",
-        "10.245.0.0/16", "-o", "vswitch.vni=4242", "app",
+        "network",
+        "create",
+        "-d",
+        &driver,
+        "--ipam-driver",
+        &driver,
+        "--subnet",
+        "10.245.0.0/16",
+        "-o",
+        "vswitch.vni=4242",
+        "app",
     ]);
     for (name, ip) in [("alpha", None), ("beta", Some("10.245.1.77"))] {
         let mut args = vec!["run", "-d", "--name", name, "--network", "app"];
@@ -346,16 +393,29 @@ fn docker_containers_share_a_network_across_hosts() {
     let a = docker.address("alpha", "app");
     let b = docker.address("beta", "app");
     assert_eq!(b, Ipv4Addr::new(10, 245, 1, 77), "--ip was not honoured");
-    assert!(docker.host_taps().is_empty(), "TAPs left in the host namespace");
+    assert!(
+        docker.host_taps().is_empty(),
+        "TAPs left in the host namespace"
+    );
     let plugged = docker.reservations();
-    assert_eq!(plugged.iter().filter(|r| r.tap.is_some()).count(), 2, "{plugged:?}");
+    assert_eq!(
+        plugged.iter().filter(|r| r.tap.is_some()).count(),
+        2,
+        "{plugged:?}"
+    );
     let mtu = docker.ok(&["exec", "alpha", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(mtu, plugged[0].mtu.to_string());
 
     let check = |docker: &Docker, lab: &Lab, when: &str| {
         assert!(docker.pings("alpha", b), "alpha does not reach beta {when}");
-        assert!(docker.pings("beta", remote_ip), "beta does not reach the remote container {when}");
-        assert!(reaches(&lab.containers[remote].ns, a), "the remote container does not reach alpha {when}");
+        assert!(
+            docker.pings("beta", remote_ip),
+            "beta does not reach the remote container {when}"
+        );
+        assert!(
+            reaches(&lab.containers[remote].ns, a),
+            "the remote container does not reach alpha {when}"
+        );
     };
     check(&docker, &lab, "at first");
 
@@ -370,7 +430,11 @@ fn docker_containers_share_a_network_across_hosts() {
 
     docker.ok(&["stop", "-t", "0", "alpha"]);
     docker.ok(&["rm", "-f", "alpha", "beta"]);
-    assert!(docker.reservations().is_empty(), "{:?}", docker.reservations());
+    assert!(
+        docker.reservations().is_empty(),
+        "{:?}",
+        docker.reservations()
+    );
     assert!(docker.host_taps().is_empty(), "{:?}", docker.host_taps());
     docker.ok(&["network", "rm", "app"]);
     assert_eq!(docker.network_map().trim(), "{}");
@@ -425,10 +489,22 @@ fn compose_brings_a_stack_up_and_down() {
     };
     compose(&["up", "-d"]);
     let web = docker.address("stack_web_1", "stack_app");
-    assert!(docker.pings("stack_client_1", web), "client does not reach web");
-    assert_eq!(docker.reservations().len(), 2, "{:?}", docker.reservations());
+    assert!(
+        docker.pings("stack_client_1", web),
+        "client does not reach web"
+    );
+    assert_eq!(
+        docker.reservations().len(),
+        2,
+        "{:?}",
+        docker.reservations()
+    );
     compose(&["down"]);
-    assert!(docker.reservations().is_empty(), "{:?}", docker.reservations());
+    assert!(
+        docker.reservations().is_empty(),
+        "{:?}",
+        docker.reservations()
+    );
     assert!(docker.host_taps().is_empty(), "{:?}", docker.host_taps());
     assert_eq!(docker.network_map().trim(), "{}");
 }

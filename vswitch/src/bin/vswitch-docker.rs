@@ -19,7 +19,11 @@ use vswitch::docker::server;
 )]
 struct Args {
     /// vswitchd's control socket.
-    #[arg(long, env = "VSWITCH_SOCKET", default_value = "/run/vswitch/vswitchd.sock")]
+    #[arg(
+        long,
+        env = "VSWITCH_SOCKET",
+        default_value = "/run/vswitch/vswitchd.sock"
+    )]
     socket: PathBuf,
     /// Where Docker finds the plugin: `/run/docker/plugins/NAME.sock` makes driver NAME.
     #[arg(long, default_value = "/run/docker/plugins/vswitch.sock")]

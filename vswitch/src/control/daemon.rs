@@ -220,7 +220,9 @@ impl Daemon {
             Request::Unreserve(r) => {
                 self.change(|state| self.unreserve(state, &r).map(Reply::Unreserved))
             }
-            Request::PlugTap(r) => self.change(|state| self.plug_tap(state, r).map(Reply::Reserved)),
+            Request::PlugTap(r) => {
+                self.change(|state| self.plug_tap(state, r).map(Reply::Reserved))
+            }
             Request::UnplugTap(r) => {
                 self.change(|state| self.unplug_tap(state, &r).map(Reply::Unplugged))
             }

@@ -32,13 +32,9 @@ impl Reservations {
 
     /// The lease owners the reservations hold.
     pub(super) fn owners(&self) -> impl Iterator<Item = Owner> + '_ {
-        self.list.iter().map(|(r, _)| {
-            (
-                r.network.clone(),
-                r.owner.clone(),
-                OWNER_IFNAME.to_owned(),
-            )
-        })
+        self.list
+            .iter()
+            .map(|(r, _)| (r.network.clone(), r.owner.clone(), OWNER_IFNAME.to_owned()))
     }
 
     pub(super) fn list(&self) -> Vec<Reservation> {
@@ -55,7 +51,11 @@ impl Reservations {
 }
 
 impl Daemon {
-    pub(super) fn reserve(&self, state: &mut State, r: ReserveRequest) -> anyhow::Result<Reservation> {
+    pub(super) fn reserve(
+        &self,
+        state: &mut State,
+        r: ReserveRequest,
+    ) -> anyhow::Result<Reservation> {
         let Some(network) = state.networks.get(&r.network) else {
             return Err(unknown_network(state, &r.network).into());
         };
@@ -82,7 +82,9 @@ impl Daemon {
                     if let Some(mac) = r.mac {
                         updated.mac = mac;
                     }
-                    state.reservations.save_with(|list| list[i] = updated.clone())?;
+                    state
+                        .reservations
+                        .save_with(|list| list[i] = updated.clone())?;
                     state.reservations.list[i].0 = updated.clone();
                     return Ok(updated);
                 }
@@ -121,7 +123,11 @@ impl Daemon {
         Ok(reservation)
     }
 
-    pub(super) fn unreserve(&self, state: &mut State, r: &UnreserveRequest) -> anyhow::Result<bool> {
+    pub(super) fn unreserve(
+        &self,
+        state: &mut State,
+        r: &UnreserveRequest,
+    ) -> anyhow::Result<bool> {
         let Some(i) = state
             .reservations
             .list
@@ -165,7 +171,11 @@ impl Daemon {
             })
     }
 
-    pub(super) fn plug_tap(&self, state: &mut State, r: PlugTapRequest) -> anyhow::Result<Reservation> {
+    pub(super) fn plug_tap(
+        &self,
+        state: &mut State,
+        r: PlugTapRequest,
+    ) -> anyhow::Result<Reservation> {
         let i = Self::find_endpoint(state, &r.endpoint)?;
         if let (existing, Some(_)) = &state.reservations.list[i] {
             return Ok(existing.clone());
@@ -177,7 +187,9 @@ impl Daemon {
         plugged.tap = Some(r.tap.clone());
         plugged.sandbox = Some(r.sandbox);
         // Recorded first: a crash from here on leaves a TAP the next start finds or forgets.
-        state.reservations.save_with(|list| list[i] = plugged.clone())?;
+        state
+            .reservations
+            .save_with(|list| list[i] = plugged.clone())?;
         state.reservations.list[i].0 = plugged.clone();
         let offloads = state.config.node.offloads;
         let made = host_tap::create(&r.tap, &plugged, offloads, self.datapath.workers())
@@ -205,7 +217,11 @@ impl Daemon {
         }
     }
 
-    pub(super) fn unplug_tap(&self, state: &mut State, r: &UnplugTapRequest) -> anyhow::Result<bool> {
+    pub(super) fn unplug_tap(
+        &self,
+        state: &mut State,
+        r: &UnplugTapRequest,
+    ) -> anyhow::Result<bool> {
         let Some(i) = state
             .reservations
             .list
@@ -272,14 +288,21 @@ impl Daemon {
                         reservation.tap = None;
                         reservation.sandbox = None;
                     }
-                    Err(e) => warn!(address = %reservation.address, "cannot plug a reserved TAP again: {e:#}"),
+                    Err(e) => {
+                        warn!(address = %reservation.address, "cannot plug a reserved TAP again: {e:#}")
+                    }
                 }
             }
             state.reservations.list.push((reservation, port));
         }
         let list = state.reservations.list();
         state.reservations.store.save(&list)?;
-        let plugged = state.reservations.list.iter().filter(|(_, p)| p.is_some()).count();
+        let plugged = state
+            .reservations
+            .list
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .count();
         if plugged > 0 {
             info!(plugged, "re-adopted reserved TAPs");
         }

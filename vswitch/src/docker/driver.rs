@@ -126,9 +126,13 @@ impl<C: Control> Driver<C> {
         let networks = self.vswitch_networks()?;
         let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
         let known = names.join(", ");
-        networks.iter().find(|n| n.name == name).cloned().ok_or_else(|| {
-            format!("vswitchd carries no network named {name:?} (it carries: {known})")
-        })
+        networks
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                format!("vswitchd carries no network named {name:?} (it carries: {known})")
+            })
     }
 
     fn create_network(&self, c: &CreateNetwork) -> Result<(), String> {
@@ -173,9 +177,9 @@ impl<C: Control> Driver<C> {
                     format!("option {OPTION_VNI}: vswitchd carries no network with VNI {vni}")
                 })?
             }
-            (None, None) => by_subnet.ok_or_else(|| {
-                format!("no vswitch network has subnet {}", pool.pool)
-            })?,
+            (None, None) => {
+                by_subnet.ok_or_else(|| format!("no vswitch network has subnet {}", pool.pool))?
+            }
         };
         if let Some(vni) = options.get(OPTION_VNI)
             && vni.parse::<u32>().ok() != Some(chosen.vni)

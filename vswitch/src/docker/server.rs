@@ -46,7 +46,10 @@ pub async fn serve<C: Control + 'static>(
 ) -> anyhow::Result<()> {
     let http = Arc::new(hyper::server::conn::http1::Builder::new());
     loop {
-        let (stream, _) = listener.accept().await.context("accepting on the plugin socket")?;
+        let (stream, _) = listener
+            .accept()
+            .await
+            .context("accepting on the plugin socket")?;
         let driver = Arc::clone(&driver);
         let http = Arc::clone(&http);
         tokio::spawn(async move {
@@ -69,7 +72,8 @@ async fn answer<C: Control + 'static>(
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => {
-            let message = format!("{path}: unreadable request body (at most {MAX_BODY} bytes): {e}");
+            let message =
+                format!("{path}: unreadable request body (at most {MAX_BODY} bytes): {e}");
             return respond(StatusCode::BAD_REQUEST, &protocol::error_body(&message));
         }
     };
@@ -78,7 +82,12 @@ async fn answer<C: Control + 'static>(
         Err(e @ protocol::ProtocolError::UnknownPath(_)) => {
             return respond(StatusCode::NOT_FOUND, &protocol::error_body(&e.to_string()));
         }
-        Err(e) => return respond(StatusCode::BAD_REQUEST, &protocol::error_body(&e.to_string())),
+        Err(e) => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                &protocol::error_body(&e.to_string()),
+            );
+        }
     };
     let answered = tokio::task::spawn_blocking(move || driver.handle(call)).await;
     match answered {

@@ -173,9 +173,13 @@ fn a_network_goes_from_pool_to_joined_endpoint_and_back() {
     .unwrap();
     call(&d, "/NetworkDriver.DeleteNetwork", r#"{"NetworkID":"n1"}"#).unwrap();
     assert!(d.control.reservations.lock().unwrap().is_empty());
-    let plugged = d.control.requests.lock().unwrap().iter().any(|r| {
-        matches!(r, Request::PlugTap(p) if p.sandbox == "/var/run/docker/netns/abc")
-    });
+    let plugged = d
+        .control
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| matches!(r, Request::PlugTap(p) if p.sandbox == "/var/run/docker/netns/abc"));
     assert!(plugged);
 }
 
@@ -183,7 +187,9 @@ fn a_network_goes_from_pool_to_joined_endpoint_and_back() {
 fn the_network_map_survives_a_restart_of_the_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let first = Driver::open(FakeDaemon::default(), dir.path()).unwrap();
-    first.handle(parse("/NetworkDriver.CreateNetwork", CREATE_APP.as_bytes()).unwrap()).unwrap();
+    first
+        .handle(parse("/NetworkDriver.CreateNetwork", CREATE_APP.as_bytes()).unwrap())
+        .unwrap();
     drop(first);
     let second = Driver::open(FakeDaemon::default(), dir.path()).unwrap();
     assert_eq!(second.network_of("n1").unwrap(), "app");
@@ -192,13 +198,22 @@ fn the_network_map_survives_a_restart_of_the_plugin() {
 #[test]
 fn refusals_say_what_is_wrong() {
     let (_dir, d) = driver(FakeDaemon::default());
-    let unknown = CREATE_APP.replace(r#"{"com.docker.network.generic":{}}"#, r#"{"com.docker.network.generic":{"colour":"red"}}"#);
+    let unknown = CREATE_APP.replace(
+        r#"{"com.docker.network.generic":{}}"#,
+        r#"{"com.docker.network.generic":{"colour":"red"}}"#,
+    );
     let e = call(&d, "/NetworkDriver.CreateNetwork", &unknown).unwrap_err();
     assert!(e.contains("unknown option \"colour\""), "{e}");
-    let default_ipam = CREATE_APP.replace(r#""AddressSpace":"vswitch""#, r#""AddressSpace":"LocalDefault""#);
+    let default_ipam = CREATE_APP.replace(
+        r#""AddressSpace":"vswitch""#,
+        r#""AddressSpace":"LocalDefault""#,
+    );
     let e = call(&d, "/NetworkDriver.CreateNetwork", &default_ipam).unwrap_err();
     assert!(e.contains("--ipam-driver"), "{e}");
-    let wrong_vni = CREATE_APP.replace(r#"{"com.docker.network.generic":{}}"#, r#"{"com.docker.network.generic":{"vswitch.vni":"7"}}"#);
+    let wrong_vni = CREATE_APP.replace(
+        r#"{"com.docker.network.generic":{}}"#,
+        r#"{"com.docker.network.generic":{"vswitch.vni":"7"}}"#,
+    );
     let e = call(&d, "/NetworkDriver.CreateNetwork", &wrong_vni).unwrap_err();
     assert!(e.contains("VNI 7"), "{e}");
     let e = call(
@@ -207,7 +222,10 @@ fn refusals_say_what_is_wrong() {
         r#"{"AddressSpace":"vswitch","Pool":"192.168.0.0/16"}"#,
     )
     .unwrap_err();
-    assert!(e.contains("no vswitch network has subnet 192.168.0.0/16") && e.contains("app"), "{e}");
+    assert!(
+        e.contains("no vswitch network has subnet 192.168.0.0/16") && e.contains("app"),
+        "{e}"
+    );
     let e = call(
         &d,
         "/NetworkDriver.Join",
@@ -220,7 +238,12 @@ fn refusals_say_what_is_wrong() {
         down: true,
         ..Default::default()
     });
-    let e = call(&down, "/IpamDriver.RequestPool", r#"{"Pool":"10.244.0.0/16"}"#).unwrap_err();
+    let e = call(
+        &down,
+        "/IpamDriver.RequestPool",
+        r#"{"Pool":"10.244.0.0/16"}"#,
+    )
+    .unwrap_err();
     assert!(e.contains("vswitchd is not running"), "{e}");
 }
 
