@@ -428,8 +428,21 @@ fn docker_containers_share_a_network_across_hosts() {
     docker.restart_dockerd();
     check(&docker, &lab, "after dockerd restarted");
 
-    docker.ok(&["stop", "-t", "0", "alpha"]);
-    docker.ok(&["rm", "-f", "alpha", "beta"]);
+    // Removed while vswitchd is down: Docker cannot tell it, the restarted daemon finds the
+    // sandbox gone and releases the TAP Docker handed back and the address.
+    lab.stop_vswitchd(0, false).expect("stopping vswitchd");
+    docker.ok(&["rm", "-f", "alpha"]);
+    lab.spawn_vswitchd(0).expect("restarting vswitchd");
+    let left = docker.reservations();
+    assert!(
+        left.len() == 1 && left[0].address.addr() == std::net::IpAddr::V4(b),
+        "{left:?}"
+    );
+    assert!(docker.host_taps().is_empty(), "{:?}", docker.host_taps());
+    assert!(docker.pings("beta", remote_ip), "beta lost the network");
+
+    docker.ok(&["stop", "-t", "0", "beta"]);
+    docker.ok(&["rm", "beta"]);
     assert!(
         docker.reservations().is_empty(),
         "{:?}",

@@ -354,6 +354,7 @@ impl Daemon {
                 warn!("detaching a vanished container: {e:#}");
             }
         }
+        self.sweep_reservations(&mut state);
         self.retry_releases(&mut state);
         self.publish_view(&state);
     }

@@ -3,6 +3,7 @@
 //! and, at start, the TAPs found again and their leases kept.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tracing::{info, warn};
@@ -16,10 +17,21 @@ use super::super::host_tap::{
 use super::{Daemon, Owner, State, unknown_network};
 use crate::switch::PortId;
 
+/// How long a plugged reservation is left alone before the sweep may find its sandbox gone:
+/// the runtime creates the sandbox around the time it joins.
+const SANDBOX_GRACE: Duration = Duration::from_secs(30);
+
+/// One reservation, its port once plugged, and since when it is in its current state.
+struct Entry {
+    reservation: Reservation,
+    port: Option<PortId>,
+    since: Instant,
+}
+
 /// The reservations and the ports of those plugged.
 pub(super) struct Reservations {
     store: ReservationStore,
-    list: Vec<(Reservation, Option<PortId>)>,
+    list: Vec<Entry>,
 }
 
 impl Reservations {
@@ -32,13 +44,14 @@ impl Reservations {
 
     /// The lease owners the reservations hold.
     pub(super) fn owners(&self) -> impl Iterator<Item = Owner> + '_ {
-        self.list
-            .iter()
-            .map(|(r, _)| (r.network.clone(), r.owner.clone(), OWNER_IFNAME.to_owned()))
+        self.list.iter().map(|e| {
+            let r = &e.reservation;
+            (r.network.clone(), r.owner.clone(), OWNER_IFNAME.to_owned())
+        })
     }
 
     pub(super) fn list(&self) -> Vec<Reservation> {
-        self.list.iter().map(|(r, _)| r.clone()).collect()
+        self.list.iter().map(|e| e.reservation.clone()).collect()
     }
 
     fn save_with(&self, f: impl FnOnce(&mut Vec<Reservation>)) -> anyhow::Result<()> {
@@ -60,13 +73,11 @@ impl Daemon {
             return Err(unknown_network(state, &r.network).into());
         };
         if let Some(ip) = r.ip
-            && let Some(i) = state
-                .reservations
-                .list
-                .iter()
-                .position(|(x, _)| x.network == r.network && x.address.addr() == ip)
+            && let Some(i) = state.reservations.list.iter().position(|e| {
+                e.reservation.network == r.network && e.reservation.address.addr() == ip
+            })
         {
-            let existing = &state.reservations.list[i].0;
+            let existing = &state.reservations.list[i].reservation;
             match (&existing.endpoint, &r.endpoint) {
                 (Some(a), Some(b)) if a != b => {
                     return Err(ApiError::new(
@@ -85,7 +96,7 @@ impl Daemon {
                     state
                         .reservations
                         .save_with(|list| list[i] = updated.clone())?;
-                    state.reservations.list[i].0 = updated.clone();
+                    state.reservations.list[i].reservation = updated.clone();
                     return Ok(updated);
                 }
                 _ => return Ok(existing.clone()),
@@ -118,7 +129,11 @@ impl Daemon {
             let _ = state.leases.release(&r.network, &owner, OWNER_IFNAME);
             return Err(e);
         }
-        state.reservations.list.push((reservation.clone(), None));
+        state.reservations.list.push(Entry {
+            reservation: reservation.clone(),
+            port: None,
+            since: Instant::now(),
+        });
         info!(network = %r.network, address = %reservation.address, "address reserved");
         Ok(reservation)
     }
@@ -128,19 +143,16 @@ impl Daemon {
         state: &mut State,
         r: &UnreserveRequest,
     ) -> anyhow::Result<bool> {
-        let Some(i) = state
-            .reservations
-            .list
-            .iter()
-            .position(|(x, _)| x.network == r.network && x.address.addr() == r.address)
-        else {
+        let Some(i) = state.reservations.list.iter().position(|e| {
+            e.reservation.network == r.network && e.reservation.address.addr() == r.address
+        }) else {
             return Ok(false);
         };
         self.unplug_at(state, i)?;
         state.reservations.save_with(|list| {
             list.remove(i);
         })?;
-        let (reservation, _) = state.reservations.list.remove(i);
+        let reservation = state.reservations.list.remove(i).reservation;
         if let Err(e) = state
             .leases
             .release(&reservation.network, &reservation.owner, OWNER_IFNAME)
@@ -161,7 +173,7 @@ impl Daemon {
             .reservations
             .list
             .iter()
-            .position(|(x, _)| x.endpoint.as_deref() == Some(endpoint))
+            .position(|e| e.reservation.endpoint.as_deref() == Some(endpoint))
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorKind::BadRequest,
@@ -177,26 +189,27 @@ impl Daemon {
         r: PlugTapRequest,
     ) -> anyhow::Result<Reservation> {
         let i = Self::find_endpoint(state, &r.endpoint)?;
-        if let (existing, Some(_)) = &state.reservations.list[i] {
-            return Ok(existing.clone());
+        if state.reservations.list[i].port.is_some() {
+            return Ok(state.reservations.list[i].reservation.clone());
         }
         netns::validate_ifname(&r.tap).map_err(|e| {
             ApiError::new(ErrorKind::BadRequest, format!("TAP name {:?}: {e}", r.tap)).field("tap")
         })?;
-        let mut plugged = state.reservations.list[i].0.clone();
+        let mut plugged = state.reservations.list[i].reservation.clone();
         plugged.tap = Some(r.tap.clone());
         plugged.sandbox = Some(r.sandbox);
         // Recorded first: a crash from here on leaves a TAP the next start finds or forgets.
         state
             .reservations
             .save_with(|list| list[i] = plugged.clone())?;
-        state.reservations.list[i].0 = plugged.clone();
+        state.reservations.list[i].reservation = plugged.clone();
         let offloads = state.config.node.offloads;
         let made = host_tap::create(&r.tap, &plugged, offloads, self.datapath.workers())
             .and_then(|tap| self.switch_reservation(state, &plugged, tap));
         match made {
             Ok(id) => {
-                state.reservations.list[i].1 = Some(id);
+                state.reservations.list[i].port = Some(id);
+                state.reservations.list[i].since = Instant::now();
                 info!(endpoint = %r.endpoint, tap = %r.tap, address = %plugged.address, "TAP plugged");
                 Ok(plugged)
             }
@@ -210,7 +223,7 @@ impl Daemon {
                     .save_with(|list| list[i] = unplugged.clone())
                     .is_ok()
                 {
-                    state.reservations.list[i].0 = unplugged;
+                    state.reservations.list[i].reservation = unplugged;
                 }
                 Err(e.context(format!("plugging a TAP for endpoint {}", r.endpoint)))
             }
@@ -226,7 +239,7 @@ impl Daemon {
             .reservations
             .list
             .iter()
-            .position(|(x, _)| x.endpoint.as_deref() == Some(r.endpoint.as_str()))
+            .position(|e| e.reservation.endpoint.as_deref() == Some(r.endpoint.as_str()))
         else {
             return Ok(false);
         };
@@ -236,13 +249,14 @@ impl Daemon {
     /// Takes reservation `i`'s port off the switch, deletes its TAP where the runtime hands it
     /// back, and forgets both.
     fn unplug_at(&self, state: &mut State, i: usize) -> anyhow::Result<bool> {
-        let (reservation, port) = state.reservations.list[i].clone();
+        let reservation = state.reservations.list[i].reservation.clone();
+        let port = state.reservations.list[i].port;
         let Some(tap) = reservation.tap.clone() else {
             return Ok(false);
         };
         if let Some(id) = port {
             self.datapath.run(move |w| w.remove_port(id))?;
-            state.reservations.list[i].1 = None;
+            state.reservations.list[i].port = None;
         }
         host_tap::delete(&reservation)?;
         let mut unplugged = reservation;
@@ -251,7 +265,7 @@ impl Daemon {
         state
             .reservations
             .save_with(|list| list[i] = unplugged.clone())?;
-        state.reservations.list[i].0 = unplugged;
+        state.reservations.list[i].reservation = unplugged;
         info!(%tap, "TAP unplugged");
         Ok(true)
     }
@@ -269,13 +283,18 @@ impl Daemon {
         self.add_port(network.vni, r.mac, vec![r.address.addr()], tap)
     }
 
-    /// Loads the reservations at start and plugs the TAPs still found.
+    /// Loads the reservations at start and plugs the TAPs still found. A reservation whose
+    /// sandbox is gone lost its container while nobody could tell the daemon (it or the
+    /// runtime's plugin was down): its TAP and address are released.
     pub(super) fn restore_reservations(&self, state: &mut State) -> anyhow::Result<()> {
         let loaded = state.reservations.store.load()?;
         let offloads = state.config.node.offloads;
+        let mut gone = Vec::new();
         for mut reservation in loaded {
             let mut port = None;
-            if reservation.tap.is_some() {
+            if sandbox_gone(&reservation) {
+                gone.push((reservation.network.clone(), reservation.address.addr()));
+            } else if reservation.tap.is_some() {
                 let found = host_tap::reopen(&reservation, offloads, self.datapath.workers())
                     .and_then(|tap| match tap {
                         Some(tap) => self.switch_reservation(state, &reservation, tap).map(Some),
@@ -288,24 +307,68 @@ impl Daemon {
                         reservation.tap = None;
                         reservation.sandbox = None;
                     }
-                    Err(e) => {
-                        warn!(address = %reservation.address, "cannot plug a reserved TAP again: {e:#}")
-                    }
+                    Err(e) => warn!(
+                        address = %reservation.address,
+                        "cannot plug a reserved TAP again: {e:#}"
+                    ),
                 }
             }
-            state.reservations.list.push((reservation, port));
+            state.reservations.list.push(Entry {
+                reservation,
+                port,
+                since: Instant::now()
+                    .checked_sub(SANDBOX_GRACE)
+                    .unwrap_or_else(Instant::now),
+            });
         }
         let list = state.reservations.list();
         state.reservations.store.save(&list)?;
+        self.release_gone(state, gone);
         let plugged = state
             .reservations
             .list
             .iter()
-            .filter(|(_, p)| p.is_some())
+            .filter(|e| e.port.is_some())
             .count();
         if plugged > 0 {
             info!(plugged, "re-adopted reserved TAPs");
         }
         Ok(())
+    }
+
+    /// Releases the reservations whose sandbox has been gone since before the grace period.
+    pub(super) fn sweep_reservations(&self, state: &mut State) {
+        let gone: Vec<(String, IpAddr)> = state
+            .reservations
+            .list
+            .iter()
+            .filter(|e| e.since.elapsed() >= SANDBOX_GRACE && sandbox_gone(&e.reservation))
+            .map(|e| (e.reservation.network.clone(), e.reservation.address.addr()))
+            .collect();
+        self.release_gone(state, gone);
+    }
+
+    fn release_gone(&self, state: &mut State, gone: Vec<(String, IpAddr)>) {
+        for (network, address) in gone {
+            info!(%network, %address, "the sandbox of a reservation is gone: releasing it");
+            if let Err(e) = self.unreserve(state, &UnreserveRequest { network, address }) {
+                warn!(%address, "releasing a reservation whose sandbox is gone: {e:#}");
+            }
+        }
+    }
+}
+
+/// Whether a reservation was handed to a sandbox that no longer exists.
+fn sandbox_gone(r: &Reservation) -> bool {
+    let Some(sandbox) = &r.sandbox else {
+        return false;
+    };
+    let Ok(ns_ref) = sandbox.parse::<netns::NsRef>() else {
+        return false;
+    };
+    match netns::NetNs::open(&ns_ref) {
+        Ok(_) => false,
+        Err(netns::Error::InvalidArgument { .. }) => true,
+        Err(e) => matches!(e.errno(), Some(libc::ENOENT)),
     }
 }
