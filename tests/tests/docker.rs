@@ -403,6 +403,17 @@ fn docker_containers_share_a_network_across_hosts() {
         2,
         "{plugged:?}"
     );
+    let listed = Command::new(vswitch::lab::vswitchd_path().with_file_name("vswitch"))
+        .arg("--socket")
+        .arg(&docker.control_socket)
+        .arg("reservations")
+        .output()
+        .expect("running vswitch reservations");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("10.245.1.77/16") && listed.contains("/netns/"),
+        "{listed}"
+    );
     let mtu = docker.ok(&["exec", "alpha", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(mtu, plugged[0].mtu.to_string());
 
