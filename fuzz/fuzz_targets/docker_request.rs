@@ -78,13 +78,20 @@ fn driver() -> &'static Driver<StandIn> {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let split = input.iter().position(|&b| b == b'\n').unwrap_or(input.len());
+    let split = input
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(input.len());
     let Ok(path) = std::str::from_utf8(&input[..split]) else {
         return;
     };
     let body = input.get(split + 1..).unwrap_or_default();
     let parsed = protocol::parse(path, body);
-    assert_eq!(parsed, protocol::parse(path, body), "parsing is not deterministic");
+    assert_eq!(
+        parsed,
+        protocol::parse(path, body),
+        "parsing is not deterministic"
+    );
     let Ok(call) = parsed else {
         return;
     };
