@@ -532,3 +532,72 @@ fn compose_brings_a_stack_up_and_down() {
     assert!(docker.host_taps().is_empty(), "{:?}", docker.host_taps());
     assert_eq!(docker.network_map().trim(), "{}");
 }
+
+/// The control requests behind the plugin, without Docker: a reservation is plugged as a TAP in
+/// the daemon's namespace, unplugged and released; a TAP name that a device of someone else's
+/// holds is refused and that device left alone.
+#[test]
+fn reserved_taps_are_made_and_removed_in_the_daemons_namespace() {
+    use vswitch::control::api::{ClientError, ErrorKind};
+    use vswitch::control::host_tap::{
+        PlugTapRequest, ReserveRequest, UnplugTapRequest, UnreserveRequest,
+    };
+    let lab = vswitch_lab("dkr", 1, &[APP], "");
+    let socket = &lab.hosts[0].socket;
+    let host = Netlink::in_namespace(&lab.hosts[0].ns).expect("netlink");
+    host.create_bridge("vswtaken")
+        .expect("a device of someone else's");
+    let call = |request: Request| vswitch::control::api::call(socket, &request);
+    let Ok(Reply::Reserved(reserved)) = call(Request::Reserve(ReserveRequest {
+        network: "app".into(),
+        endpoint: Some("e1".into()),
+        ..Default::default()
+    })) else {
+        panic!("reserving an address failed");
+    };
+    assert_eq!(reserved.mtu, 1450);
+    let plug = |tap: &str| {
+        call(Request::PlugTap(PlugTapRequest {
+            endpoint: "e1".into(),
+            tap: tap.into(),
+            sandbox: "/nonexistent/sandbox".into(),
+        }))
+    };
+    match plug("vswtaken") {
+        Err(ClientError::Refused(e)) => assert_eq!(e.kind, ErrorKind::NameTaken, "{e}"),
+        other => panic!("plugging over a foreign device: {other:?}"),
+    }
+    let taken = host
+        .link_info("vswtaken")
+        .expect("link")
+        .expect("left alone");
+    assert_eq!(taken.kind.as_deref(), Some("bridge"));
+
+    let Ok(Reply::Reserved(plugged)) = plug("vswe1") else {
+        panic!("plugging failed");
+    };
+    assert_eq!(plugged.tap.as_deref(), Some("vswe1"));
+    let tap = host.link_info("vswe1").expect("link").expect("the TAP");
+    assert_eq!(tap.kind.as_deref(), Some("tun"));
+    assert_eq!(tap.mac, Some(reserved.mac.0));
+    assert_eq!(tap.mtu, Some(1450));
+
+    let unplugged = call(Request::UnplugTap(UnplugTapRequest {
+        endpoint: "e1".into(),
+    }));
+    assert!(
+        matches!(unplugged, Ok(Reply::Unplugged(true))),
+        "{unplugged:?}"
+    );
+    assert!(host.link_info("vswe1").expect("link").is_none());
+    let released = call(Request::Unreserve(UnreserveRequest {
+        network: "app".into(),
+        address: reserved.address.addr(),
+    }));
+    assert!(
+        matches!(released, Ok(Reply::Unreserved(true))),
+        "{released:?}"
+    );
+    assert!(matches!(call(Request::Reservations), Ok(Reply::Reservations(l)) if l.is_empty()));
+    let _ = host.delete_link("vswtaken");
+}

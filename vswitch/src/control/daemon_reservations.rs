@@ -214,7 +214,7 @@ impl Daemon {
                 Ok(plugged)
             }
             Err(e) => {
-                let _ = host_tap::delete_here(&r.tap);
+                let _ = host_tap::delete(&plugged);
                 let mut unplugged = plugged;
                 unplugged.tap = None;
                 unplugged.sandbox = None;

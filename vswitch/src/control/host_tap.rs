@@ -166,12 +166,34 @@ impl ReservationStore {
     }
 }
 
-/// Creates the TAP of a reservation in the daemon's namespace, replacing a leftover of the
-/// same name, with the reservation's MAC and MTU; the runtime brings it up where it moves it.
+/// Whether `link` is the TAP of a reservation with MAC `mac`.
+fn is_ours(link: &netns::LinkInfo, mac: MacAddr) -> bool {
+    link.kind.as_deref() == Some("tun") && link.mac == Some(mac.0)
+}
+
+/// Creates the TAP of a reservation in the daemon's namespace, replacing a leftover of its own
+/// (same name, a TAP with the reservation's MAC), with the reservation's MAC and MTU; the
+/// runtime brings it up where it moves it. A link of that name that is not such a leftover is
+/// left alone and the name refused.
 pub fn create(name: &str, r: &Reservation, offloads: bool, queues: usize) -> anyhow::Result<Tap> {
     netns::validate_ifname(name).with_context(|| format!("TAP name {name:?}"))?;
     let here = Netlink::current()?;
-    here.delete_link(name)?;
+    match here.link_info(name)? {
+        Some(link) if is_ours(&link, r.mac) => {
+            here.delete_link(name)?;
+        }
+        Some(_) => {
+            return Err(super::api::ApiError::new(
+                super::api::ErrorKind::NameTaken,
+                format!(
+                    "{name} already exists in vswitchd's namespace and is not this endpoint's TAP"
+                ),
+            )
+            .field("tap")
+            .into());
+        }
+        None => {}
+    }
     let tap = Tap::create(&super::attach::tap_options(name, offloads, queues))?;
     let configured = here
         .set_mac(name, r.mac.0)
@@ -191,7 +213,9 @@ fn locate(r: &Reservation) -> anyhow::Result<Option<(Option<NetNs>, String)>> {
     let Some(name) = &r.tap else {
         return Ok(None);
     };
-    if Netlink::current()?.link_index(name)?.is_some() {
+    if let Some(link) = Netlink::current()?.link_info(name)?
+        && is_ours(&link, r.mac)
+    {
         return Ok(Some((None, name.clone())));
     }
     let Some(sandbox) = &r.sandbox else {
@@ -210,7 +234,7 @@ fn locate(r: &Reservation) -> anyhow::Result<Option<(Option<NetNs>, String)>> {
     let found = Netlink::in_namespace(&ns)?
         .links()?
         .into_iter()
-        .find(|l| l.mac == Some(r.mac.0) && l.kind.as_deref() == Some("tun"));
+        .find(|l| is_ours(l, r.mac));
     Ok(found.map(|link| (Some(ns), link.name)))
 }
 
@@ -237,11 +261,6 @@ pub fn delete(r: &Reservation) -> anyhow::Result<bool> {
         Some(ns) => Netlink::in_namespace(ns)?,
     };
     Ok(nl.delete_link(&name)?)
-}
-
-/// Deletes a TAP of the daemon's namespace by name; `false` when it is not there.
-pub fn delete_here(name: &str) -> anyhow::Result<bool> {
-    Ok(Netlink::current()?.delete_link(name)?)
 }
 
 #[cfg(test)]
