@@ -403,6 +403,11 @@ fn docker_containers_share_a_network_across_hosts() {
         2,
         "{plugged:?}"
     );
+    let listed = ports(&lab);
+    assert!(
+        listed.len() == 2 && listed.iter().all(|(_, tap)| tap.starts_with("vsw")),
+        "{listed:?}"
+    );
     let listed = Command::new(vswitch::lab::vswitchd_path().with_file_name("vswitch"))
         .arg("--socket")
         .arg(&docker.control_socket)
@@ -462,11 +467,18 @@ fn docker_containers_share_a_network_across_hosts() {
     assert!(docker.host_taps().is_empty(), "{:?}", docker.host_taps());
     docker.ok(&["network", "rm", "app"]);
     assert_eq!(docker.network_map().trim(), "{}");
-    let ports = match lab.call(0, &Request::Ports).expect("listing ports") {
-        Reply::Ports(ports) => ports,
+    assert!(ports(&lab).is_empty(), "{:?}", ports(&lab));
+}
+
+/// The ports `vswitch ports` lists on the first host: container (endpoint) and interface.
+fn ports(lab: &Lab) -> Vec<(String, String)> {
+    match lab.call(0, &Request::Ports).expect("listing ports") {
+        Reply::Ports(ports) => ports
+            .into_iter()
+            .map(|p| (p.attachment.container_id, p.attachment.ifname))
+            .collect(),
         other => panic!("unexpected reply {other:?}"),
-    };
-    assert!(ports.is_empty(), "{ports:?}");
+    }
 }
 
 /// A Compose file with `driver:` and `ipam: driver:` set to the plugin brings a two-service

@@ -260,7 +260,8 @@ impl Daemon {
                         .ports
                         .iter()
                         .filter(|p| p.record.attachment.network == n.config.name)
-                        .count(),
+                        .count()
+                        + state.reservations.plugged_on(&n.config.name),
                 })
                 .collect(),
             peers: state
@@ -272,6 +273,7 @@ impl Daemon {
                 .ports
                 .iter()
                 .map(|p| (p.id, p.record.attachment.clone()))
+                .chain(state.reservations.attachments())
                 .collect(),
         };
         *self

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::{info, warn};
 
-use super::super::api::{ApiError, ErrorKind};
+use super::super::api::{ApiError, Attachment, ErrorKind};
 use super::super::attach::mac_for;
 use super::super::host_tap::{
     self, OWNER_IFNAME, PlugTapRequest, Reservation, ReservationStore, ReserveRequest,
@@ -47,6 +47,39 @@ impl Reservations {
         self.list.iter().map(|e| {
             let r = &e.reservation;
             (r.network.clone(), r.owner.clone(), OWNER_IFNAME.to_owned())
+        })
+    }
+
+    /// How many reservations of `network` are plugged.
+    pub(super) fn plugged_on(&self, network: &str) -> usize {
+        self.list
+            .iter()
+            .filter(|e| e.port.is_some() && e.reservation.network == network)
+            .count()
+    }
+
+    /// The plugged reservations as attachments, for `vswitch ports`, the FDB and the metrics:
+    /// the endpoint as the container, the sandbox as its namespace, the TAP's name as given.
+    pub(super) fn attachments(&self) -> impl Iterator<Item = (PortId, Attachment)> + '_ {
+        self.list.iter().filter_map(|e| {
+            let r = &e.reservation;
+            let port = e.port?;
+            Some((
+                port,
+                Attachment {
+                    container_id: r.endpoint.clone().unwrap_or_else(|| r.owner.clone()),
+                    netns: r.sandbox.clone().unwrap_or_default(),
+                    ifname: r.tap.clone().unwrap_or_default(),
+                    network: r.network.clone(),
+                    vni: r.vni,
+                    mac: r.mac,
+                    address: r.address,
+                    address6: None,
+                    gateway: r.gateway,
+                    mtu: r.mtu,
+                    labels: Default::default(),
+                },
+            ))
         })
     }
 
