@@ -547,7 +547,7 @@ fn compose_brings_a_stack_up_and_down() {
 
 /// The control requests behind the plugin, without Docker: a reservation is plugged as a TAP in
 /// the daemon's namespace, unplugged and released; a TAP name that a device of someone else's
-/// holds is refused and that device left alone.
+/// holds is refused and that device left alone; a full pool refuses the next reservation.
 #[test]
 fn reserved_taps_are_made_and_removed_in_the_daemons_namespace() {
     use vswitch::control::api::{ClientError, ErrorKind};
@@ -612,4 +612,25 @@ fn reserved_taps_are_made_and_removed_in_the_daemons_namespace() {
     );
     assert!(matches!(call(Request::Reservations), Ok(Reply::Reservations(l)) if l.is_empty()));
     let _ = host.delete_link("vswtaken");
+
+    // This node's /24 holds 253 endpoints besides the gateway; the next is refused, saying so.
+    let reserve = || {
+        call(Request::Reserve(ReserveRequest {
+            network: "app".into(),
+            ..Default::default()
+        }))
+    };
+    for n in 0..253 {
+        assert!(
+            matches!(reserve(), Ok(Reply::Reserved(_))),
+            "reservation {n} refused"
+        );
+    }
+    match reserve() {
+        Err(ClientError::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::AddressExhausted, "{e}");
+            assert!(e.message.contains("is full"), "{e}");
+        }
+        other => panic!("a full pool gave {other:?}"),
+    }
 }
