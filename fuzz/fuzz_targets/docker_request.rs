@@ -71,10 +71,7 @@ impl Control for StandIn {
 
 fn driver() -> &'static Driver<StandIn> {
     static DRIVER: OnceLock<Driver<StandIn>> = OnceLock::new();
-    DRIVER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("vswitch-fuzz-docker-{}", std::process::id()));
-        Driver::open(StandIn, &dir).expect("opening the driver's state directory")
-    })
+    DRIVER.get_or_init(|| Driver::in_memory(StandIn))
 }
 
 fuzz_target!(|input: &[u8]| {

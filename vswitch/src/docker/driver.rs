@@ -52,7 +52,8 @@ impl Control for SocketControl {
 /// The driver: the control connection and the network map.
 pub struct Driver<C> {
     control: C,
-    networks_file: PathBuf,
+    /// Where the network map is kept; `None` keeps it in memory only.
+    networks_file: Option<PathBuf>,
     networks: Mutex<BTreeMap<String, String>>,
 }
 
@@ -82,9 +83,19 @@ impl<C: Control> Driver<C> {
         };
         Ok(Self {
             control,
-            networks_file,
+            networks_file: Some(networks_file),
             networks: Mutex::new(networks),
         })
+    }
+
+    /// A driver whose network map lives in memory only: Docker networks are forgotten when it
+    /// stops (for tests and fuzzing).
+    pub fn in_memory(control: C) -> Self {
+        Self {
+            control,
+            networks_file: None,
+            networks: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Answers one call: the JSON body, or the message of a refusal.
@@ -215,11 +226,14 @@ impl<C: Control> Driver<C> {
     }
 
     fn save(&self, map: &BTreeMap<String, String>) -> Result<(), String> {
-        let tmp = self.networks_file.with_extension("json.tmp");
+        let Some(file) = &self.networks_file else {
+            return Ok(());
+        };
+        let tmp = file.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(map).map_err(|e| e.to_string())?;
         std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &self.networks_file))
-            .map_err(|e| format!("saving {}: {e}", self.networks_file.display()))
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .map_err(|e| format!("saving {}: {e}", file.display()))
     }
 
     fn network_of(&self, network_id: &str) -> Result<String, String> {

@@ -100,10 +100,8 @@ impl Control for FakeDaemon {
     }
 }
 
-fn driver(daemon: FakeDaemon) -> (tempfile::TempDir, Driver<FakeDaemon>) {
-    let dir = tempfile::tempdir().unwrap();
-    let driver = Driver::open(daemon, dir.path()).unwrap();
-    (dir, driver)
+fn driver(daemon: FakeDaemon) -> Driver<FakeDaemon> {
+    Driver::in_memory(daemon)
 }
 
 fn call(driver: &Driver<FakeDaemon>, path: &str, body: &str) -> Result<Value, String> {
@@ -116,7 +114,7 @@ const CREATE_APP: &str = r#"{"NetworkID":"n1","Options":{"com.docker.network.gen
 
 #[test]
 fn a_network_goes_from_pool_to_joined_endpoint_and_back() {
-    let (_dir, d) = driver(FakeDaemon::default());
+    let d = driver(FakeDaemon::default());
     let activated = call(&d, "/Plugin.Activate", "").unwrap();
     assert_eq!(activated["Implements"][1], "IpamDriver");
     let pool = call(
@@ -197,7 +195,7 @@ fn the_network_map_survives_a_restart_of_the_plugin() {
 
 #[test]
 fn refusals_say_what_is_wrong() {
-    let (_dir, d) = driver(FakeDaemon::default());
+    let d = driver(FakeDaemon::default());
     let unknown = CREATE_APP.replace(
         r#"{"com.docker.network.generic":{}}"#,
         r#"{"com.docker.network.generic":{"colour":"red"}}"#,
@@ -234,7 +232,7 @@ fn refusals_say_what_is_wrong() {
     .unwrap_err();
     assert!(e.contains("nope"), "{e}");
 
-    let (_dir, down) = driver(FakeDaemon {
+    let down = driver(FakeDaemon {
         down: true,
         ..Default::default()
     });
@@ -249,7 +247,7 @@ fn refusals_say_what_is_wrong() {
 
 #[test]
 fn a_fixed_address_and_mac_are_passed_on() {
-    let (_dir, d) = driver(FakeDaemon::default());
+    let d = driver(FakeDaemon::default());
     call(&d, "/NetworkDriver.CreateNetwork", CREATE_APP).unwrap();
     let address = call(
         &d,
