@@ -14,7 +14,8 @@
 //!   the question is asked again at the next sweep;
 //! - the list is saved before anything is forgotten: a detach whose save fails (a full disk)
 //!   changes nothing and says so; a lease is released only once no saved record holds it, and
-//!   a release that fails is retried by the sweep.
+//!   a release that fails is retried by the sweep;
+//! - an attach is done whole or not at all, a daemon killed midway included (`transaction`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -36,13 +37,14 @@ use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
-use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
+use crate::io::{Command, Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
 use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
-#[path = "daemon_reservations.rs"]
 mod reservations;
+mod transaction;
+pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
 
 /// A network as the daemon runs it.
 struct Network {
@@ -78,6 +80,9 @@ struct State {
     waiting: Vec<PortRecord>,
     /// Leases no saved record holds any more whose release failed; the sweep tries again.
     unreleased: Vec<Owner>,
+    /// Attaches that did not finish, saved with their intent, whose undo could not finish yet
+    /// (their lease is held); the sweep tries again.
+    undoing: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
     /// Addresses reserved for runtimes that move interfaces themselves, and their TAPs.
@@ -91,6 +96,7 @@ impl State {
             .iter()
             .map(|p| p.record.clone())
             .chain(self.waiting.iter().cloned())
+            .chain(self.undoing.iter().cloned())
             .collect()
     }
 }
@@ -168,6 +174,7 @@ impl Daemon {
                 ports: Vec::new(),
                 waiting: Vec::new(),
                 unreleased: Vec::new(),
+                undoing: Vec::new(),
                 store,
                 leases,
                 reservations: reservations::Reservations::new(
@@ -221,10 +228,10 @@ impl Daemon {
                 self.change(|state| self.unreserve(state, &r).map(Reply::Unreserved))
             }
             Request::PlugTap(r) => {
-                self.change(|state| self.plug_tap(state, r).map(Reply::Reserved))
+                self.change(|state| self.plug_reserved_tap(state, r).map(Reply::Reserved))
             }
             Request::UnplugTap(r) => {
-                self.change(|state| self.unplug_tap(state, &r).map(Reply::Unplugged))
+                self.change(|state| self.unplug_reserved_tap(state, &r).map(Reply::Unplugged))
             }
             Request::Reservations => Ok(Reply::Reservations(self.lock().reservations.list())),
         };
@@ -357,6 +364,7 @@ impl Daemon {
             }
         }
         self.sweep_reservations(&mut state);
+        self.retry_undos(&mut state);
         self.retry_releases(&mut state);
         self.publish_view(&state);
     }
@@ -397,10 +405,10 @@ impl Daemon {
             }),
             sealed: config.encryption,
         };
-        agreed(
-            self.datapath
-                .run(move |w| w.switch().add_network(switch_network.clone()))?,
-        )?;
+        agreed(self.datapath.ask(|reply| Command::AddNetwork {
+            config: switch_network.clone(),
+            reply,
+        })?)?;
         info!(network = %config.name, %vni, %node_subnet, %gateway, "network up");
         state.networks.insert(
             config.name.clone(),
@@ -424,8 +432,11 @@ impl Daemon {
             .iter()
             .filter_map(|n| state.networks.get(n).map(|n| n.vni))
             .collect();
-        self.datapath
-            .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
+        self.datapath.ask(|reply| Command::AddPeer {
+            addr: endpoint,
+            vnis: vnis.clone(),
+            reply,
+        })?;
         state
             .peers
             .insert(peer.name.clone(), Peer { endpoint, networks });
@@ -441,6 +452,17 @@ impl Daemon {
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
+            if record.intent.is_some() {
+                // An attach the daemon died in: undone, and its lease released below.
+                match transaction::undo_setup(&record) {
+                    Ok(()) => info!(container = %a.container_id, "unfinished attach undone"),
+                    Err(e) => {
+                        warn!(container = %a.container_id, "undoing an unfinished attach, retrying: {e:#}");
+                        state.undoing.push(record);
+                    }
+                }
+                continue;
+            }
             let ns = match open_recorded(&record) {
                 Recorded::Present(ns) => ns,
                 Recorded::Gone(why) => {
@@ -492,12 +514,23 @@ impl Daemon {
     /// Puts the interface in place and hands its TAP to the datapath.
     fn plug(&self, state: &State, record: &PortRecord, ns: &NetNs) -> anyhow::Result<PortId> {
         let a = &record.attachment;
+        let tap =
+            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
+        self.plug_tap(state, record, tap)
+    }
+
+    /// Hands an attachment's TAP to the datapath.
+    fn plug_tap(
+        &self,
+        state: &State,
+        record: &PortRecord,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
+        let a = &record.attachment;
         let network = state
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
-        let tap =
-            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
         let ips = [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
             .into_iter()
             .flatten()
@@ -526,9 +559,11 @@ impl Daemon {
             ips,
             port_security: true,
         };
-        let added = self
-            .datapath
-            .run(move |w| w.add_port(&queues, port.clone()))?;
+        let added = self.datapath.ask(|reply| Command::AddPort {
+            queues: Arc::clone(&queues),
+            config: port.clone(),
+            reply,
+        })?;
         let ids: Vec<PortId> = added
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -538,7 +573,8 @@ impl Daemon {
             Err(e) => {
                 // Take back what the workers that succeeded added.
                 if let Some(&id) = ids.first() {
-                    self.datapath.run(move |w| w.remove_port(id))?;
+                    self.datapath
+                        .ask(|reply| Command::RemovePort { id, reply })?;
                 }
                 Err(e)
             }
@@ -556,9 +592,9 @@ impl Daemon {
             )
             .field("ifname")
         })?;
-        let Some(network) = state.networks.get(&network_name) else {
+        if !state.networks.contains_key(&network_name) {
             return Err(unknown_network(state, &network_name).into());
-        };
+        }
         if let Some(existing) = state
             .ports
             .iter()
@@ -584,62 +620,19 @@ impl Daemon {
         }
         check_labels(&r.labels)?;
         let ns = open_namespace(&r.netns)?;
-        let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);
-        let addresses = state
-            .leases
-            .allocate(&network_name, &container_id, &ifname, r.ip)?;
-        let IpAddr::V4(v4) = addresses.v4.addr() else {
-            anyhow::bail!("IPv4 address expected from the pool, got {}", addresses.v4);
-        };
-        let attachment = Attachment {
-            container_id: container_id.clone(),
-            netns: r.netns.clone(),
-            ifname: ifname.clone(),
-            network: network_name.clone(),
-            vni: network_vni.get(),
-            mac: r.mac.unwrap_or_else(|| mac_for(v4)),
-            address: addresses.v4,
-            address6: addresses.v6,
-            gateway: IpAddr::V4(gateway),
-            mtu,
-            labels: r.labels.clone(),
-        };
-        let id = ns.id();
-        let record = PortRecord {
-            attachment: attachment.clone(),
-            netns_id: (id.dev, id.ino),
-        };
-        // Recorded before the interface exists: a crash from here on is finished (or undone)
-        // by the next start, never left half done.
-        let mut records = state.records();
-        records.push(record.clone());
-        let owner = (network_name.clone(), container_id.clone(), ifname.clone());
-        if let Err(e) = state.store.save(&records) {
-            let e = anyhow::Error::new(e).context("saving the attachment list");
-            return Err(self.release_or_keep(state, owner, e));
-        }
-        match self.plug(state, &record, &ns) {
-            Ok(id) => {
-                state.ports.push(Port { record, id });
-                info!(container = %container_id, %ifname, address = %attachment.address, "attached");
-                Ok(attachment)
-            }
-            Err(e) => {
-                let e = e.context(format!("attaching {container_id} to {network_name}"));
-                let _ = attach::remove_interface(&attachment, &ns);
-                // The record goes before the lease. If it cannot go (a full disk), both stay,
-                // and the sweep plugs the container after all, as the next start would.
-                if let Err(save) = state.store.save(&state.records()) {
-                    warn!(container = %container_id, "rolling back an attach: {save}");
-                    state.waiting.push(record);
-                    return Err(e.context(format!(
-                        "and the attachment could not be removed from the list ({save}): it is \
-                         kept with its address and set up again once the port can be plugged"
-                    )));
-                }
-                Err(self.release_or_keep(state, owner, e))
-            }
-        }
+        self.attach_in_steps(
+            state,
+            transaction::Plan {
+                container_id,
+                netns: r.netns,
+                ns,
+                ifname,
+                network: network_name,
+                ip: r.ip,
+                mac: r.mac,
+                labels: r.labels,
+            },
+        )
     }
 
     /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
@@ -692,7 +685,8 @@ impl Daemon {
         })?;
         if let Some(i) = port_index {
             let id = state.ports.remove(i).id;
-            self.datapath.run(move |w| w.remove_port(id))?;
+            self.datapath
+                .ask(|reply| Command::RemovePort { id, reply })?;
         } else if let Some(i) = waiting_index {
             state.waiting.remove(i);
         }
@@ -770,7 +764,8 @@ impl Daemon {
             }
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
-                self.datapath.run(move |w| w.switch().remove_network(vni))?;
+                self.datapath
+                    .ask(|reply| Command::RemoveNetwork { vni, reply })?;
             }
             changes.push(format!("network {name} removed"));
         }
@@ -799,10 +794,10 @@ impl Daemon {
                         }),
                         sealed: network.encryption,
                     };
-                    agreed(
-                        self.datapath
-                            .run(move |w| w.switch().add_network(update.clone()))?,
-                    )?;
+                    agreed(self.datapath.ask(|reply| Command::AddNetwork {
+                        config: update.clone(),
+                        reply,
+                    })?)?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu_setting = network.mtu_setting;
                     }
@@ -826,9 +821,9 @@ impl Daemon {
             if !same {
                 if let Some(peer) = state.peers.remove(&name) {
                     let endpoint = peer.endpoint;
-                    self.datapath.run(move |w| {
-                        let id = w.switch().peer_id(endpoint);
-                        id.is_some_and(|id| w.switch().remove_peer(id))
+                    self.datapath.ask(|reply| Command::RemovePeer {
+                        addr: endpoint,
+                        reply,
                     })?;
                 }
                 if wanted.is_none() {

@@ -216,7 +216,7 @@ impl Daemon {
             })
     }
 
-    pub(super) fn plug_tap(
+    pub(super) fn plug_reserved_tap(
         &self,
         state: &mut State,
         r: PlugTapRequest,
@@ -263,7 +263,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn unplug_tap(
+    pub(super) fn unplug_reserved_tap(
         &self,
         state: &mut State,
         r: &UnplugTapRequest,
@@ -288,7 +288,8 @@ impl Daemon {
             return Ok(false);
         };
         if let Some(id) = port {
-            self.datapath.run(move |w| w.remove_port(id))?;
+            self.datapath
+                .ask(|reply| crate::io::Command::RemovePort { id, reply })?;
             state.reservations.list[i].port = None;
         }
         host_tap::delete(&reservation)?;
