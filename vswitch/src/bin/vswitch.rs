@@ -49,6 +49,8 @@ enum Command {
     Fdb(Output),
     /// The peers and their traffic.
     Peers(Output),
+    /// Addresses reserved for Docker endpoints, and their TAPs.
+    Reservations(Output),
     /// Make the daemon re-read its config file and apply added or removed networks and peers
     /// (as SIGHUP does).
     Reload,
@@ -261,6 +263,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Peers(o) => match call(Request::Peers)? {
             Reply::Peers(p) => print(o.json, &p, |p| render::peers(p)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        Command::Reservations(o) => match call(Request::Reservations)? {
+            Reply::Reservations(r) => print(o.json, &r, |r| render::reservations(r)),
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Reload => match call(Request::Reload)? {

@@ -122,6 +122,28 @@ pub fn status(s: &StatusView) -> String {
     text
 }
 
+/// `vswitch reservations`: network, address, MAC, endpoint, TAP and where it was handed.
+pub fn reservations(list: &[super::host_tap::Reservation]) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.network.clone(),
+                r.address.to_string(),
+                r.mac.to_string(),
+                or_dash(&r.endpoint),
+                or_dash(&r.tap),
+                or_dash(&r.sandbox),
+            ]
+        })
+        .collect();
+    table(
+        &["NETWORK", "ADDRESS", "MAC", "ENDPOINT", "TAP", "SANDBOX"],
+        &rows,
+    )
+}
+
 /// `vswitch ports`.
 pub fn ports(ports: &[PortView]) -> String {
     let rows: Vec<Vec<String>> = ports
