@@ -254,6 +254,21 @@ pub struct StatusView {
     /// Traffic of each datapath worker, in worker order: how evenly flows spread over cores.
     #[serde(default)]
     pub workers: Vec<Traffic>,
+    /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
+    #[serde(default)]
+    pub mtu: MtuView,
+}
+
+/// What the switch did about the MTU: "too big" errors sent (and held back by their rate
+/// limit), TCP SYNs whose MSS it lowered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtuView {
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent.
+    pub too_big_sent: u64,
+    /// Errors not sent because their port or peer was over the rate limit.
+    pub too_big_limited: u64,
+    /// TCP SYNs whose MSS option was lowered.
+    pub mss_clamped: u64,
 }
 
 /// A successful reply's payload.

@@ -134,6 +134,10 @@ pub struct NetworkConfig {
     /// from peers whose public keys are configured.
     #[serde(default)]
     pub encryption: bool,
+    /// Lower the MSS option of TCP SYNs to what the MTU allows (MTU - 40, IPv6 MTU - 60), so
+    /// containers whose interface MTU is larger never start connections the path cannot carry.
+    #[serde(default = "default_true")]
+    pub clamp_mss: bool,
     /// Seconds a released address rests before it is handed out again (while others are free),
     /// so stale ARP and conntrack entries elsewhere do not meet a new container.
     #[serde(default = "default_address_hold")]
@@ -318,6 +322,7 @@ impl NetworkConfig {
             subnet6: None,
             mtu_setting: None,
             encryption: false,
+            clamp_mss: true,
             address_hold_secs: default_address_hold(),
         }
     }

@@ -14,7 +14,8 @@
 //!   the question is asked again at the next sweep;
 //! - the list is saved before anything is forgotten: a detach whose save fails (a full disk)
 //!   changes nothing and says so; a lease is released only once no saved record holds it, and
-//!   a release that fails is retried by the sweep.
+//!   a release that fails is retried by the sweep;
+//! - an attach is done whole or not at all, a daemon killed midway included (`transaction`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,18 +29,21 @@ use netns::{NetNs, NsRef, Offloads};
 use tracing::{info, warn};
 
 use super::api::{
-    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, NetworkView, PeerView,
-    PortView, Reply, Request, Response, StatusView, Traffic,
+    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, MtuView, NetworkView,
+    PeerView, PortView, Reply, Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
-use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
+use crate::io::{Command, Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
 use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
+
+mod transaction;
+pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
 
 /// A network as the daemon runs it.
 struct Network {
@@ -75,6 +79,9 @@ struct State {
     waiting: Vec<PortRecord>,
     /// Leases no saved record holds any more whose release failed; the sweep tries again.
     unreleased: Vec<Owner>,
+    /// Attaches that did not finish, saved with their intent, whose undo could not finish yet
+    /// (their lease is held); the sweep tries again.
+    undoing: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
 }
@@ -86,6 +93,7 @@ impl State {
             .iter()
             .map(|p| p.record.clone())
             .chain(self.waiting.iter().cloned())
+            .chain(self.undoing.iter().cloned())
             .collect()
     }
 }
@@ -165,6 +173,7 @@ impl Daemon {
                 ports: Vec::new(),
                 waiting: Vec::new(),
                 unreleased: Vec::new(),
+                undoing: Vec::new(),
                 store,
                 leases,
             }),
@@ -400,6 +409,7 @@ impl Daemon {
                 warn!("detaching a vanished container: {e:#}");
             }
         }
+        self.retry_undos(&mut state);
         self.retry_releases(&mut state);
         self.policy.sweep();
         self.publish_view(&state);
@@ -440,11 +450,12 @@ impl Daemon {
                 mac: mac_for(gateway),
             }),
             sealed: config.encryption,
+            clamp_mss: config.clamp_mss,
         };
-        agreed(
-            self.datapath
-                .run(move |w| w.switch().add_network(switch_network.clone()))?,
-        )?;
+        agreed(self.datapath.ask(|reply| Command::AddNetwork {
+            config: switch_network.clone(),
+            reply,
+        })?)?;
         info!(network = %config.name, %vni, %node_subnet, %gateway, "network up");
         state.networks.insert(
             config.name.clone(),
@@ -468,8 +479,11 @@ impl Daemon {
             .iter()
             .filter_map(|n| state.networks.get(n).map(|n| n.vni))
             .collect();
-        self.datapath
-            .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
+        self.datapath.ask(|reply| Command::AddPeer {
+            addr: endpoint,
+            vnis: vnis.clone(),
+            reply,
+        })?;
         state
             .peers
             .insert(peer.name.clone(), Peer { endpoint, networks });
@@ -484,6 +498,17 @@ impl Daemon {
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
+            if record.intent.is_some() {
+                // An attach the daemon died in: undone, and its lease released below.
+                match transaction::undo_setup(&record) {
+                    Ok(()) => info!(container = %a.container_id, "unfinished attach undone"),
+                    Err(e) => {
+                        warn!(container = %a.container_id, "undoing an unfinished attach, retrying: {e:#}");
+                        state.undoing.push(record);
+                    }
+                }
+                continue;
+            }
             let ns = match open_recorded(&record) {
                 Recorded::Present(ns) => ns,
                 Recorded::Gone(why) => {
@@ -534,12 +559,23 @@ impl Daemon {
     /// Puts the interface in place and hands its TAP to the datapath.
     fn plug(&self, state: &State, record: &PortRecord, ns: &NetNs) -> anyhow::Result<PortId> {
         let a = &record.attachment;
+        let tap =
+            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
+        self.plug_tap(state, record, tap)
+    }
+
+    /// Hands an attachment's TAP to the datapath.
+    fn plug_tap(
+        &self,
+        state: &State,
+        record: &PortRecord,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
+        let a = &record.attachment;
         let network = state
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
-        let tap =
-            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
         let vnet_hdr = tap.vnet_hdr_len() > 0;
         let uso = tap.offloads().contains(Offloads::USO4);
         let queues: Arc<[Arc<TapQueue>]> = tap
@@ -556,9 +592,11 @@ impl Daemon {
                 .collect(),
             port_security: true,
         };
-        let added = self
-            .datapath
-            .run(move |w| w.add_port(&queues, port.clone()))?;
+        let added = self.datapath.ask(|reply| Command::AddPort {
+            queues: Arc::clone(&queues),
+            config: port.clone(),
+            reply,
+        })?;
         let ids: Vec<PortId> = added
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -568,7 +606,8 @@ impl Daemon {
             Err(e) => {
                 // Take back what the workers that succeeded added.
                 if let Some(&id) = ids.first() {
-                    self.datapath.run(move |w| w.remove_port(id))?;
+                    self.datapath
+                        .ask(|reply| Command::RemovePort { id, reply })?;
                 }
                 Err(e)
             }
@@ -586,7 +625,7 @@ impl Daemon {
             )
             .field("ifname")
         })?;
-        let Some(network) = state.networks.get(&network_name) else {
+        if !state.networks.contains_key(&network_name) {
             let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
             return Err(ApiError::new(
                 ErrorKind::UnknownNetwork,
@@ -598,7 +637,7 @@ impl Daemon {
             )
             .field("network")
             .into());
-        };
+        }
         if let Some(existing) = state
             .ports
             .iter()
@@ -624,63 +663,26 @@ impl Daemon {
         }
         check_labels(&r.labels)?;
         let ns = open_namespace(&r.netns)?;
-        let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);
-        let addresses = state
-            .leases
-            .allocate(&network_name, &container_id, &ifname, r.ip)?;
-        let IpAddr::V4(v4) = addresses.v4.addr() else {
-            anyhow::bail!("IPv4 address expected from the pool, got {}", addresses.v4);
-        };
-        let attachment = Attachment {
-            container_id: container_id.clone(),
-            netns: r.netns.clone(),
-            ifname: ifname.clone(),
-            network: network_name.clone(),
-            vni: network_vni.get(),
-            mac: r.mac.unwrap_or_else(|| mac_for(v4)),
-            address: addresses.v4,
-            address6: addresses.v6,
-            gateway: IpAddr::V4(gateway),
-            mtu,
-            labels: r.labels.clone(),
-            qos: super::policy::qos_setting(r.rate, r.burst, mtu)?,
-        };
-        let id = ns.id();
-        let record = PortRecord {
-            attachment: attachment.clone(),
-            netns_id: (id.dev, id.ino),
-        };
-        // Recorded before the interface exists: a crash from here on is finished (or undone)
-        // by the next start, never left half done.
-        let mut records = state.records();
-        records.push(record.clone());
-        let owner = (network_name.clone(), container_id.clone(), ifname.clone());
-        if let Err(e) = state.store.save(&records) {
-            let e = anyhow::Error::new(e).context("saving the attachment list");
-            return Err(self.release_or_keep(state, owner, e));
-        }
-        match self.plug(state, &record, &ns) {
-            Ok(id) => {
-                state.ports.push(Port { record, id });
-                info!(container = %container_id, %ifname, address = %attachment.address, "attached");
-                Ok(attachment)
-            }
-            Err(e) => {
-                let e = e.context(format!("attaching {container_id} to {network_name}"));
-                let _ = attach::remove_interface(&attachment, &ns);
-                // The record goes before the lease. If it cannot go (a full disk), both stay,
-                // and the sweep plugs the container after all, as the next start would.
-                if let Err(save) = state.store.save(&state.records()) {
-                    warn!(container = %container_id, "rolling back an attach: {save}");
-                    state.waiting.push(record);
-                    return Err(e.context(format!(
-                        "and the attachment could not be removed from the list ({save}): it is \
-                         kept with its address and set up again once the port can be plugged"
-                    )));
-                }
-                Err(self.release_or_keep(state, owner, e))
-            }
-        }
+        let mtu = state
+            .networks
+            .get(&network_name)
+            .map(|n| n.config.mtu())
+            .unwrap_or_default();
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        self.attach_in_steps(
+            state,
+            transaction::Plan {
+                container_id,
+                netns: r.netns,
+                ns,
+                ifname,
+                network: network_name,
+                ip: r.ip,
+                mac: r.mac,
+                labels: r.labels,
+                qos,
+            },
+        )
     }
 
     /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
@@ -733,7 +735,8 @@ impl Daemon {
         })?;
         if let Some(i) = port_index {
             let id = state.ports.remove(i).id;
-            self.datapath.run(move |w| w.remove_port(id))?;
+            self.datapath
+                .ask(|reply| Command::RemovePort { id, reply })?;
         } else if let Some(i) = waiting_index {
             state.waiting.remove(i);
         }
@@ -811,7 +814,8 @@ impl Daemon {
             }
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
-                self.datapath.run(move |w| w.switch().remove_network(vni))?;
+                self.datapath
+                    .ask(|reply| Command::RemoveNetwork { vni, reply })?;
             }
             changes.push(format!("network {name} removed"));
         }
@@ -830,7 +834,10 @@ impl Daemon {
                         network.name
                     ));
                 }
-                Some(current) if current.config.mtu() != network.mtu() => {
+                Some(current)
+                    if current.config.mtu() != network.mtu()
+                        || current.config.clamp_mss != network.clamp_mss =>
+                {
                     let update = switch::NetworkConfig {
                         vni: current.vni,
                         mtu: network.mtu(),
@@ -839,15 +846,22 @@ impl Daemon {
                             mac: mac_for(current.gateway),
                         }),
                         sealed: network.encryption,
+                        clamp_mss: network.clamp_mss,
                     };
-                    agreed(
-                        self.datapath
-                            .run(move |w| w.switch().add_network(update.clone()))?,
-                    )?;
+                    agreed(self.datapath.ask(|reply| Command::AddNetwork {
+                        config: update.clone(),
+                        reply,
+                    })?)?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu_setting = network.mtu_setting;
+                        current.config.clamp_mss = network.clamp_mss;
                     }
-                    changes.push(format!("network {}: MTU {}", network.name, network.mtu()));
+                    changes.push(format!(
+                        "network {}: MTU {}, MSS clamping {}",
+                        network.name,
+                        network.mtu(),
+                        if network.clamp_mss { "on" } else { "off" }
+                    ));
                 }
                 Some(_) => {}
             }
@@ -867,9 +881,9 @@ impl Daemon {
             if !same {
                 if let Some(peer) = state.peers.remove(&name) {
                     let endpoint = peer.endpoint;
-                    self.datapath.run(move |w| {
-                        let id = w.switch().peer_id(endpoint);
-                        id.is_some_and(|id| w.switch().remove_peer(id))
+                    self.datapath.ask(|reply| Command::RemovePeer {
+                        addr: endpoint,
+                        reply,
                     })?;
                 }
                 if wanted.is_none() {
@@ -928,6 +942,11 @@ impl Daemon {
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
             workers,
+            mtu: MtuView {
+                too_big_sent: counters.too_big_sent,
+                too_big_limited: counters.too_big_limited,
+                mss_clamped: counters.mss_clamped,
+            },
         }
     }
 

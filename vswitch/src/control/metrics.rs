@@ -77,7 +77,7 @@ fn counters(
 pub fn render(s: &Scrape) -> String {
     let mut registry = Registry::default();
     let c = &s.counters;
-    let totals: [(&str, &str, u64); 8] = [
+    let totals: [(&str, &str, u64); 11] = [
         (
             "vswitch_port_rx_frames",
             "Frames received from containers",
@@ -117,6 +117,21 @@ pub fn render(s: &Scrape) -> String {
             "vswitch_peer_tx_bytes",
             "VXLAN bytes sent to peers",
             c.peer_tx_bytes,
+        ),
+        (
+            "vswitch_icmp_too_big",
+            "ICMP fragmentation-needed and ICMPv6 packet-too-big errors sent for frames over the MTU",
+            c.too_big_sent,
+        ),
+        (
+            "vswitch_icmp_too_big_limited",
+            "Such errors not sent: their port or peer was over the rate limit",
+            c.too_big_limited,
+        ),
+        (
+            "vswitch_mss_clamped",
+            "TCP SYNs whose MSS option was lowered to what the MTU allows",
+            c.mss_clamped,
         ),
     ];
     for (name, help, value) in totals {

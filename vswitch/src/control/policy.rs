@@ -31,7 +31,7 @@ use tracing::info;
 
 use super::api::{ApiError, Attachment, ErrorKind};
 use super::state::write_private;
-use crate::io::Datapath;
+use crate::io::{Command, Datapath};
 use crate::policy::{
     BitRate, Compiled, Conntrack, Endpoint, LimitSpec, LogLimiter, Policy, PortQos, PortQosSpec,
 };
@@ -373,10 +373,9 @@ impl PolicyPlane {
         }
         if !changes.is_empty() {
             let changes: Arc<[(PortId, Option<Arc<PortQos>>)]> = changes.into();
-            datapath.run(move |w| {
-                for (id, qos) in changes.iter() {
-                    w.switch().set_port_qos(*id, qos.clone());
-                }
+            datapath.ask(|reply| Command::SetPortQos {
+                changes: Arc::clone(&changes),
+                reply,
             })?;
         }
         Ok(())
@@ -404,7 +403,10 @@ impl PolicyPlane {
             conntrack: Arc::clone(&self.conntrack),
             log: Arc::clone(&self.log),
         });
-        datapath.run(move |w| w.switch().set_policy(install.clone()))?;
+        datapath.ask(|reply| Command::SetPolicy {
+            install: install.clone(),
+            reply,
+        })?;
         inner.installed = true;
         inner.compiled = compiled.clone();
         *self

@@ -101,6 +101,11 @@ pub fn status(s: &StatusView) -> String {
          refused  by TAPs {}  by the underlay {}  unsegmentable super-frames {}\n",
         s.tap_write_errors, s.udp_send_errors, s.offload_errors
     );
+    let _ = writeln!(
+        text,
+        "mtu      too-big errors sent {} (rate-limited {})  MSS clamped {}",
+        s.mtu.too_big_sent, s.mtu.too_big_limited, s.mtu.mss_clamped
+    );
     if s.workers.len() > 1 {
         let spread: Vec<String> = s.workers.iter().map(|w| w.rx_frames.to_string()).collect();
         let _ = writeln!(text, "per worker  rx frames {}", spread.join(" / "));

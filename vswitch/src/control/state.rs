@@ -1,6 +1,8 @@
-//! What the daemon must remember across restarts: the containers it attached. One JSON file in
-//! the state directory, replaced atomically (write, fsync, rename, fsync the directory) so a
-//! crash leaves either the old or the new list, never a torn one.
+//! What the daemon must remember across restarts: the containers it attached, and the attach
+//! in progress, if any (a record with an [`Intent`], saved before the attach changes anything
+//! outside the daemon, so that the next start can undo it). One JSON file in the state
+//! directory, replaced atomically (write, fsync, rename, fsync the directory) so a crash leaves
+//! either the old or the new list, never a torn one.
 //!
 //! The state directory is the daemon's own: created mode 0700, and refused when it is not a
 //! directory, belongs to another user, or is writable by group or others (anyone who can write
@@ -13,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::api::Attachment;
@@ -25,6 +28,21 @@ pub struct PortRecord {
     pub attachment: Attachment,
     /// The namespace's (device, inode).
     pub netns_id: (u64, u64),
+    /// Present while the attach is in progress: it was not answered, and is undone (not
+    /// finished) if the daemon stops before it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+}
+
+/// What undoing an attach in progress needs beyond its attachment: how `lo` was in the
+/// container before (the attach brings it up, and the kernel gives it addresses then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Whether `lo` was up.
+    pub lo_was_up: bool,
+    /// The addresses `lo` had.
+    #[serde(default)]
+    pub lo_addresses: Vec<IpNet>,
 }
 
 /// Why the attachment list could not be read or written.
@@ -224,6 +242,7 @@ mod tests {
         PortRecord {
             attachment: Attachment::example(id),
             netns_id: (4, 4026532000),
+            intent: None,
         }
     }
 
@@ -237,6 +256,16 @@ mod tests {
         assert_eq!(store.load().unwrap(), records);
         store.save(&records[..1]).unwrap();
         assert_eq!(store.load().unwrap(), records[..1]);
+        // An attach in progress keeps its intent; a record without one reads as done.
+        let mut pending = record("c");
+        pending.intent = Some(Intent {
+            lo_was_up: false,
+            lo_addresses: Vec::new(),
+        });
+        store.save(&[pending.clone()]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![pending]);
+        let text = fs::read_to_string(dir.path().join("ports.json")).unwrap();
+        assert!(!text.contains("\"intent\": null"), "{text}");
     }
 
     #[test]

@@ -195,6 +195,9 @@ pub struct Lab {
     pub ipv6_underlay: bool,
     /// Name the underlay by interface (`node.interface = "eth0"`) rather than by address.
     pub underlay_by_interface: bool,
+    /// TOML lines added to every `[[networks]]` table of the configs written from now on (for
+    /// example `mtu = 1400`), so hosts may differ.
+    pub network_extra: String,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -231,6 +234,7 @@ impl Lab {
             claim_node_subnets: false,
             ipv6_underlay: false,
             underlay_by_interface: false,
+            network_extra: String::new(),
         })
     }
 
@@ -395,7 +399,7 @@ impl Lab {
             if !self.claim_node_subnets {
                 let _ = writeln!(config, "node_subnet = \"{a}.{b}.{}.0/24\"", index + 1);
             }
-            config.push('\n');
+            let _ = writeln!(config, "{}", self.network_extra);
         }
         for peer in self.hosts.iter().filter(|h| h.index != index) {
             let _ = write!(

@@ -216,6 +216,13 @@ pub struct Counters {
     pub dynamic_peers_created: u64,
     /// Sealed keepalives received: empty datagrams that confirm a new session.
     pub keepalives: u64,
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent, answering frames
+    /// over the MTU.
+    pub too_big_sent: u64,
+    /// Such errors not sent because the port or peer was over its rate.
+    pub too_big_limited: u64,
+    /// TCP SYNs whose MSS option was lowered to what the MTU allows.
+    pub mss_clamped: u64,
     /// Drops, by reason.
     pub drops: DropCounters,
 }
@@ -277,6 +284,9 @@ impl Counters {
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
+        self.too_big_sent += other.too_big_sent;
+        self.too_big_limited += other.too_big_limited;
+        self.mss_clamped += other.mss_clamped;
         self.drops.add(&other.drops);
     }
 }

@@ -16,6 +16,7 @@
 mod bucket;
 mod config;
 mod counters;
+mod mtu;
 mod neigh;
 mod output;
 mod path;
@@ -40,6 +41,7 @@ use crate::wire::Vni;
 pub use bucket::TokenBucket;
 pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
+pub use mtu::{TOO_BIG_BURST, TOO_BIG_RATE};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
 pub use policy::{DeniedFlow, PolicyInstall};
@@ -125,6 +127,8 @@ struct Port {
     ipv6: Vec<Ipv6Addr>,
     /// The link-local address the interface forms from its MAC.
     link_local: Ipv6Addr,
+    /// "Too big" errors the port may still draw.
+    too_big: TokenBucket,
     /// Floods and ARP requests the port may still send.
     floods: TokenBucket,
     stats: PortStats,
@@ -136,6 +140,8 @@ struct Peer {
     vnis: Vec<Vni>,
     dynamic: bool,
     last_seen: Option<Instant>,
+    /// "Too big" errors the peer may still draw.
+    too_big: TokenBucket,
     stats: PeerStats,
     sealing: sealing::PeerSealing,
 }
@@ -321,6 +327,7 @@ impl Switch {
             ipv4,
             ipv6,
             link_local: mac.link_local(),
+            too_big: TokenBucket::new(mtu::TOO_BIG_RATE, mtu::TOO_BIG_BURST),
             floods: TokenBucket::new(self.config.flood_rate, self.config.flood_burst),
             stats: PortStats::default(),
         };
@@ -476,6 +483,7 @@ impl Switch {
             vnis,
             dynamic,
             last_seen: now,
+            too_big: TokenBucket::new(mtu::TOO_BIG_RATE, mtu::TOO_BIG_BURST),
             stats: PeerStats::default(),
             sealing: sealing::PeerSealing::default(),
         };
