@@ -302,7 +302,7 @@ impl Daemon {
             gateway: IpAddr::V4(network.gateway),
             mtu: network.config.mtu(),
             labels: plan.labels.clone(),
-            qos: plan.qos.clone(),
+            qos: plan.qos,
         };
         let inside = Netlink::in_namespace(&plan.ns)?;
         let id = plan.ns.id();
