@@ -31,6 +31,12 @@ pub enum Request {
     Peers,
     /// Re-read the config file and apply the difference in networks and peers.
     Reload,
+    /// The first half of an attach made by a privileged helper (`vswitch attach --helper`):
+    /// lease and record; the helper sets up the interface and sends [`Request::Plug`] on the
+    /// same connection (see [`super::handoff`]).
+    Reserve(super::handoff::ReserveRequest),
+    /// The second half: plug the TAP whose queues come with this message (`SCM_RIGHTS`).
+    Plug(super::handoff::PlugRequest),
 }
 
 /// What `vswitch attach` asks for.
@@ -248,6 +254,8 @@ pub enum Reply {
     Peers(Vec<PeerView>),
     /// The config was reloaded; what changed.
     Reloaded(String),
+    /// An attach was reserved for a helper: what to set up, and whether to send the queues.
+    Reserved(super::handoff::Reservation),
 }
 
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.

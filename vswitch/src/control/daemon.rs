@@ -42,6 +42,7 @@ use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Sit
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
+mod handoff;
 mod transaction;
 pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
 
@@ -65,6 +66,15 @@ struct Port {
     id: PortId,
 }
 
+/// An attach request that may proceed: its names resolved, and the container's record when it
+/// is attached already.
+struct Admitted {
+    container_id: String,
+    ifname: String,
+    network: String,
+    existing: Option<PortRecord>,
+}
+
 /// A lease's owner: network, container id, interface.
 type Owner = (String, String, String);
 
@@ -82,6 +92,9 @@ struct State {
     /// Attaches that did not finish, saved with their intent, whose undo could not finish yet
     /// (their lease is held); the sweep tries again.
     undoing: Vec<PortRecord>,
+    /// Attaches reserved for a helper (saved with their intent, their lease held), waiting
+    /// for its queues (`handoff`).
+    reserved: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
 }
@@ -94,6 +107,7 @@ impl State {
             .map(|p| p.record.clone())
             .chain(self.waiting.iter().cloned())
             .chain(self.undoing.iter().cloned())
+            .chain(self.reserved.iter().cloned())
             .collect()
     }
 }
@@ -172,6 +186,7 @@ impl Daemon {
                 waiting: Vec::new(),
                 unreleased: Vec::new(),
                 undoing: Vec::new(),
+                reserved: Vec::new(),
                 store,
                 leases,
             }),
@@ -217,6 +232,12 @@ impl Daemon {
             Request::Ports => Ok(Reply::Ports(self.ports())),
             Request::Fdb => Ok(Reply::Fdb(self.fdb())),
             Request::Peers => Ok(Reply::Peers(self.peers())),
+            Request::Reserve(_) | Request::Plug(_) => Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "reserve and plug are one exchange on one control connection (vswitch attach \
+                 --helper)",
+            )
+            .into()),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -311,6 +332,8 @@ impl Daemon {
         for record in waiting {
             let a = &record.attachment;
             match open_recorded(&record) {
+                // Its helper re-sends the queues; the daemon does not open them itself.
+                Recorded::Present(_) if record.by_helper => state.waiting.push(record),
                 Recorded::Present(ns) => match self.plug(&state, &record, &ns) {
                     Ok(id) => {
                         info!(container = %a.container_id, ifname = %a.ifname, "port restored");
@@ -431,6 +454,13 @@ impl Daemon {
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
+            if record.intent.is_some() && record.by_helper {
+                // Its helper undoes the interface (it was never answered); the lease goes below.
+                if let Err(e) = transaction::undo_setup(&record) {
+                    info!(container = %a.container_id, "an unfinished attach by a helper dropped; its interface is the helper's to remove: {e:#}");
+                }
+                continue;
+            }
             if record.intent.is_some() {
                 // An attach the daemon died in: undone, and its lease released below.
                 match transaction::undo_setup(&record) {
@@ -460,6 +490,11 @@ impl Daemon {
             if !state.networks.contains_key(&a.network) {
                 warn!(container = %a.container_id, network = %a.network, "network no longer configured: detaching");
                 let _ = attach::remove_interface(a, &ns);
+                continue;
+            }
+            if record.by_helper {
+                info!(container = %a.container_id, "waiting for the helper to send the queues again");
+                state.waiting.push(record);
                 continue;
             }
             match self.plug(state, &record, &ns) {
@@ -548,6 +583,32 @@ impl Daemon {
     }
 
     fn attach(&self, state: &mut State, r: AttachRequest) -> anyhow::Result<Attachment> {
+        let admitted = self.admit(state, &r)?;
+        if let Some(existing) = admitted.existing {
+            return Ok(existing.attachment);
+        }
+        let ns = open_namespace(&r.netns)?;
+        self.attach_in_steps(
+            state,
+            transaction::Plan {
+                wanted: transaction::Wanted {
+                    container_id: admitted.container_id,
+                    netns: r.netns,
+                    ifname: admitted.ifname,
+                    network: admitted.network,
+                    ip: r.ip,
+                    mac: r.mac,
+                    labels: r.labels,
+                },
+                ns,
+            },
+        )
+    }
+
+    /// Checks an attach request against the configuration and the attachments: its names, its
+    /// network, its labels, and whether the container is attached already (to that network:
+    /// then its record is returned; to another: refused).
+    fn admit(&self, state: &State, r: &AttachRequest) -> anyhow::Result<Admitted> {
         let network_name = r.network.clone().unwrap_or_else(|| "default".into());
         let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".into());
         let container_id = r.container_id.clone().unwrap_or_else(|| r.netns.clone());
@@ -592,23 +653,20 @@ impl Daemon {
                 .field("container_id")
                 .into());
             }
-            return Ok(a.clone());
-        }
-        check_labels(&r.labels)?;
-        let ns = open_namespace(&r.netns)?;
-        self.attach_in_steps(
-            state,
-            transaction::Plan {
+            return Ok(Admitted {
                 container_id,
-                netns: r.netns,
-                ns,
                 ifname,
                 network: network_name,
-                ip: r.ip,
-                mac: r.mac,
-                labels: r.labels,
-            },
-        )
+                existing: Some(existing.clone()),
+            });
+        }
+        check_labels(&r.labels)?;
+        Ok(Admitted {
+            container_id,
+            ifname,
+            network: network_name,
+            existing: None,
+        })
     }
 
     /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
@@ -667,6 +725,8 @@ impl Daemon {
             state.waiting.remove(i);
         }
         let removed = match open_recorded(&record) {
+            // The helper that made the interface removes it.
+            _ if record.by_helper => Ok(()),
             Recorded::Present(ns) => attach::remove_interface(a, &ns)
                 .map(drop)
                 .map_err(anyhow::Error::new),

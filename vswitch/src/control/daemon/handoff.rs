@@ -1,0 +1,256 @@
+//! The daemon's half of an attach by a privileged helper ([`crate::control::handoff`]):
+//! reserve (lease, intent), then plug the queues the helper sends, then commit. A reservation
+//! whose plug never comes (the helper failed, went away, or the connection closed) is dropped
+//! and its lease released.
+
+use std::os::fd::OwnedFd;
+
+use netns::Tap;
+use tracing::{info, warn};
+
+use super::transaction::{self, AttachStep, Wanted, hooks};
+use super::{Daemon, Port, State, api_error};
+use crate::control::api::{ApiError, Attachment, ErrorKind, Reply, Response};
+use crate::control::handoff::{PlugRequest, Reservation, ReserveRequest, offloads_of};
+use crate::control::state::PortRecord;
+
+/// Which attachment a connection reserved: container id and interface.
+pub type ReservedKey = (String, String);
+
+impl Daemon {
+    /// Reserves an attach for a helper: leases the address and saves the record with its
+    /// intent. A container attached already is answered as it is: with `send_queues` when
+    /// its port waits for a helper's queues (after a restart).
+    pub fn reserve(&self, r: ReserveRequest) -> Result<Reservation, ApiError> {
+        self.change(|state| self.reserve_in_steps(state, r))
+            .map_err(|e| api_error(&e))
+    }
+
+    fn reserve_in_steps(
+        &self,
+        state: &mut State,
+        r: ReserveRequest,
+    ) -> anyhow::Result<Reservation> {
+        let admitted = self.admit(state, &r.attach)?;
+        let reservation = |attachment: Attachment, send_queues: bool| Reservation {
+            attachment,
+            send_queues,
+            queues: self.datapath.workers(),
+            offloads: state.config.node.offloads,
+        };
+        if let Some(existing) = admitted.existing {
+            let waits = existing.by_helper
+                && state
+                    .waiting
+                    .iter()
+                    .any(|w| w.attachment == existing.attachment);
+            return Ok(reservation(existing.attachment, waits));
+        }
+        if state.reserved.iter().any(|p| {
+            p.attachment.container_id == admitted.container_id
+                && p.attachment.ifname == admitted.ifname
+        }) {
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{} {} is being attached by another helper; try again",
+                    admitted.container_id, admitted.ifname
+                ),
+            )
+            .into());
+        }
+        if let Some(other) = state
+            .records()
+            .iter()
+            .find(|p| p.netns_id == r.netns_id && p.attachment.ifname == admitted.ifname)
+        {
+            return Err(ApiError::new(
+                ErrorKind::NameTaken,
+                format!(
+                    "{} in {} is the interface of container {}: choose another --ifname",
+                    admitted.ifname, r.attach.netns, other.attachment.container_id
+                ),
+            )
+            .field("ifname")
+            .into());
+        }
+        let wanted = Wanted {
+            container_id: admitted.container_id,
+            netns: r.attach.netns,
+            ifname: admitted.ifname,
+            network: admitted.network,
+            ip: r.attach.ip,
+            mac: r.attach.mac,
+            labels: r.attach.labels,
+        };
+        let hooks = hooks();
+        hooks.reach(AttachStep::Lease)?;
+        let addresses = state.leases.allocate(
+            &wanted.network,
+            &wanted.container_id,
+            &wanted.ifname,
+            wanted.ip,
+        )?;
+        let owner = (
+            wanted.network.clone(),
+            wanted.container_id.clone(),
+            wanted.ifname.clone(),
+        );
+        let recorded = transaction::new_attachment(state, &wanted, &addresses).and_then(|a| {
+            hooks.reach(AttachStep::Intent)?;
+            let record = PortRecord {
+                attachment: a,
+                netns_id: r.netns_id,
+                intent: Some(r.before),
+                by_helper: true,
+            };
+            let mut records = state.records();
+            records.push(record.clone());
+            state
+                .store
+                .save(&records)
+                .map_err(|e| anyhow::Error::new(e).context("saving the attachment list"))?;
+            Ok(record)
+        });
+        match recorded {
+            Ok(record) => {
+                state.reserved.push(record.clone());
+                Ok(reservation(record.attachment, true))
+            }
+            Err(e) => Err(self.release_or_keep(state, owner, e)),
+        }
+    }
+
+    /// Plugs the queues a helper sent for the attach its connection reserved (or for a port
+    /// that waits for them after a restart), and commits.
+    pub fn plug_handed(&self, key: &ReservedKey, plug: PlugRequest, fds: Vec<OwnedFd>) -> Response {
+        let result = self.change(|state| self.plug_in_steps(state, key, &plug, fds));
+        match result {
+            Ok(a) => Response::Ok(Reply::Attached(a)),
+            Err(e) => Response::Error(api_error(&e)),
+        }
+    }
+
+    fn plug_in_steps(
+        &self,
+        state: &mut State,
+        key: &ReservedKey,
+        plug: &PlugRequest,
+        fds: Vec<OwnedFd>,
+    ) -> anyhow::Result<Attachment> {
+        let is_key =
+            |r: &PortRecord| r.attachment.container_id == key.0 && r.attachment.ifname == key.1;
+        if let Some(i) = state.waiting.iter().position(|r| r.by_helper && is_key(r)) {
+            // A port restored after a restart: its record is committed already.
+            let record = state.waiting[i].clone();
+            let tap = handed_tap(&record, plug, fds)?;
+            let id = self.plug_tap(state, &record, tap)?;
+            state.waiting.remove(i);
+            info!(container = %key.0, ifname = %key.1, "port restored from a helper's queues");
+            state.ports.push(Port { record, id });
+            return Ok(state.ports[state.ports.len() - 1].record.attachment.clone());
+        }
+        let Some(i) = state.reserved.iter().position(is_key) else {
+            anyhow::bail!(ApiError::new(
+                ErrorKind::BadRequest,
+                "plug without a reservation on this connection: send reserve first",
+            ));
+        };
+        let mut record = state.reserved[i].clone();
+        let plugged = (|| {
+            let tap = handed_tap(&record, plug, fds)?;
+            hooks().reach(AttachStep::Plug)?;
+            let id = self.plug_tap(state, &record, tap)?;
+            if let Err(e) = hooks().reach(AttachStep::Commit) {
+                let _ = self
+                    .datapath
+                    .ask(|reply| crate::io::Command::RemovePort { id, reply });
+                return Err(e);
+            }
+            Ok(id)
+        })();
+        let id = match plugged {
+            Ok(id) => id,
+            Err(e) => return Err(self.drop_reservation(state, key, e)),
+        };
+        record.intent = None;
+        state.reserved.remove(i);
+        let mut records = state.records();
+        records.push(record.clone());
+        if let Err(e) = state.store.save(&records) {
+            let _ = self
+                .datapath
+                .ask(|reply| crate::io::Command::RemovePort { id, reply });
+            state.reserved.push(record);
+            let e = anyhow::Error::new(e).context("saving the attachment list");
+            return Err(self.drop_reservation(state, key, e));
+        }
+        info!(container = %key.0, ifname = %key.1, address = %record.attachment.address, "attached by a helper");
+        hooks().reach(AttachStep::Answer)?;
+        let attachment = record.attachment.clone();
+        state.ports.push(Port { record, id });
+        Ok(attachment)
+    }
+
+    /// Drops the reservation of a connection whose plug will not come.
+    pub fn abandon(&self, key: &ReservedKey) {
+        let _ = self.change(|state| {
+            if state
+                .reserved
+                .iter()
+                .any(|r| r.attachment.container_id == key.0 && r.attachment.ifname == key.1)
+            {
+                warn!(container = %key.0, ifname = %key.1, "the helper did not plug: reservation dropped");
+                let e = anyhow::anyhow!("abandoned");
+                let _ = self.drop_reservation(state, key, e);
+            }
+            Ok(())
+        });
+    }
+
+    /// Removes a reservation from the list and releases its lease; `error` with what could
+    /// not be done yet.
+    fn drop_reservation(
+        &self,
+        state: &mut State,
+        key: &ReservedKey,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        let Some(i) = state
+            .reserved
+            .iter()
+            .position(|r| r.attachment.container_id == key.0 && r.attachment.ifname == key.1)
+        else {
+            return error;
+        };
+        let record = state.reserved.remove(i);
+        let a = &record.attachment;
+        let owner = (a.network.clone(), a.container_id.clone(), a.ifname.clone());
+        if let Err(save) = state.store.save(&state.records()) {
+            // The record stays on disk with its intent: the next start drops it and its lease.
+            warn!(container = %a.container_id, "dropping a reservation: {save}");
+            state.unreleased.push(owner);
+            return error;
+        }
+        self.release_or_keep(state, owner, error)
+    }
+}
+
+/// The TAP whose queues a helper sent for `record`: they must be queues of one TAP, named as
+/// the attachment's interface.
+fn handed_tap(record: &PortRecord, plug: &PlugRequest, fds: Vec<OwnedFd>) -> anyhow::Result<Tap> {
+    let tap = Tap::from_queues(fds, offloads_of(plug))
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("the queues sent: {e}")))?;
+    let a = &record.attachment;
+    if tap.name() != a.ifname {
+        anyhow::bail!(ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "the queues sent are of {}, not of {} (the interface reserved)",
+                tap.name(),
+                a.ifname
+            ),
+        ));
+    }
+    Ok(tap)
+}
