@@ -1,8 +1,10 @@
 //! A `vswitchd` that runs as an unprivileged user with no capabilities (README, "Running
 //! vswitchd without privileges"): containers attached by the privileged helper
-//! (`vswitch attach --helper`) reach each other through it, by ping and TCP; after its restart
-//! (still unprivileged) they do again; `vswitch detach --helper` removes everything. And the
-//! helper takes back the interface it made when the daemon refuses the plug.
+//! (`vswitch attach --helper`) reach each other through it, by ping and TCP; killed and
+//! started again (still unprivileged) it takes the queues back from its keeper and they do
+//! again; without the keeper the helper sends them again; `vswitch detach --helper` removes
+//! everything. And the helper takes back the interface it made when the daemon refuses the
+//! plug.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -189,14 +191,38 @@ fn an_unprivileged_daemon_switches_for_the_helper_and_survives_its_restart() {
     assert_eq!(attach(&socket, &a), ip_a);
     assert_eq!(ports(&socket).len(), 2);
 
-    daemon.stop();
+    // Killed, not stopped: it takes its queues back from the keeper all the same.
+    drop(daemon);
     let daemon = Daemon::start(&lab, None);
-    // The helper re-sends the queues of the ports the daemon waits for.
+    assert_eq!(ports(&socket).len(), 2, "the ports were not re-adopted");
+    assert!(reaches(&b.ns, ip_a), "b cannot reach a after the restart");
+    tcp_transfer(&b.ns, &a.ns, ip_a, 256 * 1024);
+    // A helper that sends again finds the port plugged.
+    assert_eq!(attach(&socket, &b), ip_b);
+
+    // Without the keeper, a restarted daemon waits for the helper to send the queues again.
+    daemon.stop();
+    let keeper = lab
+        .dir()
+        .join(&lab.hosts[0].name)
+        .join("state")
+        .join("keeper.sock");
+    std::fs::remove_file(&keeper).expect("removing the keeper's socket");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&keeper).is_ok() {
+        assert!(Instant::now() < deadline, "the keeper did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let daemon = Daemon::start(&lab, None);
+    assert!(ports(&socket).is_empty());
     assert_eq!(attach(&socket, &a), ip_a);
     assert_eq!(attach(&socket, &b), ip_b);
     assert_eq!(ports(&socket).len(), 2);
-    assert!(reaches(&b.ns, ip_a), "b cannot reach a after the restart");
-    tcp_transfer(&b.ns, &a.ns, ip_a, 256 * 1024);
+    assert!(
+        reaches(&a.ns, ip_b),
+        "a cannot reach b after the helper sent again"
+    );
 
     for c in [&a, &b] {
         let (status, _, err) = vswitch(&socket, &["detach", &c.name, "--helper"]);

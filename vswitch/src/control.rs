@@ -6,6 +6,7 @@ pub mod attach;
 pub mod config;
 pub mod daemon;
 pub mod handoff;
+pub mod keeper;
 pub mod leases;
 pub mod metrics;
 pub mod render;

@@ -62,6 +62,9 @@ struct Args {
     /// The TOML config file.
     #[arg(long, short)]
     config: PathBuf,
+    /// Run as the queue keeper of the daemon of that config (the daemon starts it itself).
+    #[arg(long, hide = true)]
+    keep_queues: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.keep_queues {
+        let socket = vswitch::control::keeper::socket_path(&config.node.state_dir);
+        return match vswitch::control::keeper::run(&socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vswitchd queue keeper: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let control_group = match resolve_group(&args.config, &config) {
         Ok(group) => group,
         Err(e) => {

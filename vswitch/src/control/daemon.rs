@@ -452,6 +452,7 @@ impl Daemon {
     /// and tried again by the sweep.
     fn restore(&self, state: &mut State) -> anyhow::Result<()> {
         let records = state.store.load()?;
+        let mut kept = self.kept_queues(state);
         for record in records {
             let a = &record.attachment;
             if record.intent.is_some() && record.by_helper {
@@ -459,6 +460,7 @@ impl Daemon {
                 if let Err(e) = transaction::undo_setup(&record) {
                     info!(container = %a.container_id, "an unfinished attach by a helper dropped; its interface is the helper's to remove: {e:#}");
                 }
+                self.forget_kept(state, &record);
                 continue;
             }
             if record.intent.is_some() {
@@ -493,8 +495,13 @@ impl Daemon {
                 continue;
             }
             if record.by_helper {
-                info!(container = %a.container_id, "waiting for the helper to send the queues again");
-                state.waiting.push(record);
+                match self.readopt_kept(state, &record, &mut kept) {
+                    Ok(id) => state.ports.push(Port { record, id }),
+                    Err(e) => {
+                        info!(container = %a.container_id, "waiting for its helper to send the queues again: {e:#}");
+                        state.waiting.push(record);
+                    }
+                }
                 continue;
             }
             match self.plug(state, &record, &ns) {
@@ -751,6 +758,9 @@ impl Daemon {
                 a.ifname,
                 SWEEP_INTERVAL.as_secs()
             )));
+        }
+        if record.by_helper {
+            self.forget_kept(state, &record);
         }
         info!(container = %a.container_id, ifname = %a.ifname, "detached");
         Ok(true)

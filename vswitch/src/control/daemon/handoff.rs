@@ -2,8 +2,15 @@
 //! reserve (lease, intent), then plug the queues the helper sends, then commit. A reservation
 //! whose plug never comes (the helper failed, went away, or the connection closed) is dropped
 //! and its lease released.
+//!
+//! The queues of a plugged port are also given to the queue keeper ([`keeper`]), which the
+//! daemon starts when it first needs it: a restarted daemon takes them back from it, and so
+//! re-adopts the helpers' ports without any privilege. A port the keeper does not hold (it was
+//! not running, or was stopped) waits for its helper to send the queues again.
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use netns::Tap;
 use tracing::{info, warn};
@@ -12,10 +19,19 @@ use super::transaction::{self, AttachStep, Wanted, hooks};
 use super::{Daemon, Port, State, api_error};
 use crate::control::api::{ApiError, Attachment, ErrorKind, Reply, Response};
 use crate::control::handoff::{PlugRequest, Reservation, ReserveRequest, offloads_of};
+use crate::control::keeper;
 use crate::control::state::PortRecord;
 
 /// Which attachment a connection reserved: container id and interface.
 pub type ReservedKey = (String, String);
+
+/// What the keeper gave back at start, by key: offloads and queues.
+pub(super) type KeptQueues = BTreeMap<String, (u32, Vec<OwnedFd>)>;
+
+/// The keeper's name for an attachment's queues.
+fn kept_key(container_id: &str, ifname: &str) -> String {
+    serde_json::to_string(&(container_id, ifname)).unwrap_or_default()
+}
 
 impl Daemon {
     /// Reserves an attach for a helper: leases the address and saves the record with its
@@ -144,7 +160,9 @@ impl Daemon {
             // A port restored after a restart: its record is committed already.
             let record = state.waiting[i].clone();
             let tap = handed_tap(&record, plug, fds)?;
+            let copies = copies_of(&tap);
             let id = self.plug_tap(state, &record, tap)?;
+            self.keep(state, &record, plug.offloads, copies);
             state.waiting.remove(i);
             info!(container = %key.0, ifname = %key.1, "port restored from a helper's queues");
             state.ports.push(Port { record, id });
@@ -159,6 +177,7 @@ impl Daemon {
         let mut record = state.reserved[i].clone();
         let plugged = (|| {
             let tap = handed_tap(&record, plug, fds)?;
+            let copies = copies_of(&tap);
             hooks().reach(AttachStep::Plug)?;
             let id = self.plug_tap(state, &record, tap)?;
             if let Err(e) = hooks().reach(AttachStep::Commit) {
@@ -167,10 +186,10 @@ impl Daemon {
                     .ask(|reply| crate::io::Command::RemovePort { id, reply });
                 return Err(e);
             }
-            Ok(id)
+            Ok((id, copies))
         })();
-        let id = match plugged {
-            Ok(id) => id,
+        let (id, copies) = match plugged {
+            Ok(plugged) => plugged,
             Err(e) => return Err(self.drop_reservation(state, key, e)),
         };
         record.intent = None;
@@ -186,6 +205,7 @@ impl Daemon {
             return Err(self.drop_reservation(state, key, e));
         }
         info!(container = %key.0, ifname = %key.1, address = %record.attachment.address, "attached by a helper");
+        self.keep(state, &record, plug.offloads, copies);
         hooks().reach(AttachStep::Answer)?;
         let attachment = record.attachment.clone();
         state.ports.push(Port { record, id });
@@ -234,6 +254,104 @@ impl Daemon {
         }
         self.release_or_keep(state, owner, error)
     }
+}
+
+impl Daemon {
+    /// Gives the keeper copies of a port's queues, starting it if it is not running; a
+    /// failure is logged (the port then waits for its helper after a restart).
+    fn keep(&self, state: &State, record: &PortRecord, offloads: u32, copies: Vec<OwnedFd>) {
+        let a = &record.attachment;
+        let socket = keeper::socket_path(&state.config.node.state_dir);
+        let kept = self.start_keeper(&socket).and_then(|()| {
+            let key = kept_key(&a.container_id, &a.ifname);
+            Ok(keeper::keep(&socket, &key, offloads, &copies)?)
+        });
+        if let Err(e) = kept {
+            warn!(container = %a.container_id, "the queue keeper does not hold this port's queues; after a restart its helper must send them again: {e:#}");
+        }
+    }
+
+    /// Starts the keeper (`vswitchd --config FILE --keep-queues`) unless it runs, in a process
+    /// group of its own, and waits for it to answer.
+    fn start_keeper(&self, socket: &std::path::Path) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        if keeper::is_running(socket) {
+            return Ok(());
+        }
+        let exe = std::env::current_exe()?;
+        let mut child = std::process::Command::new(exe)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--keep-queues")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        // Reaped when it exits, so that it leaves no zombie behind while the daemon runs.
+        std::thread::Builder::new()
+            .name("keeper-wait".into())
+            .spawn(move || child.wait())?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !keeper::is_running(socket) {
+            anyhow::ensure!(Instant::now() < deadline, "the queue keeper did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        info!(socket = %socket.display(), "queue keeper started");
+        Ok(())
+    }
+
+    /// What the keeper holds, taken at start; empty when no keeper runs.
+    pub(super) fn kept_queues(&self, state: &State) -> KeptQueues {
+        let socket = keeper::socket_path(&state.config.node.state_dir);
+        if !keeper::is_running(&socket) {
+            return KeptQueues::new();
+        }
+        match keeper::give(&socket) {
+            Ok(kept) => kept
+                .into_iter()
+                .map(|(key, offloads, fds)| (key, (offloads, fds)))
+                .collect(),
+            Err(e) => {
+                warn!("taking the queues back from the keeper: {e}");
+                KeptQueues::new()
+            }
+        }
+    }
+
+    /// Re-adopts a helper's port from the queues the keeper gave back.
+    pub(super) fn readopt_kept(
+        &self,
+        state: &State,
+        record: &PortRecord,
+        kept: &mut KeptQueues,
+    ) -> anyhow::Result<crate::switch::PortId> {
+        let a = &record.attachment;
+        let (offloads, fds) = kept
+            .remove(&kept_key(&a.container_id, &a.ifname))
+            .ok_or_else(|| anyhow::anyhow!("the queue keeper does not hold its queues"))?;
+        let tap = handed_tap(record, &PlugRequest { offloads }, fds)?;
+        self.plug_tap(state, record, tap)
+    }
+
+    /// Has the keeper close a port's queues (it was detached, or its attach undone).
+    pub(super) fn forget_kept(&self, state: &State, record: &PortRecord) {
+        let socket = keeper::socket_path(&state.config.node.state_dir);
+        let a = &record.attachment;
+        if keeper::is_running(&socket)
+            && let Err(e) = keeper::drop_kept(&socket, &kept_key(&a.container_id, &a.ifname))
+        {
+            warn!(container = %a.container_id, "{e}");
+        }
+    }
+}
+
+/// Copies of a TAP's queue descriptors, for the keeper; none when they cannot be made.
+fn copies_of(tap: &Tap) -> Vec<OwnedFd> {
+    tap.queues()
+        .iter()
+        .map(OwnedFd::try_clone)
+        .collect::<Result<_, _>>()
+        .unwrap_or_default()
 }
 
 /// The TAP whose queues a helper sent for `record`: they must be queues of one TAP, named as
