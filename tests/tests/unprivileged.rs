@@ -272,3 +272,61 @@ fn the_helper_takes_back_its_interface_when_the_plug_is_refused() {
     // The address went back to the pool: the next attach gets it.
     drop(_daemon);
 }
+
+/// Runs `vswitch-cni` with `command` for container `c`: exit status and stdout.
+fn cni(socket: &Path, command: &str, c: &Container) -> (i32, String) {
+    use std::io::Write;
+    let exe = vswitch::lab::vswitchd_path().with_file_name("vswitch-cni");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "default",
+        "type": "vswitch-cni",
+        "socket": socket,
+    });
+    let mut child = Command::new(&exe)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &c.name)
+        .env("CNI_NETNS", format!("/run/netns/{}", c.name))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("writing the config");
+    let out = child.wait_with_output().expect("waiting for the plugin");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_cni_plugin_hands_the_queues_over_to_an_unprivileged_daemon() {
+    let lab = lab("unc");
+    let socket = lab.hosts[0].socket.clone();
+    let _daemon = Daemon::start(&lab, None);
+    let a = Container::new(&lab, "a");
+    let b = Container::new(&lab, "b");
+    let (status, out) = cni(&socket, "ADD", &a);
+    assert_eq!(status, 0, "{out}");
+    let result: serde_json::Value = serde_json::from_str(&out).expect("the CNI result");
+    let address = result["ips"][0]["address"].as_str().expect("an address");
+    assert!(address.starts_with("10.244.1."), "{result}");
+    let ip_b = attach(&socket, &b);
+    assert!(reaches(&a.ns, ip_b), "a cannot reach b");
+    for _ in 0..2 {
+        let (status, out) = cni(&socket, "DEL", &a);
+        assert_eq!(status, 0, "{out}");
+        let inside = Netlink::in_namespace(&a.ns).expect("netlink in the container");
+        assert_eq!(inside.link_index("eth0").expect("listing links"), None);
+    }
+    let (status, _, err) = vswitch(&socket, &["detach", &b.name, "--helper"]);
+    assert_eq!(status, 0, "{err}");
+    assert!(ports(&socket).is_empty());
+}

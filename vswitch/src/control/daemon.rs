@@ -1281,7 +1281,8 @@ fn open_namespace(netns: &str) -> Result<NetNs, ApiError> {
                 ErrorKind::PermissionDenied,
                 format!(
                     "vswitchd may not open {path} ({e}): run vswitchd as root (it needs \
-                     CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+                     CAP_SYS_ADMIN and CAP_NET_ADMIN), or attach as root with vswitch attach \
+                     --helper"
                 ),
             ),
             _ => (
@@ -1304,7 +1305,8 @@ fn api_error(e: &anyhow::Error) -> ApiError {
             .unwrap_or((ErrorKind::Internal, None, false));
     if kind == ErrorKind::PermissionDenied && !raised {
         message.push_str(
-            " (vswitchd needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, to set up interfaces)",
+            " (vswitchd needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, to set up interfaces; \
+             without them, attach as root with vswitch attach --helper)",
         );
     }
     ApiError {
