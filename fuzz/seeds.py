@@ -313,6 +313,11 @@ def control_request():
         "fdb": '{"op":"fdb"}',
         "peers": '{"op":"peers"}',
         "reload": '{"op":"reload"}',
+        "reserve": '{"op":"reserve","attach":{"netns":"c1","ifname":"eth0"},"netns_id":[4,4026532000],'
+                   '"before":{"lo_was_up":false,"lo_addresses":["127.0.0.1/8"]}}',
+        "plug": '{"op":"plug","offloads":99}',
+        "response-reserved": '{"ok":{"reserved":{"attachment":' + attachment + ',"send_queues":true,'
+                             '"queues":2,"offloads":true}}}',
         "response-error": '{"error":"no network is named \\"red\\""}',
         "response-detached": '{"ok":{"detached":false}}',
         "response-attached": '{"ok":{"attached":' + attachment + '}}',

@@ -229,3 +229,26 @@ fn unexpected(reply: &Reply) -> HelperError {
 pub fn offloads_of(plug: &PlugRequest) -> Offloads {
     Offloads::from_bits_truncate(plug.offloads)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_and_plug_have_a_stable_json_form() {
+        let line = r#"{"op":"reserve","attach":{"netns":"c1","ifname":"eth0"},"netns_id":[4,4026532000],"before":{"lo_was_up":false,"lo_addresses":["127.0.0.1/8"]}}"#;
+        let Ok(Request::Reserve(r)) = serde_json::from_str::<Request>(line) else {
+            panic!("a reserve request");
+        };
+        assert_eq!(r.netns_id, (4, 4_026_532_000));
+        assert!(!r.before.lo_was_up);
+        let Ok(Request::Plug(p)) =
+            serde_json::from_str::<Request>(r#"{"op":"plug","offloads":99}"#)
+        else {
+            panic!("a plug request");
+        };
+        assert_eq!(offloads_of(&p), Offloads::from_bits_truncate(99));
+        let extra = r#"{"op":"plug","offloads":1,"fds":[3]}"#;
+        assert!(serde_json::from_str::<Request>(extra).is_err());
+    }
+}
