@@ -512,6 +512,7 @@ impl Daemon {
                 }
             }
         }
+        self.forget_unclaimed(state, kept);
         let kept = state.records();
         state.store.save(&kept)?;
         let live: Vec<Owner> = kept

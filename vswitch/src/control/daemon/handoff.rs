@@ -333,6 +333,17 @@ impl Daemon {
         self.plug_tap(state, record, tap)
     }
 
+    /// Has the keeper close the queues no record claimed at start (their container was
+    /// detached, or its namespace went, while no daemon ran).
+    pub(super) fn forget_unclaimed(&self, state: &State, unclaimed: KeptQueues) {
+        let socket = keeper::socket_path(&state.config.node.state_dir);
+        for key in unclaimed.into_keys() {
+            if let Err(e) = keeper::drop_kept(&socket, &key) {
+                warn!("{e}");
+            }
+        }
+    }
+
     /// Has the keeper close a port's queues (it was detached, or its attach undone).
     pub(super) fn forget_kept(&self, state: &State, record: &PortRecord) {
         let socket = keeper::socket_path(&state.config.node.state_dir);
