@@ -152,6 +152,12 @@ fn lab(tag: &str) -> Lab {
     let mut lab = vswitch_lab(tag, 1, &[NetworkSpec::DEFAULT], "");
     lab.stop_vswitchd(0, false)
         .expect("stopping the root daemon");
+    give_to_daemon_user(&lab);
+    lab
+}
+
+/// Gives the lab's files to the daemon's user.
+fn give_to_daemon_user(lab: &Lab) {
     let owner = Some(nix::unistd::Uid::from_raw(UID));
     let group = Some(nix::unistd::Gid::from_raw(UID));
     let mut dirs = vec![lab.dir().to_owned()];
@@ -166,7 +172,6 @@ fn lab(tag: &str) -> Lab {
             }
         }
     }
-    lab
 }
 
 fn ports(socket: &Path) -> Vec<api::PortView> {
@@ -329,4 +334,32 @@ fn the_cni_plugin_hands_the_queues_over_to_an_unprivileged_daemon() {
     let (status, _, err) = vswitch(&socket, &["detach", &b.name, "--helper"]);
     assert_eq!(status, 0, "{err}");
     assert!(ports(&socket).is_empty());
+}
+
+#[test]
+fn a_helper_hands_over_a_port_the_daemon_made_when_it_ran_as_root() {
+    let mut lab = vswitch_lab("unm", 1, &[NetworkSpec::DEFAULT], "");
+    let c = lab
+        .add_container(0, "default", None)
+        .expect("attaching as root");
+    let name = lab.containers[c].name.clone();
+    lab.stop_vswitchd(0, false)
+        .expect("stopping the root daemon");
+    give_to_daemon_user(&lab);
+    let socket = lab.hosts[0].socket.clone();
+    let _daemon = Daemon::start(&lab, None);
+    // It cannot re-open the TAP it made as root: the port waits.
+    assert!(ports(&socket).is_empty());
+    let (status, _, err) = vswitch(&socket, &["attach", &name, "--helper"]);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(ports(&socket).len(), 1);
+    let gateway = std::net::Ipv4Addr::new(10, 244, 1, 1);
+    assert!(
+        reaches(&lab.containers[c].ns, gateway),
+        "the gateway does not answer"
+    );
+    let (status, _, err) = vswitch(&socket, &["detach", &name, "--helper"]);
+    assert_eq!(status, 0, "{err}");
+    let inside = Netlink::in_namespace(&lab.containers[c].ns).expect("netlink in the container");
+    assert_eq!(inside.link_index("eth0").expect("listing links"), None);
 }

@@ -55,11 +55,12 @@ impl Daemon {
             offloads: state.config.node.offloads,
         };
         if let Some(existing) = admitted.existing {
-            let waits = existing.by_helper
-                && state
-                    .waiting
-                    .iter()
-                    .any(|w| w.attachment == existing.attachment);
+            // A port waiting for its queues: a helper's after a restart, or one the daemon made
+            // itself and cannot re-open now (it runs without privileges since).
+            let waits = state
+                .waiting
+                .iter()
+                .any(|w| w.attachment == existing.attachment);
             return Ok(reservation(existing.attachment, waits));
         }
         if state.reserved.iter().any(|p| {
@@ -156,9 +157,11 @@ impl Daemon {
     ) -> anyhow::Result<Attachment> {
         let is_key =
             |r: &PortRecord| r.attachment.container_id == key.0 && r.attachment.ifname == key.1;
-        if let Some(i) = state.waiting.iter().position(|r| r.by_helper && is_key(r)) {
-            // A port restored after a restart: its record is committed already.
-            let record = state.waiting[i].clone();
+        if let Some(i) = state.waiting.iter().position(is_key) {
+            // A port restored after a restart: its record is committed already. From now on
+            // its interface is the helper's.
+            let mut record = state.waiting[i].clone();
+            record.by_helper = true;
             let tap = handed_tap(&record, plug, fds)?;
             let copies = copies_of(&tap);
             let id = self.plug_tap(state, &record, tap)?;
@@ -166,6 +169,10 @@ impl Daemon {
             state.waiting.remove(i);
             info!(container = %key.0, ifname = %key.1, "port restored from a helper's queues");
             state.ports.push(Port { record, id });
+            if let Err(e) = state.store.save(&state.records()) {
+                // The next start then tries to re-open the interface itself, and waits again.
+                warn!(container = %key.0, "saving that a helper holds the interface: {e}");
+            }
             return Ok(state.ports[state.ports.len() - 1].record.attachment.clone());
         }
         let Some(i) = state.reserved.iter().position(is_key) else {
