@@ -203,6 +203,9 @@ pub struct PeerView {
     /// Its session, when it carries a sealed network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<super::sealing::SessionStatus>,
+    /// Its datagrams dropped, by reason (the reasons with any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_by_reason: BTreeMap<String, u64>,
 }
 
 /// One MAC table entry.

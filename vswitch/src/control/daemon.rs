@@ -1145,6 +1145,12 @@ impl Daemon {
                         drops: s.drops,
                     },
                     session: None,
+                    drops_by_reason: s
+                        .drop_reasons
+                        .iter()
+                        .filter(|&(_, n)| n > 0)
+                        .map(|(reason, n)| (reason.as_str().to_owned(), n))
+                        .collect(),
                 }
             })
             .collect()

@@ -73,6 +73,23 @@ fn counters(
     registry.register(name, help, family);
 }
 
+/// Each peer's dropped datagrams, by reason.
+fn peer_drops(registry: &mut Registry, peers: &[PeerView]) {
+    counters(
+        registry,
+        "vswitch_peer_drops",
+        "Datagrams from the peer dropped, by reason",
+        peers.iter().flat_map(|p| {
+            p.drops_by_reason.iter().map(|(reason, &n)| {
+                (
+                    vec![("peer", label(&p.name)), ("reason", reason.clone())],
+                    n,
+                )
+            })
+        }),
+    );
+}
+
 /// Reads one count of a session.
 type SessionCount = fn(&super::sealing::SessionStatus) -> u64;
 
@@ -283,6 +300,7 @@ pub fn render(s: &Scrape) -> String {
     );
     policy(&mut registry, s);
     sessions(&mut registry, &s.peers);
+    peer_drops(&mut registry, &s.peers);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -412,6 +430,7 @@ mod tests {
                     rekeys: 3,
                     refused: 1,
                 }),
+                drops_by_reason: std::collections::BTreeMap::from([("replayed".to_owned(), 2)]),
             }],
             workers: vec![Traffic::default(), Traffic::default()],
             policy,
@@ -427,6 +446,7 @@ mod tests {
             "vswitch_peer_handshakes_total{peer=\"h1\"} 4\n",
             "vswitch_peer_rekeys_total{peer=\"h1\"} 3\n",
             "vswitch_peer_handshakes_refused_total{peer=\"h1\"} 1\n",
+            "vswitch_peer_drops_total{peer=\"h1\",reason=\"replayed\"} 2\n",
         ] {
             assert!(text.contains(sample), "{sample} in {text}");
         }

@@ -225,13 +225,22 @@ pub fn peers(peers: &[PeerView]) -> String {
             row
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "PEER", "ENDPOINT", "NETWORKS", "MACS", "RX", "RX BYTES", "TX", "TX BYTES", "DROPS",
             "SESSION",
         ],
         &rows,
-    )
+    );
+    for p in peers.iter().filter(|p| !p.drops_by_reason.is_empty()) {
+        let reasons: Vec<String> = p
+            .drops_by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = writeln!(out, "  {} drops: {}", p.name, reasons.join(", "));
+    }
+    out
 }
 
 /// A sealed peer's session: state, handshakes, rekeys, age of the last, refused messages.

@@ -141,7 +141,7 @@ impl fmt::Display for DropReason {
 }
 
 /// One counter per [`DropReason`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounters([u64; DropReason::COUNT]);
 
 impl DropCounters {
@@ -259,6 +259,8 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     /// Datagrams from the peer that were dropped.
     pub drops: u64,
+    /// The same, by reason.
+    pub drop_reasons: DropCounters,
 }
 
 impl Counters {
@@ -312,6 +314,7 @@ impl PeerStats {
         self.tx_datagrams += other.tx_datagrams;
         self.tx_bytes += other.tx_bytes;
         self.drops += other.drops;
+        self.drop_reasons.add(&other.drop_reasons);
     }
 }
 

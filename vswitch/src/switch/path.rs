@@ -114,6 +114,7 @@ impl Switch {
                     && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
                 {
                     p.stats.drops += 1;
+                    p.stats.drop_reasons.bump(reason);
                 }
                 if reason == DropReason::OverMtu {
                     self.answer_too_big_from_peer(now, peer, datagram, out);
