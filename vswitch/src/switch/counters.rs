@@ -208,6 +208,8 @@ pub struct Counters {
     pub dynamic_peers_created: u64,
     /// Sealed keepalives received: empty datagrams that confirm a new session.
     pub keepalives: u64,
+    /// Liveness probes received from peers (counted for the peer, then dropped unremarked).
+    pub probes: u64,
     /// Drops, by reason.
     pub drops: DropCounters,
 }
@@ -265,6 +267,7 @@ impl Counters {
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
+        self.probes += other.probes;
         self.drops.add(&other.drops);
     }
 }

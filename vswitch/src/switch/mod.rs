@@ -19,6 +19,7 @@ mod counters;
 mod neigh;
 mod output;
 mod path;
+mod pinned;
 mod replica;
 mod sealing;
 mod security;
@@ -41,6 +42,7 @@ pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
+pub use pinned::{PROBE, Pinned, is_probe, probe_datagram};
 pub use replica::{Site, Update};
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
 

@@ -95,6 +95,10 @@ impl Switch {
             p.stats.rx_datagrams += 1;
             p.stats.rx_bytes += len;
         }
+        if super::is_probe(datagram) {
+            self.counters.probes += 1;
+            return;
+        }
         let result = self.datagram_from_peer(now, from, &mut peer, datagram, out);
         match result {
             Ok(()) => {
