@@ -15,6 +15,7 @@ pub mod cni;
 pub mod control;
 pub mod demo;
 pub mod fdb;
+pub mod fleet;
 pub mod io;
 pub mod lab;
 pub mod offload;

@@ -160,6 +160,12 @@ pub struct PeerView {
     /// Its session, when it carries a sealed network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<super::sealing::SessionStatus>,
+    /// Its tunnel's health (probes on the VXLAN path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::fleet::health::PeerHealthView>,
+    /// Found through the fleet's registry rather than configured.
+    #[serde(default)]
+    pub discovered: bool,
 }
 
 /// One MAC table entry.
@@ -228,6 +234,9 @@ pub struct StatusView {
     /// Traffic of each datapath worker, in worker order: how evenly flows spread over cores.
     #[serde(default)]
     pub workers: Vec<Traffic>,
+    /// The node's health: Ready, Degraded or Disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::fleet::health::NodeHealthView>,
 }
 
 /// A successful reply's payload.

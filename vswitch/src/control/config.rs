@@ -50,6 +50,9 @@ pub struct Config {
     /// Switching tables and their limits.
     #[serde(default)]
     pub switch: SwitchTuning,
+    /// Fleet membership (with an etcd store) and peer health.
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// This node: its name, its underlay address and its local files.
@@ -586,6 +589,9 @@ impl Config {
             if *lease_ttl_secs < 5 {
                 return err("store.lease_ttl_secs".into(), "must be at least 5".into());
             }
+        }
+        if let Err((key, reason)) = self.fleet.check() {
+            return err(key, reason);
         }
         if self.switch.fdb_aging_secs == 0 {
             return err("switch.fdb_aging_secs".into(), "must be at least 1".into());

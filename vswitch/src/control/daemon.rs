@@ -41,6 +41,8 @@ use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Sit
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
+mod fleet;
+
 /// A network as the daemon runs it.
 struct Network {
     config: NetworkConfig,
@@ -53,6 +55,8 @@ struct Network {
 struct Peer {
     endpoint: SocketAddr,
     networks: Vec<String>,
+    /// Found through the fleet's registry rather than configured.
+    from_fleet: bool,
 }
 
 /// An attached container's port.
@@ -111,6 +115,8 @@ pub struct Daemon {
     sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
+    /// Membership and health ([`fleet`]).
+    fleet: std::sync::OnceLock<fleet::FleetLink>,
 }
 
 fn switch_config(config: &Config) -> SwitchConfig {
@@ -167,6 +173,7 @@ impl Daemon {
                 leases,
             }),
             view: Mutex::default(),
+            fleet: std::sync::OnceLock::new(),
         });
         {
             let mut state = daemon.lock();
@@ -182,6 +189,7 @@ impl Daemon {
         if let Some(sealing) = super::sealing::Sealing::start(&config, daemon.datapath.remote())? {
             let _ = daemon.sealing.set(sealing);
         }
+        fleet::start(&daemon, &config)?;
         info!(
             node = %config.node.name,
             endpoint = %daemon.datapath.local_addr(),
@@ -255,6 +263,7 @@ impl Daemon {
                 .map(|p| (p.id, p.record.attachment.clone()))
                 .collect(),
         };
+        self.fleet_view_published(&view);
         *self
             .view
             .lock()
@@ -404,9 +413,14 @@ impl Daemon {
             .collect();
         self.datapath
             .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
-        state
-            .peers
-            .insert(peer.name.clone(), Peer { endpoint, networks });
+        state.peers.insert(
+            peer.name.clone(),
+            Peer {
+                endpoint,
+                networks,
+                from_fleet: false,
+            },
+        );
         Ok(())
     }
 
@@ -786,7 +800,12 @@ impl Daemon {
             }
         }
         // Peers: removed ones go (with what was learned behind them), new ones come.
-        let old_peers: Vec<String> = state.peers.keys().cloned().collect();
+        let old_peers: Vec<String> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.from_fleet)
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in old_peers {
             let wanted = config.peers.iter().find(|p| p.name == name);
             let current = &state.peers[&name];
@@ -842,7 +861,7 @@ impl Daemon {
             fdb_entries,
             workers,
         } = totals(&self.datapath.fresh_snapshots());
-        StatusView {
+        let mut status = StatusView {
             node: view.node.clone(),
             endpoint: self.datapath.local_addr(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -861,7 +880,10 @@ impl Daemon {
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
             workers,
-        }
+            health: None,
+        };
+        self.fleet_status(&mut status);
+        status
     }
 
     fn ports_of(view: &View, snapshots: &[Arc<WorkerSnapshot>]) -> Vec<PortView> {
@@ -966,6 +988,8 @@ impl Daemon {
                         drops: s.drops,
                     },
                     session: None,
+                    health: None,
+                    discovered: false,
                 }
             })
             .collect()
@@ -973,6 +997,7 @@ impl Daemon {
 
     fn peers(&self) -> Vec<PeerView> {
         let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        self.fleet_peers(&mut peers);
         if let Some(sealing) = self.sealing.get() {
             let sessions = sealing.status();
             for peer in &mut peers {
@@ -987,19 +1012,23 @@ impl Daemon {
         let view = self.view();
         let snapshots = self.datapath.snapshots();
         let totals = totals(&snapshots);
+        let mut peers = Self::peers_of(&view, &snapshots);
+        self.fleet_peers(&mut peers);
         super::metrics::Scrape {
             counters: totals.counters,
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers: Self::peers_of(&view, &snapshots),
+            peers,
             workers: totals.workers,
+            health: self.fleet_health(),
         }
     }
 
     /// Stops the datapath. Containers keep their (persistent) interfaces; the next start
     /// re-adopts them.
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
+        self.stop_fleet();
         match Arc::try_unwrap(self) {
             Ok(daemon) => daemon.datapath.stop().context("stopping the datapath"),
             Err(_) => Ok(()),

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::api::{PeerView, PortView, Traffic};
+use crate::fleet::health::{NodeHealthView, NodeState, PeerState};
 use crate::io::IoCounters;
 use crate::switch::Counters;
 
@@ -32,6 +33,8 @@ pub struct Scrape {
     pub peers: Vec<PeerView>,
     /// Each datapath worker's traffic, in worker order.
     pub workers: Vec<Traffic>,
+    /// The node's health.
+    pub health: Option<NodeHealthView>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -216,6 +219,40 @@ pub fn render(s: &Scrape) -> String {
             })
         }),
     );
+    let states = Family::<Labels, Gauge>::default();
+    for p in &s.peers {
+        if let Some(h) = &p.health {
+            for state in [PeerState::Up, PeerState::Degraded, PeerState::Down] {
+                states
+                    .get_or_create(&vec![
+                        ("peer", label(&p.name)),
+                        ("state", state.to_string()),
+                    ])
+                    .set(i64::from(h.state == state));
+            }
+        }
+    }
+    registry.register(
+        "vswitch_peer_state",
+        "1 for each peer's tunnel state (up, degraded, down), 0 for the others",
+        states,
+    );
+    if let Some(h) = &s.health {
+        let node = Family::<Labels, Gauge>::default();
+        for state in [
+            NodeState::Ready,
+            NodeState::Degraded,
+            NodeState::Disconnected,
+        ] {
+            node.get_or_create(&vec![("state", state.to_string())])
+                .set(i64::from(h.state == state));
+        }
+        registry.register(
+            "vswitch_node_state",
+            "1 for the node's state (Ready, Degraded, Disconnected), 0 for the others",
+            node,
+        );
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -248,6 +285,7 @@ mod tests {
             ports,
             peers: Vec::new(),
             workers: vec![Traffic::default(), Traffic::default()],
+            health: None,
         });
         assert!(
             text.contains("vswitch_worker_frames_total{worker=\"1\",direction=\"rx\"} 0\n"),

@@ -1,0 +1,253 @@
+//! A fleet that finds itself through a real etcd (in the lab's underlay namespace): daemons
+//! with no static peers find each other and pin each other's containers; a node killed with
+//! SIGKILL is removed everywhere within its lease TTL + 2 s, with every MAC behind it; a node
+//! restarted with new containers leaves no stale MAC anywhere; an etcd outage changes nothing
+//! for running traffic, and the fleet reconciles when etcd returns.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use vswitch::control::api::{PeerView, Reply, Request, StatusView};
+use vswitch::fleet::health::{NodeState, PeerState};
+use vswitch::wire::MacAddr;
+use vswitch_e2e::etcd::Etcd;
+use vswitch_e2e::{HostKind, Lab, fdb, reaches};
+
+/// The membership lease's TTL in these tests.
+const TTL: Duration = Duration::from_secs(3);
+
+/// Writes host `index`'s config (no static peers; the fleet in etcd under `prefix`) and
+/// starts its daemon, keeping its state in `state`.
+fn start_node(lab: &mut Lab, index: usize, state: &str, prefix: &str) {
+    let host = &lab.hosts[index];
+    let mut config = format!(
+        "[node]\nname = \"{}\"\naddress = \"{}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n",
+        host.name,
+        host.address,
+        lab.dir().join(&host.name).join(state).display(),
+        host.socket.display(),
+    );
+    let _ = write!(
+        config,
+        "[[networks]]\nname = \"default\"\nvni = 42\nsubnet = \"10.244.0.0/16\"\nnode_subnet = \"10.244.{}.0/24\"\n\n",
+        index + 1
+    );
+    config.push_str(&Etcd::store_config(prefix));
+    let _ = write!(
+        config,
+        "\n[fleet]\nttl_secs = {}\nprobe_interval_ms = 200\n",
+        TTL.as_secs()
+    );
+    std::fs::write(&lab.hosts[index].config, config).expect("writing the config");
+    lab.spawn_vswitchd(index).expect("starting vswitchd");
+}
+
+fn peers(lab: &Lab, host: usize) -> Vec<PeerView> {
+    match lab.call(host, &Request::Peers).expect("vswitch peers") {
+        Reply::Peers(peers) => peers,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn peer_names(lab: &Lab, host: usize) -> Vec<String> {
+    let mut names: Vec<String> = peers(lab, host).into_iter().map(|p| p.name).collect();
+    names.sort();
+    names
+}
+
+fn status(lab: &Lab, host: usize) -> StatusView {
+    match lab.call(host, &Request::Status).expect("vswitch status") {
+        Reply::Status(s) => *s,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// Whether host `host` has `mac` in its MAC table, and whether as a static entry.
+fn has_mac(lab: &Lab, host: usize, mac: MacAddr) -> Option<bool> {
+    fdb(lab, host)
+        .into_iter()
+        .find(|e| e.mac == mac)
+        .map(|e| e.is_static)
+}
+
+/// Polls `check` until it holds or `limit` passes; returns the time it took.
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_of(lab: &Lab, host: usize) -> String {
+    std::fs::read_to_string(&lab.hosts[host].log).unwrap_or_default()
+}
+
+#[test]
+fn nodes_find_each_other_and_a_killed_node_leaves_no_trace() {
+    let mut lab = Lab::new("fl").unwrap();
+    for _ in 0..3 {
+        lab.add_host(HostKind::Vswitch).unwrap();
+    }
+    let _etcd = Etcd::start(&lab);
+    for host in 0..3 {
+        start_node(&mut lab, host, "state", "/fleet-a");
+    }
+    let c: Vec<usize> = (0..3)
+        .map(|host| lab.add_container(host, "default", None).unwrap())
+        .collect();
+    let names: Vec<String> = lab.hosts.iter().map(|h| h.name.clone()).collect();
+    let found = within(Duration::from_secs(10), || {
+        (0..3).all(|h| peer_names(&lab, h).len() == 2)
+    });
+    assert!(
+        found.is_some(),
+        "nodes did not find each other: {:?}",
+        (0..3).map(|h| peer_names(&lab, h)).collect::<Vec<_>>()
+    );
+    assert!(peers(&lab, 0).iter().all(|p| p.discovered));
+    // Every container is pinned everywhere before it sent anything: no flooding needed.
+    let pinned = within(Duration::from_secs(5), || {
+        (0..3).all(|h| (0..3).all(|o| has_mac(&lab, h, lab.containers[c[o]].mac) == Some(true)))
+    });
+    assert!(pinned.is_some(), "endpoints were not pinned everywhere");
+    for &from in &c {
+        for &to in &c {
+            if from != to {
+                assert!(
+                    reaches(&lab.containers[from].ns, lab.containers[to].ip),
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+    let healthy = within(Duration::from_secs(5), || {
+        (0..3).all(|h| {
+            status(&lab, h)
+                .health
+                .is_some_and(|n| n.state == NodeState::Ready && n.peers_up == 2)
+                && peers(&lab, h)
+                    .iter()
+                    .all(|p| p.health.is_some_and(|x| x.state == PeerState::Up))
+        })
+    });
+    assert!(
+        healthy.is_some(),
+        "the fleet is not Ready with every peer up"
+    );
+
+    // SIGKILL: no goodbye; the lease expires and every node forgets the node and its MACs.
+    let old_mac = lab.containers[c[2]].mac;
+    lab.stop_vswitchd(2, true).unwrap();
+    let removed = within(TTL + Duration::from_secs(2), || {
+        (0..2).all(|h| {
+            !peer_names(&lab, h).contains(&names[2]) && has_mac(&lab, h, old_mac).is_none()
+        })
+    });
+    assert!(
+        removed.is_some(),
+        "a killed node was not removed within TTL + 2 s: {:?}",
+        (0..2).map(|h| peer_names(&lab, h)).collect::<Vec<_>>()
+    );
+    let degraded = within(Duration::from_secs(3), || {
+        status(&lab, 0)
+            .health
+            .is_some_and(|n| n.peers == 1 && n.state == NodeState::Ready)
+    });
+    assert!(
+        degraded.is_some(),
+        "the survivors judge only the peers left"
+    );
+
+    // Restarted as a new boot (its old containers gone) with a new container.
+    start_node(&mut lab, 2, "state-after-restart", "/fleet-a");
+    let new_mac = MacAddr([0x02, 0x42, 0, 0, 0x77, 0x01]);
+    let fresh = lab
+        .add_container_with(2, "default", None, Some(new_mac))
+        .unwrap();
+    let back = within(Duration::from_secs(10), || {
+        (0..2).all(|h| {
+            peer_names(&lab, h).contains(&names[2]) && has_mac(&lab, h, new_mac) == Some(true)
+        })
+    });
+    assert!(back.is_some(), "the restarted node was not found again");
+    assert!(reaches(&lab.containers[c[0]].ns, lab.containers[fresh].ip));
+    assert!(reaches(&lab.containers[fresh].ns, lab.containers[c[1]].ip));
+    for h in 0..3 {
+        assert_eq!(
+            has_mac(&lab, h, old_mac),
+            None,
+            "host {h} still holds the MAC of a container gone with the restart"
+        );
+    }
+}
+
+#[test]
+fn an_etcd_outage_changes_nothing_for_running_traffic() {
+    let mut lab = Lab::new("fo").unwrap();
+    for _ in 0..2 {
+        lab.add_host(HostKind::Vswitch).unwrap();
+    }
+    let mut etcd = Etcd::start(&lab);
+    for host in 0..2 {
+        start_node(&mut lab, host, "state", "/fleet-b");
+    }
+    let a = lab.add_container(0, "default", None).unwrap();
+    let b = lab.add_container(1, "default", None).unwrap();
+    let found = within(Duration::from_secs(10), || {
+        (0..2).all(|h| {
+            peer_names(&lab, h).len() == 1
+                && status(&lab, h)
+                    .health
+                    .is_some_and(|n| n.state == NodeState::Ready)
+        })
+    });
+    assert!(found.is_some(), "the two nodes did not find each other");
+    let (a_ns, b_ip) = (&lab.containers[a].ns, lab.containers[b].ip);
+    assert!(reaches(a_ns, b_ip));
+
+    etcd.stop();
+    let cut_off = within(Duration::from_secs(10), || {
+        (0..2).all(|h| {
+            status(&lab, h)
+                .health
+                .is_some_and(|n| n.store_reachable == Some(false) && n.state == NodeState::Degraded)
+        })
+    });
+    assert!(cut_off.is_some(), "the nodes did not notice etcd was gone");
+    // Longer than the lease: nothing is flushed, traffic flows both ways.
+    std::thread::sleep(TTL + Duration::from_secs(1));
+    for h in 0..2 {
+        assert_eq!(peer_names(&lab, h).len(), 1, "host {h} dropped its peer");
+    }
+    assert_eq!(has_mac(&lab, 0, lab.containers[b].mac), Some(true));
+    assert!(reaches(a_ns, b_ip));
+    assert!(reaches(&lab.containers[b].ns, lab.containers[a].ip));
+
+    etcd.resume(&lab);
+    let back = within(Duration::from_secs(15), || {
+        (0..2).all(|h| {
+            status(&lab, h)
+                .health
+                .is_some_and(|n| n.store_reachable == Some(true) && n.state == NodeState::Ready)
+        })
+    });
+    assert!(
+        back.is_some(),
+        "the nodes did not reconcile once etcd returned"
+    );
+    assert!(reaches(a_ns, b_ip));
+    for h in 0..2 {
+        assert_eq!(peer_names(&lab, h).len(), 1);
+        assert!(
+            !log_of(&lab, h).contains("node left"),
+            "host {h} removed its peer over the outage:\n{}",
+            log_of(&lab, h)
+        );
+    }
+}

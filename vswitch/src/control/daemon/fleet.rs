@@ -1,0 +1,442 @@
+//! The daemon's side of the fleet: what it publishes about itself, how it applies what the
+//! fleet decides, and the health loop.
+//!
+//! One `fleet` thread runs a small runtime of its own with two tasks: the etcd session (with
+//! `[store] kind = "etcd"` only, [`crate::fleet::membership`]) and the health loop (always:
+//! every probe interval, a probe to every peer on the VXLAN path, then the peers judged from
+//! the workers' published counters, [`crate::fleet::health`]). The thread holds the daemon
+//! only weakly; [`Daemon::stop_fleet`] ends it (revoking the membership lease).
+//!
+//! Changes reach the workers as [`FleetOp`]s, all of one plan in one job, in plan order. A
+//! node that is also a static peer (same name or address) keeps its static entry: the fleet
+//! pins its endpoints to it but never adds or removes it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Daemon, Peer, State, View};
+use crate::control::api::{PeerView, StatusView};
+use crate::control::config::{Config, StoreConfig};
+use crate::fleet::health::{Health, Transition};
+use crate::fleet::membership::{self, Local, MembershipConfig, Sink};
+use crate::fleet::record::{EndpointRecord, NetworkRef, NodeRecord, endpoint_name};
+use crate::fleet::registry::{Change, Registry};
+use crate::switch::{self, Pinned, Switch};
+use crate::wire::{MacAddr, Vni};
+
+/// Time allowed for each etcd request of the membership session.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The running fleet thread and what it shares with the daemon.
+pub(super) struct FleetLink {
+    local: watch::Sender<Local>,
+    health: Mutex<Health>,
+    stop: watch::Sender<bool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One change to a worker's switch.
+#[derive(Debug, Clone)]
+enum FleetOp {
+    AddPeer(SocketAddr, Vec<Vni>),
+    RemovePeer(SocketAddr),
+    Pin(SocketAddr, Vni, MacAddr, Vec<Ipv4Addr>),
+    Unpin(Vni, MacAddr, Vec<Ipv4Addr>),
+}
+
+impl FleetOp {
+    fn apply(&self, switch: &mut Switch) {
+        match self {
+            FleetOp::AddPeer(addr, vnis) => {
+                switch.add_peer(*addr, vnis);
+            }
+            FleetOp::RemovePeer(addr) => {
+                if let Some(id) = switch.peer_id(*addr) {
+                    switch.remove_peer(id);
+                }
+            }
+            FleetOp::Pin(addr, vni, mac, ips) => match switch.pin_remote(*addr, *vni, *mac, ips) {
+                Pinned::Done => {}
+                refused => tracing::debug!(%mac, %vni, "fleet: endpoint not pinned: {refused:?}"),
+            },
+            FleetOp::Unpin(vni, mac, ips) => {
+                switch.unpin_remote(*vni, *mac, ips);
+            }
+        }
+    }
+}
+
+/// A boot id: different at every start.
+fn boot_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn v4s(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
+    ips.iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// What this node publishes, from the daemon's view.
+fn local_of(view: &View, endpoint: SocketAddr, boot: &str) -> Local {
+    Local {
+        node: NodeRecord {
+            name: view.node.clone(),
+            endpoint,
+            networks: view
+                .networks
+                .iter()
+                .map(|n| NetworkRef {
+                    name: n.name.clone(),
+                    vni: n.vni,
+                })
+                .collect(),
+            public_key: None,
+            boot: boot.to_owned(),
+        },
+        endpoints: view
+            .ports
+            .iter()
+            .map(|(_, a)| EndpointRecord {
+                node: view.node.clone(),
+                container_id: a.container_id.clone(),
+                ifname: a.ifname.clone(),
+                name: endpoint_name(&a.netns, &a.container_id, &a.labels),
+                network: a.network.clone(),
+                vni: a.vni,
+                mac: a.mac,
+                ips: [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                labels: a.labels.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Applies the session's plans to the daemon.
+struct Applier(Weak<Daemon>);
+
+impl Sink for Applier {
+    fn apply(&self, changes: Vec<Change>, _registry: &Registry) {
+        if let Some(daemon) = self.0.upgrade() {
+            daemon.apply_fleet(changes);
+        }
+    }
+
+    fn store_reachable(&self, reachable: bool) {
+        if let Some(daemon) = self.0.upgrade()
+            && let Some(fleet) = daemon.fleet.get()
+        {
+            lock(&fleet.health).set_store(reachable);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts the fleet thread: membership (with an etcd store) and health.
+pub(super) fn start(daemon: &Arc<Daemon>, config: &Config) -> anyhow::Result<()> {
+    let membership = match &config.store {
+        StoreConfig::Etcd {
+            endpoints, prefix, ..
+        } => Some(MembershipConfig {
+            endpoints: endpoints.clone(),
+            prefix: prefix.clone(),
+            ttl: config.fleet.ttl(),
+            timeout: ETCD_TIMEOUT.min(config.fleet.ttl()),
+        }),
+        StoreConfig::Embedded => None,
+    };
+    let endpoint = daemon.datapath.local_addr();
+    let local = local_of(&daemon.view(), endpoint, &boot_id());
+    let (local_tx, local_rx) = watch::channel(local);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let interval = config.fleet.probe_interval();
+    let probes = UdpSocket::bind(SocketAddr::new(endpoint.ip(), 0))
+        .with_context(|| format!("binding the probe socket on {}", endpoint.ip()))?;
+    probes
+        .set_nonblocking(true)
+        .context("setting the probe socket non-blocking")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the fleet runtime")?;
+    let weak = Arc::downgrade(daemon);
+    let health = Health::new(
+        interval,
+        membership.as_ref().map(|_| false),
+        SystemTime::now(),
+    );
+    let link = FleetLink {
+        local: local_tx,
+        health: Mutex::new(health),
+        stop: stop_tx,
+        thread: Mutex::new(None),
+    };
+    if daemon.fleet.set(link).is_err() {
+        anyhow::bail!("the fleet was started twice");
+    }
+    let thread = std::thread::Builder::new()
+        .name("fleet".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let members = membership.map(|config| {
+                    tokio::spawn(membership::run(
+                        config,
+                        local_rx,
+                        Arc::new(Applier(weak.clone())),
+                        stop_rx.clone(),
+                    ))
+                });
+                health_loop(weak, interval, probes, stop_rx).await;
+                if let Some(members) = members {
+                    let _ = members.await;
+                }
+            });
+        })
+        .context("starting the fleet thread")?;
+    if let Some(link) = daemon.fleet.get() {
+        *lock(&link.thread) = Some(thread);
+    }
+    Ok(())
+}
+
+/// Every `interval`: probe every peer, then judge them.
+async fn health_loop(
+    daemon: Weak<Daemon>,
+    interval: Duration,
+    probes: UdpSocket,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        daemon.health_round(&probes);
+    }
+}
+
+impl Daemon {
+    /// Stops the fleet thread (revoking the membership lease) and waits for it.
+    pub(super) fn stop_fleet(&self) {
+        if let Some(fleet) = self.fleet.get() {
+            fleet.stop.send_replace(true);
+            if let Some(thread) = lock(&fleet.thread).take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Tells the fleet what this node now holds (after every change).
+    pub(super) fn fleet_view_published(&self, view: &View) {
+        if let Some(fleet) = self.fleet.get() {
+            let boot = fleet.local.borrow().node.boot.clone();
+            let local = local_of(view, self.datapath.local_addr(), &boot);
+            fleet.local.send_if_modified(|current| {
+                let changed = *current != local;
+                if changed {
+                    *current = local;
+                }
+                changed
+            });
+        }
+    }
+
+    /// One probe to every peer; then every peer judged by what arrived from it.
+    fn health_round(&self, probes: &UdpSocket) {
+        let Some(fleet) = self.fleet.get() else {
+            return;
+        };
+        let view = self.view();
+        for (_, endpoint, _) in &view.peers {
+            // A full socket buffer loses a probe: the peer is judged on the next.
+            let _ = probes.send_to(switch::probe_datagram(), endpoint);
+        }
+        let mut rx: BTreeMap<IpAddr, u64> = view
+            .peers
+            .iter()
+            .map(|(_, endpoint, _)| (endpoint.ip(), 0))
+            .collect();
+        for snapshot in self.datapath.snapshots() {
+            for (addr, stats) in &snapshot.peers {
+                if let Some(count) = rx.get_mut(&addr.ip()) {
+                    *count += stats.rx_datagrams;
+                }
+            }
+        }
+        let transitions = lock(&fleet.health).observe(Instant::now(), SystemTime::now(), &rx);
+        for transition in transitions {
+            match transition {
+                Transition::Peer { addr, from, to } => {
+                    let name = view
+                        .peers
+                        .iter()
+                        .find(|(_, endpoint, _)| endpoint.ip() == addr)
+                        .map_or_else(|| addr.to_string(), |(name, _, _)| name.clone());
+                    info!(peer = %name, %addr, %from, %to, "peer {to}");
+                }
+                Transition::Node { from, to } => info!(%from, %to, "node {to}"),
+            }
+        }
+    }
+
+    /// The node's health.
+    pub(super) fn fleet_health(&self) -> Option<crate::fleet::health::NodeHealthView> {
+        self.fleet.get().map(|fleet| lock(&fleet.health).node())
+    }
+
+    /// Adds health to a status reply.
+    pub(super) fn fleet_status(&self, status: &mut StatusView) {
+        if let Some(fleet) = self.fleet.get() {
+            status.health = Some(lock(&fleet.health).node());
+        }
+    }
+
+    /// Adds health to peer rows.
+    pub(super) fn fleet_peers(&self, peers: &mut [PeerView]) {
+        let fleet_peers = {
+            let state = self.lock();
+            state
+                .peers
+                .iter()
+                .filter(|(_, p)| p.from_fleet)
+                .map(|(name, _)| name.clone())
+                .collect::<Vec<_>>()
+        };
+        if let Some(fleet) = self.fleet.get() {
+            let health = lock(&fleet.health);
+            let now = Instant::now();
+            for peer in peers.iter_mut() {
+                peer.health = health.peer(peer.endpoint.ip(), now);
+                peer.discovered = fleet_peers.contains(&peer.name);
+            }
+        }
+    }
+
+    /// Applies one plan of the membership session: peers joined and left, endpoints pinned and
+    /// unpinned, all reaching the workers in one job.
+    fn apply_fleet(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        let mut ops = Vec::new();
+        for change in changes {
+            match change {
+                Change::Leave(node) => leave(&mut state, &node, &mut ops),
+                Change::Join(node) => join(&mut state, &node, &mut ops),
+                Change::Pin { node, endpoint } => {
+                    if let Some(vni) = local_vni(&state, endpoint.vni) {
+                        ops.push(FleetOp::Pin(
+                            node.endpoint,
+                            vni,
+                            endpoint.mac,
+                            v4s(&endpoint.ips),
+                        ));
+                    }
+                }
+                Change::Unpin(endpoint) => {
+                    if let Some(vni) = local_vni(&state, endpoint.vni) {
+                        ops.push(FleetOp::Unpin(vni, endpoint.mac, v4s(&endpoint.ips)));
+                    }
+                }
+            }
+        }
+        let ops = Arc::new(ops);
+        if let Err(e) = self.datapath.run(move |w| {
+            for op in ops.iter() {
+                op.apply(w.switch());
+            }
+        }) {
+            warn!("fleet: applying changes: {e}");
+        }
+        self.publish_view(&state);
+    }
+}
+
+/// The local network with this VNI.
+fn local_vni(state: &State, vni: u32) -> Option<Vni> {
+    state
+        .networks
+        .values()
+        .find(|n| n.vni.get() == vni)
+        .map(|n| n.vni)
+}
+
+/// Whether a static peer stands for this node (same name or address).
+fn static_peer(state: &State, node: &NodeRecord) -> bool {
+    state.peers.iter().any(|(name, p)| {
+        !p.from_fleet && (*name == node.name || p.endpoint.ip() == node.endpoint.ip())
+    })
+}
+
+fn join(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetOp>) {
+    if static_peer(state, node) {
+        info!(node = %node.name, endpoint = %node.endpoint, "fleet: node joined (configured as a static peer: kept as configured)");
+        return;
+    }
+    let mut networks = Vec::new();
+    let mut vnis = Vec::new();
+    for theirs in &node.networks {
+        match state.networks.get(&theirs.name) {
+            Some(ours) if ours.vni.get() == theirs.vni => {
+                networks.push(theirs.name.clone());
+                vnis.push(ours.vni);
+            }
+            Some(ours) => warn!(
+                node = %node.name,
+                network = %theirs.name,
+                "fleet: the node carries this network on VNI {}, this node on {}: not shared",
+                theirs.vni,
+                ours.vni
+            ),
+            None => {}
+        }
+    }
+    info!(node = %node.name, endpoint = %node.endpoint, networks = %networks.join(","), "fleet: node joined");
+    ops.push(FleetOp::AddPeer(node.endpoint, vnis));
+    state.peers.insert(
+        node.name.clone(),
+        Peer {
+            endpoint: node.endpoint,
+            networks,
+            from_fleet: true,
+        },
+    );
+}
+
+fn leave(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetOp>) {
+    if !state.peers.get(&node.name).is_some_and(|p| p.from_fleet) {
+        return;
+    }
+    if let Some(peer) = state.peers.remove(&node.name) {
+        info!(node = %node.name, endpoint = %peer.endpoint, "fleet: node left; forgetting what was learned behind it");
+        ops.push(FleetOp::RemovePeer(peer.endpoint));
+    }
+}
