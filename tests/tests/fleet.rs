@@ -2,13 +2,16 @@
 //! with no static peers find each other and pin each other's containers; a node killed with
 //! SIGKILL is removed everywhere within its lease TTL + 2 s, with every MAC behind it; a node
 //! restarted with new containers leaves no stale MAC anywhere; an etcd outage changes nothing
-//! for running traffic, and the fleet reconciles when etcd returns.
+//! for running traffic, and the fleet reconciles when etcd returns; a container's name is
+//! answered by its gateway on another host.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use vswitch::control::api::{PeerView, Reply, Request, StatusView};
 use vswitch::fleet::health::{NodeState, PeerState};
+use vswitch::lab::Container;
 use vswitch::wire::MacAddr;
 use vswitch_e2e::etcd::Etcd;
 use vswitch_e2e::{HostKind, Lab, fdb, reaches};
@@ -84,6 +87,53 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> 
     }
 }
 
+/// A DNS query for `name` (type A) sent from `container` to `server` with python3: the
+/// response code and the addresses answered, as `RCODE IP...`.
+fn resolve(container: &Container, server: IpAddr, name: &str) -> String {
+    const SCRIPT: &str = r#"
+import socket, struct, sys
+name, server = sys.argv[1], sys.argv[2]
+labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".") if l)
+query = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(query, (server, 53))
+r, _ = s.recvfrom(4096)
+assert r[:2] == b"\x42\x42"
+count = struct.unpack(">H", r[6:8])[0]
+i = 12
+while r[i]:
+    i += r[i] + 1
+i += 5
+ips = []
+for _ in range(count):
+    if r[i] & 0xC0 == 0xC0:
+        i += 2
+    else:
+        while r[i]:
+            i += r[i] + 1
+        i += 1
+    kind, _, _, length = struct.unpack(">HHIH", r[i : i + 10])
+    i += 10
+    if kind == 1:
+        ips.append(socket.inet_ntoa(r[i : i + length]))
+    i += length
+print(" ".join([str(r[3] & 15)] + ips))
+"#;
+    let out = container
+        .ns
+        .command("python3")
+        .args(["-c", SCRIPT, name, &server.to_string()])
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "the DNS query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn log_of(lab: &Lab, host: usize) -> String {
     std::fs::read_to_string(&lab.hosts[host].log).unwrap_or_default()
 }
@@ -139,6 +189,27 @@ fn nodes_find_each_other_and_a_killed_node_leaves_no_trace() {
     assert!(
         healthy.is_some(),
         "the fleet is not Ready with every peer up"
+    );
+
+    // Names: a container on host 0 asks its gateway for a container of host 1, by NAME and by
+    // NAME.NETWORK; an unknown name is NXDOMAIN.
+    let asker = &lab.containers[c[0]];
+    let gateway = asker.attachment.as_ref().unwrap().gateway;
+    let other = &lab.containers[c[1]];
+    assert_eq!(
+        resolve(asker, gateway, &other.name),
+        format!("0 {}", other.ip)
+    );
+    assert_eq!(
+        resolve(asker, gateway, &format!("{}.default.", other.name)),
+        format!("0 {}", other.ip)
+    );
+    assert_eq!(resolve(asker, gateway, "no-such-container"), "3");
+    let resolv_conf = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", asker.name))
+        .expect("attach wrote the container's resolv.conf");
+    assert!(
+        resolv_conf.contains(&format!("nameserver {gateway}")),
+        "{resolv_conf}"
     );
 
     // SIGKILL: no goodbye; the lease expires and every node forgets the node and its MACs.

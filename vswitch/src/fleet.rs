@@ -6,11 +6,13 @@
 //! - [`membership`]: the etcd session: a lease kept alive, this node's records written under
 //!   it, the registry listed then watched from the list's revision, listed again after any
 //!   error (an outage, a compaction).
+//! - [`dns`]: the embedded name server that answers container names on each gateway.
 //! - [`health`]: tunnel liveness per peer from probes on the VXLAN path, and the node's state.
 //!
 //! The daemon applies what these decide (`control::daemon`'s fleet glue): the fleet never
 //! touches a worker itself.
 
+pub mod dns;
 pub mod health;
 pub mod membership;
 pub mod record;
@@ -26,6 +28,8 @@ use serde::{Deserialize, Serialize};
 /// [fleet]
 /// ttl_secs = 10          # a silent node is removed everywhere this long after it stopped
 /// probe_interval_ms = 1000
+/// dns = true             # container names answered on each gateway, UDP 53
+/// resolv_conf = true     # attach writes /etc/netns/NAME/resolv.conf
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,6 +39,11 @@ pub struct FleetConfig {
     pub ttl_secs: u64,
     /// How often each peer is probed over the tunnel, in milliseconds. Default 1000.
     pub probe_interval_ms: u64,
+    /// Answer container names on each network's gateway address (UDP 53). Default on.
+    pub dns: bool,
+    /// With `dns`: attach writes `/etc/netns/NAME/resolv.conf` (the gateway as name server)
+    /// for containers attached by namespace name, and detach removes it. Default on.
+    pub resolv_conf: bool,
 }
 
 impl Default for FleetConfig {
@@ -42,6 +51,8 @@ impl Default for FleetConfig {
         Self {
             ttl_secs: 10,
             probe_interval_ms: 1000,
+            dns: true,
+            resolv_conf: true,
         }
     }
 }

@@ -15,4 +15,4 @@ pub use datapath::{
 };
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};
-pub use worker::{IoCounters, PortError, SealingEvent, Worker};
+pub use worker::{IoCounters, PortError, SealingEvent, ServiceRequest, Worker};

@@ -609,6 +609,7 @@ impl Daemon {
         match self.plug(state, &record, &ns) {
             Ok(id) => {
                 state.ports.push(Port { record, id });
+                self.fleet_attached(&attachment);
                 info!(container = %container_id, %ifname, address = %attachment.address, "attached");
                 Ok(attachment)
             }
@@ -710,6 +711,7 @@ impl Daemon {
                 SWEEP_INTERVAL.as_secs()
             )));
         }
+        self.fleet_detached(a);
         info!(container = %a.container_id, ifname = %a.ifname, "detached");
         Ok(true)
     }

@@ -226,8 +226,7 @@ impl Health {
         let store_down = self.store == Some(false);
         if store_ok && up == self.peers.len() {
             NodeState::Ready
-        } else if reachable == 0
-            && (store_down || (self.store.is_none() && !self.peers.is_empty()))
+        } else if reachable == 0 && (store_down || (self.store.is_none() && !self.peers.is_empty()))
         {
             NodeState::Disconnected
         } else {

@@ -202,6 +202,8 @@ pub struct Counters {
     pub gateway_arp_replies: u64,
     /// ICMP echo requests answered by the gateway.
     pub gateway_echo_replies: u64,
+    /// DNS queries to a gateway handed to the name server.
+    pub gateway_dns_queries: u64,
     /// ARP requests answered from the neighbour table instead of flooded.
     pub arp_suppressed: u64,
     /// Peers created for unknown addresses (`accept_unknown_peers`).
@@ -264,6 +266,7 @@ impl Counters {
         self.neighbours_aged += other.neighbours_aged;
         self.gateway_arp_replies += other.gateway_arp_replies;
         self.gateway_echo_replies += other.gateway_echo_replies;
+        self.gateway_dns_queries += other.gateway_dns_queries;
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;

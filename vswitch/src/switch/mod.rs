@@ -23,6 +23,7 @@ mod pinned;
 mod replica;
 mod sealing;
 mod security;
+mod services;
 
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,7 @@ pub use output::{Output, Transmit};
 pub use pinned::{PROBE, Pinned, is_probe, probe_datagram};
 pub use replica::{Site, Update};
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
+pub use services::DNS_PORT;
 
 use neigh::Neighbours;
 
@@ -171,6 +173,8 @@ pub struct Switch {
     updates: Vec<Update>,
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
+    /// DNS queries to gateways go to the caller ([`services`]).
+    gateway_dns: bool,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -198,6 +202,7 @@ impl Switch {
             updates: Vec::new(),
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
+            gateway_dns: false,
         }
     }
 

@@ -37,6 +37,7 @@ pub struct Output {
     pub(super) frame: Range<usize>,
     pub(super) reply: Vec<u8>,
     pub(super) reply_port: Option<PortId>,
+    pub(super) service: Option<PortId>,
     pub(super) dropped: Option<DropReason>,
     pub(super) offload: Offload,
     pub(super) vni: Vni,
@@ -58,6 +59,7 @@ impl Output {
         self.frame = 0..0;
         self.reply.clear();
         self.reply_port = None;
+        self.service = None;
         self.dropped = None;
         self.offload = Offload::plain(0);
         self.vni = Vni::default();
@@ -116,6 +118,12 @@ impl Output {
     /// Writes the VXLAN datagram for the transmits (header, then frame) into `buf`.
     pub fn encap_into(&self, input: &[u8], buf: &mut Vec<u8>) {
         tunnel::encap_into(&self.header, self.frame(input), buf);
+    }
+
+    /// The frame is a request for a gateway service (a DNS query) from this port: hand it to
+    /// the control plane, which answers on the port.
+    pub fn service(&self) -> Option<PortId> {
+        self.service
     }
 
     /// A frame the switch generated (ARP reply, gateway echo reply) and the port to write it to.

@@ -278,6 +278,11 @@ impl Switch {
         if let Some(gw) = gateway
             && dst == gw.mac
         {
+            if self.gateway_dns && super::services::is_dns_query(&eth, gw) {
+                self.counters.gateway_dns_queries += 1;
+                out.service = Some(port);
+                return Ok(());
+            }
             if write_echo_reply(&mut out.reply, &eth, gw)? {
                 self.counters.gateway_echo_replies += 1;
                 out.reply_port = Some(port);

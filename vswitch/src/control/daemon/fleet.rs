@@ -7,6 +7,10 @@
 //! the workers' published counters, [`crate::fleet::health`]). The thread holds the daemon
 //! only weakly; [`Daemon::stop_fleet`] ends it (revoking the membership lease).
 //!
+//! With `fleet.dns`, the switch hands DNS queries to gateways to the name server
+//! ([`crate::fleet::dns`]), which answers from the fleet's endpoints and this node's ports and
+//! writes answers back through the first worker; attach writes the container's resolv.conf.
+//!
 //! Changes reach the workers as [`FleetOp`]s, all of one plan in one job, in plan order. A
 //! node that is also a static peer (same name or address) keeps its static entry: the fleet
 //! pins its endpoints to it but never adds or removes it.
@@ -22,13 +26,15 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Daemon, Peer, State, View};
+use crate::control::api::Attachment;
 use crate::control::api::{PeerView, StatusView};
 use crate::control::config::{Config, StoreConfig};
+use crate::fleet::dns::{NameServer, NameTable, upstreams_from};
 use crate::fleet::health::{Health, Transition};
 use crate::fleet::membership::{self, Local, MembershipConfig, Sink};
 use crate::fleet::record::{EndpointRecord, NetworkRef, NodeRecord, endpoint_name};
 use crate::fleet::registry::{Change, Registry};
-use crate::switch::{self, Pinned, Switch};
+use crate::switch::{self, Gateway, Pinned, Switch};
 use crate::wire::{MacAddr, Vni};
 
 /// Time allowed for each etcd request of the membership session.
@@ -37,6 +43,12 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The running fleet thread and what it shares with the daemon.
 pub(super) struct FleetLink {
     local: watch::Sender<Local>,
+    /// The name server, with `fleet.dns`.
+    dns: Option<NameServer>,
+    /// With `fleet.resolv_conf`: write containers' resolv.conf.
+    resolv_conf: bool,
+    /// The other nodes' endpoints, as last read from the registry.
+    remote_endpoints: Mutex<Vec<EndpointRecord>>,
     health: Mutex<Health>,
     stop: watch::Sender<bool>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -133,9 +145,19 @@ fn local_of(view: &View, endpoint: SocketAddr, boot: &str) -> Local {
 struct Applier(Weak<Daemon>);
 
 impl Sink for Applier {
-    fn apply(&self, changes: Vec<Change>, _registry: &Registry) {
+    fn apply(&self, changes: Vec<Change>, registry: &Registry) {
         if let Some(daemon) = self.0.upgrade() {
             daemon.apply_fleet(changes);
+            if let Some(fleet) = daemon.fleet.get() {
+                let me = fleet.local.borrow().node.name.clone();
+                *lock(&fleet.remote_endpoints) = registry
+                    .endpoints()
+                    .values()
+                    .filter(|e| e.node != me)
+                    .cloned()
+                    .collect();
+                fleet.refresh_names();
+            }
         }
     }
 
@@ -187,8 +209,16 @@ pub(super) fn start(daemon: &Arc<Daemon>, config: &Config) -> anyhow::Result<()>
         membership.as_ref().map(|_| false),
         SystemTime::now(),
     );
+    let dns = if config.fleet.dns {
+        Some(start_name_server(daemon)?)
+    } else {
+        None
+    };
     let link = FleetLink {
         local: local_tx,
+        dns,
+        resolv_conf: config.fleet.dns && config.fleet.resolv_conf,
+        remote_endpoints: Mutex::new(Vec::new()),
         health: Mutex::new(health),
         stop: stop_tx,
         thread: Mutex::new(None),
@@ -217,8 +247,83 @@ pub(super) fn start(daemon: &Arc<Daemon>, config: &Config) -> anyhow::Result<()>
         .context("starting the fleet thread")?;
     if let Some(link) = daemon.fleet.get() {
         *lock(&link.thread) = Some(thread);
+        link.refresh_names();
     }
     Ok(())
+}
+
+/// Where the host's resolvers are listed.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Queries waiting for the name server at most; beyond, the workers drop and count them.
+const DNS_QUEUE: usize = 256;
+/// The first line of every resolv.conf the daemon writes: only such files are removed.
+const RESOLV_CONF_MARK: &str = "# written by vswitchd: the network's gateway answers names";
+
+/// Starts the name server and tells the workers to hand it DNS queries to gateways.
+fn start_name_server(daemon: &Arc<Daemon>) -> anyhow::Result<NameServer> {
+    let (requests_tx, requests) = std::sync::mpsc::sync_channel(DNS_QUEUE);
+    let weak = Arc::downgrade(daemon);
+    let ports = Arc::new(move |port| {
+        let daemon = weak.upgrade()?;
+        let view = daemon.view();
+        let (_, a) = view.ports.iter().find(|(id, _)| *id == port)?;
+        let IpAddr::V4(ip) = a.gateway else {
+            return None;
+        };
+        Some((
+            a.network.clone(),
+            Gateway {
+                ip,
+                mac: crate::control::attach::mac_for(ip),
+            },
+        ))
+    });
+    let workers = daemon.datapath.remote();
+    let write = Arc::new(move |port, frame: Vec<u8>| {
+        let _ = workers.run_on_first(move |w| w.write_to_port(port, &frame));
+    });
+    let upstreams = upstreams_from(&std::fs::read_to_string(RESOLV_CONF).unwrap_or_default());
+    if upstreams.is_empty() {
+        warn!("dns: no name server in {RESOLV_CONF}: names other than containers' get SERVFAIL");
+    }
+    let server =
+        NameServer::start(requests, ports, write, upstreams).context("starting the name server")?;
+    daemon
+        .datapath
+        .run(move |w| {
+            w.set_services(requests_tx.clone());
+            w.switch().set_gateway_dns(true);
+        })
+        .context("handing DNS queries to the name server")?;
+    Ok(server)
+}
+
+impl FleetLink {
+    /// Rebuilds the names the name server answers: the other nodes' containers and ours.
+    fn refresh_names(&self) {
+        if let Some(dns) = &self.dns {
+            let remote = lock(&self.remote_endpoints);
+            let local = self.local.borrow();
+            dns.set_names(NameTable::from_endpoints(
+                remote.iter().chain(local.endpoints.iter()),
+            ));
+        }
+    }
+}
+
+/// The resolv.conf of a container attached by namespace name, if it was.
+fn resolv_conf_path(a: &Attachment) -> Option<std::path::PathBuf> {
+    let name = &a.netns;
+    let plain = !name.is_empty()
+        && !name.contains('/')
+        && !name.starts_with("pid:")
+        && name != "."
+        && name != "..";
+    plain.then(|| {
+        std::path::Path::new("/etc/netns")
+            .join(name)
+            .join("resolv.conf")
+    })
 }
 
 /// Every `interval`: probe every peer, then judge them.
@@ -258,13 +363,56 @@ impl Daemon {
         if let Some(fleet) = self.fleet.get() {
             let boot = fleet.local.borrow().node.boot.clone();
             let local = local_of(view, self.datapath.local_addr(), &boot);
-            fleet.local.send_if_modified(|current| {
+            let changed = fleet.local.send_if_modified(|current| {
                 let changed = *current != local;
                 if changed {
                     *current = local;
                 }
                 changed
             });
+            if changed {
+                fleet.refresh_names();
+            }
+        }
+    }
+
+    /// Writes the resolv.conf of a container attached by namespace name (`ip netns exec` puts
+    /// it in place), naming its gateway; a failure is logged, not fatal to the attach.
+    pub(super) fn fleet_attached(&self, a: &Attachment) {
+        let Some(fleet) = self.fleet.get() else {
+            return;
+        };
+        let Some(path) = resolv_conf_path(a).filter(|_| fleet.resolv_conf) else {
+            return;
+        };
+        let text = format!(
+            "{RESOLV_CONF_MARK}
+nameserver {}
+search {}
+",
+            a.gateway, a.network
+        );
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = written {
+            warn!(container = %a.container_id, "writing {}: {e}", path.display());
+        }
+    }
+
+    /// Removes the resolv.conf written at attach (only one the daemon wrote).
+    pub(super) fn fleet_detached(&self, a: &Attachment) {
+        let Some(path) = resolv_conf_path(a) else {
+            return;
+        };
+        let ours = std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with(RESOLV_CONF_MARK));
+        if ours {
+            let _ = std::fs::remove_file(&path);
+            if let Some(dir) = path.parent() {
+                // Only if empty: anything else there is someone else's.
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 
