@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use netns::NetNs;
 
-pub mod etcd;
 pub mod wire_check;
 use vswitch::control::api::{FdbView, Reply, Request};
 pub use vswitch::lab::{HostKind, Lab, NetworkSpec};

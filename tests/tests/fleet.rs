@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use vswitch::control::api::{PeerView, Reply, Request, StatusView};
 use vswitch::fleet::health::{NodeState, PeerState};
 use vswitch::lab::Container;
+use vswitch::lab::etcd::Etcd;
 use vswitch::wire::MacAddr;
-use vswitch_e2e::etcd::Etcd;
 use vswitch_e2e::{HostKind, Lab, fdb, reaches};
 
 /// The membership lease's TTL in these tests.
@@ -22,6 +22,11 @@ const TTL: Duration = Duration::from_secs(3);
 /// Writes host `index`'s config (no static peers; the fleet in etcd under `prefix`) and
 /// starts its daemon, keeping its state in `state`.
 fn start_node(lab: &mut Lab, index: usize, state: &str, prefix: &str) {
+    start_node_with(lab, index, state, Some(prefix), "");
+}
+
+/// [`start_node`] with `extra` config appended; no store (the embedded one) without `prefix`.
+fn start_node_with(lab: &mut Lab, index: usize, state: &str, prefix: Option<&str>, extra: &str) {
     let host = &lab.hosts[index];
     let mut config = format!(
         "[node]\nname = \"{}\"\naddress = \"{}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n",
@@ -35,7 +40,10 @@ fn start_node(lab: &mut Lab, index: usize, state: &str, prefix: &str) {
         "[[networks]]\nname = \"default\"\nvni = 42\nsubnet = \"10.244.0.0/16\"\nnode_subnet = \"10.244.{}.0/24\"\n\n",
         index + 1
     );
-    config.push_str(&Etcd::store_config(prefix));
+    if let Some(prefix) = prefix {
+        config.push_str(&Etcd::store_config(prefix));
+    }
+    config.push_str(extra);
     let _ = write!(
         config,
         "\n[fleet]\nttl_secs = {}\nprobe_interval_ms = 200\n",
@@ -144,7 +152,7 @@ fn nodes_find_each_other_and_a_killed_node_leaves_no_trace() {
     for _ in 0..3 {
         lab.add_host(HostKind::Vswitch).unwrap();
     }
-    let _etcd = Etcd::start(&lab);
+    let _etcd = Etcd::start(&lab).unwrap();
     for host in 0..3 {
         start_node(&mut lab, host, "state", "/fleet-a");
     }
@@ -264,7 +272,7 @@ fn an_etcd_outage_changes_nothing_for_running_traffic() {
     for _ in 0..2 {
         lab.add_host(HostKind::Vswitch).unwrap();
     }
-    let mut etcd = Etcd::start(&lab);
+    let mut etcd = Etcd::start(&lab).unwrap();
     for host in 0..2 {
         start_node(&mut lab, host, "state", "/fleet-b");
     }
@@ -300,7 +308,7 @@ fn an_etcd_outage_changes_nothing_for_running_traffic() {
     assert!(reaches(a_ns, b_ip));
     assert!(reaches(&lab.containers[b].ns, lab.containers[a].ip));
 
-    etcd.resume(&lab);
+    etcd.resume(&lab).unwrap();
     let back = within(Duration::from_secs(15), || {
         (0..2).all(|h| {
             status(&lab, h)
@@ -321,4 +329,47 @@ fn an_etcd_outage_changes_nothing_for_running_traffic() {
             log_of(&lab, h)
         );
     }
+}
+
+#[test]
+fn static_peers_mix_with_the_fleet() {
+    let mut lab = Lab::new("fs").unwrap();
+    for _ in 0..3 {
+        lab.add_host(HostKind::Vswitch).unwrap();
+    }
+    let _etcd = Etcd::start(&lab).unwrap();
+    let static_peer = |lab: &Lab, host: usize| {
+        let h = &lab.hosts[host];
+        format!(
+            "[[peers]]\nname = \"{}\"\naddress = \"{}\"\n\n",
+            h.name, h.address
+        )
+    };
+    // Host 2 is no member of the fleet: host 0 knows it from its config, and it knows host 0.
+    let to_2 = static_peer(&lab, 2);
+    let to_0 = static_peer(&lab, 0);
+    start_node_with(&mut lab, 0, "state", Some("/fleet-c"), &to_2);
+    start_node(&mut lab, 1, "state", "/fleet-c");
+    start_node_with(&mut lab, 2, "state", None, &to_0);
+    let c: Vec<usize> = (0..3)
+        .map(|host| lab.add_container(host, "default", None).unwrap())
+        .collect();
+    let (h1, h2) = (lab.hosts[1].name.clone(), lab.hosts[2].name.clone());
+    let mixed = within(Duration::from_secs(10), || {
+        peer_names(&lab, 0) == vec![h1.clone(), h2.clone()]
+    });
+    assert!(mixed.is_some(), "host 0 peers: {:?}", peer_names(&lab, 0));
+    for peer in peers(&lab, 0) {
+        assert_eq!(peer.discovered, peer.name == h1, "{}", peer.name);
+    }
+    assert!(reaches(&lab.containers[c[0]].ns, lab.containers[c[1]].ip));
+    assert!(reaches(&lab.containers[c[0]].ns, lab.containers[c[2]].ip));
+    assert!(reaches(&lab.containers[c[2]].ns, lab.containers[c[0]].ip));
+    // The static peer is probed and judged like any other.
+    let up = within(Duration::from_secs(5), || {
+        peers(&lab, 0)
+            .iter()
+            .all(|p| p.health.is_some_and(|h| h.state == PeerState::Up))
+    });
+    assert!(up.is_some(), "host 0 does not see both peers up");
 }

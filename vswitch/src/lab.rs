@@ -4,6 +4,7 @@
 //! containers. Nothing leaves the namespaces the lab creates.
 
 mod cluster;
+pub mod etcd;
 pub mod traffic;
 
 pub use cluster::{

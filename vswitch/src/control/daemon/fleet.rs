@@ -49,6 +49,8 @@ pub(super) struct FleetLink {
     resolv_conf: bool,
     /// The other nodes' endpoints, as last read from the registry.
     remote_endpoints: Mutex<Vec<EndpointRecord>>,
+    /// Names of the peers found through the fleet (for queries, which take no daemon lock).
+    discovered: Mutex<std::collections::BTreeSet<String>>,
     health: Mutex<Health>,
     stop: watch::Sender<bool>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -104,7 +106,7 @@ fn v4s(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
 }
 
 /// What this node publishes, from the daemon's view.
-fn local_of(view: &View, endpoint: SocketAddr, boot: &str) -> Local {
+fn local_of(view: &View, endpoint: SocketAddr, boot: &str, public_key: Option<&str>) -> Local {
     Local {
         node: NodeRecord {
             name: view.node.clone(),
@@ -117,7 +119,7 @@ fn local_of(view: &View, endpoint: SocketAddr, boot: &str) -> Local {
                     vni: n.vni,
                 })
                 .collect(),
-            public_key: None,
+            public_key: public_key.map(str::to_owned),
             boot: boot.to_owned(),
         },
         endpoints: view
@@ -190,7 +192,15 @@ pub(super) fn start(daemon: &Arc<Daemon>, config: &Config) -> anyhow::Result<()>
         StoreConfig::Embedded => None,
     };
     let endpoint = daemon.datapath.local_addr();
-    let local = local_of(&daemon.view(), endpoint, &boot_id());
+    // Published for the fleet's sealed networks; a key that cannot be read was already
+    // reported by the sealing layer when a network needs it.
+    let public_key = config
+        .node
+        .private_key
+        .as_ref()
+        .and_then(|path| crate::control::sealing::read_private_key(path).ok())
+        .map(|secret| secret.public_key().to_string());
+    let local = local_of(&daemon.view(), endpoint, &boot_id(), public_key.as_deref());
     let (local_tx, local_rx) = watch::channel(local);
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval = config.fleet.probe_interval();
@@ -219,6 +229,7 @@ pub(super) fn start(daemon: &Arc<Daemon>, config: &Config) -> anyhow::Result<()>
         dns,
         resolv_conf: config.fleet.dns && config.fleet.resolv_conf,
         remote_endpoints: Mutex::new(Vec::new()),
+        discovered: Mutex::default(),
         health: Mutex::new(health),
         stop: stop_tx,
         thread: Mutex::new(None),
@@ -361,8 +372,11 @@ impl Daemon {
     /// Tells the fleet what this node now holds (after every change).
     pub(super) fn fleet_view_published(&self, view: &View) {
         if let Some(fleet) = self.fleet.get() {
-            let boot = fleet.local.borrow().node.boot.clone();
-            let local = local_of(view, self.datapath.local_addr(), &boot);
+            let (boot, key) = {
+                let current = fleet.local.borrow();
+                (current.node.boot.clone(), current.node.public_key.clone())
+            };
+            let local = local_of(view, self.datapath.local_addr(), &boot, key.as_deref());
             let changed = fleet.local.send_if_modified(|current| {
                 let changed = *current != local;
                 if changed {
@@ -468,21 +482,13 @@ search {}
 
     /// Adds health to peer rows.
     pub(super) fn fleet_peers(&self, peers: &mut [PeerView]) {
-        let fleet_peers = {
-            let state = self.lock();
-            state
-                .peers
-                .iter()
-                .filter(|(_, p)| p.from_fleet)
-                .map(|(name, _)| name.clone())
-                .collect::<Vec<_>>()
-        };
         if let Some(fleet) = self.fleet.get() {
+            let discovered = lock(&fleet.discovered);
             let health = lock(&fleet.health);
             let now = Instant::now();
             for peer in peers.iter_mut() {
                 peer.health = health.peer(peer.endpoint.ip(), now);
-                peer.discovered = fleet_peers.contains(&peer.name);
+                peer.discovered = discovered.contains(&peer.name);
             }
         }
     }
@@ -523,6 +529,14 @@ search {}
             }
         }) {
             warn!("fleet: applying changes: {e}");
+        }
+        if let Some(fleet) = self.fleet.get() {
+            *lock(&fleet.discovered) = state
+                .peers
+                .iter()
+                .filter(|(_, p)| p.from_fleet)
+                .map(|(name, _)| name.clone())
+                .collect();
         }
         self.publish_view(&state);
     }
