@@ -44,7 +44,11 @@ fn check_answer(query: &[u8], decision: &Decision, asker: Asker) {
         return;
     };
     assert!(bytes.len() >= 12, "an answer shorter than a DNS header");
-    assert_eq!(bytes[..2], query[..2], "the answer's id differs from the query's");
+    assert_eq!(
+        bytes[..2],
+        query[..2],
+        "the answer's id differs from the query's"
+    );
     assert_ne!(bytes[2] & 0x80, 0, "the answer is not a response");
     let frame = answer_frame(asker, GATEWAY, bytes);
     let eth = EthernetFrame::new_checked(&frame[..]).expect("answer frame");
@@ -53,7 +57,10 @@ fn check_answer(query: &[u8], decision: &Decision, asker: Asker) {
     let ip = Ipv4Packet::new_checked(&frame[14..]).expect("answer IPv4 header");
     assert!(ip.verify_checksum(), "answer IPv4 checksum");
     assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY.ip, asker.ip));
-    assert!(parse_query(&frame, GATEWAY).is_none(), "an answer taken for a query");
+    assert!(
+        parse_query(&frame, GATEWAY).is_none(),
+        "an answer taken for a query"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
