@@ -203,6 +203,7 @@ fn nodes_find_each_other_and_a_killed_node_leaves_no_trace() {
     // NAME.NETWORK; an unknown name is NXDOMAIN.
     let asker = &lab.containers[c[0]];
     let gateway = asker.attachment.as_ref().unwrap().gateway;
+    assert_eq!(asker.attachment.as_ref().unwrap().dns, Some(gateway));
     let other = &lab.containers[c[1]];
     assert_eq!(
         resolve(asker, gateway, &other.name),

@@ -199,3 +199,26 @@ fn prev_results_are_checked_against_the_attachment() {
     assert!(check_prev_result(&other_ip, &a, "/var/run/netns/ctr1").is_err());
     assert!(check_prev_result(&good, &a, "/var/run/netns/other").is_err());
 }
+
+#[test]
+fn the_daemons_name_server_is_the_results_dns_unless_the_config_names_one() {
+    let mut attachment = Attachment::example("ctr1");
+    attachment.dns = Some(attachment.gateway);
+    let answers = vec![
+        Response::Ok(Reply::Attached(attachment.clone())),
+        Response::Ok(Reply::Attached(attachment)),
+    ];
+    let (_dir, socket, _requests) = daemon(answers);
+    let out = run(&env("ADD"), &conf("1.0.0", &socket, ""))
+        .unwrap()
+        .unwrap();
+    let result: CniResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(result.dns.nameservers, ["10.244.1.1"]);
+    assert_eq!(result.dns.search, ["default"]);
+    let given = r#","dns":{"nameservers":["192.0.2.53"]}"#;
+    let out = run(&env("ADD"), &conf("1.0.0", &socket, given))
+        .unwrap()
+        .unwrap();
+    let result: CniResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(result.dns.nameservers, ["192.0.2.53"]);
+}

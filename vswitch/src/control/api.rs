@@ -97,6 +97,9 @@ pub struct Attachment {
     /// The container's labels, as given at attach.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The name server answering container names (the gateway), when the daemon runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<IpAddr>,
 }
 
 #[cfg(test)]
@@ -115,6 +118,7 @@ impl Attachment {
             gateway: IpAddr::V4([10, 244, 1, 1].into()),
             mtu: 1450,
             labels: BTreeMap::new(),
+            dns: None,
         }
     }
 }

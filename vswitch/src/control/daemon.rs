@@ -591,6 +591,7 @@ impl Daemon {
             gateway: IpAddr::V4(gateway),
             mtu,
             labels: r.labels.clone(),
+            dns: self.fleet_name_server(IpAddr::V4(gateway)),
         };
         let id = ns.id();
         let record = PortRecord {

@@ -415,6 +415,14 @@ search {}
         }
     }
 
+    /// The name server a container attached now is given: its gateway, with `fleet.dns`.
+    pub(super) fn fleet_name_server(&self, gateway: IpAddr) -> Option<IpAddr> {
+        self.fleet
+            .get()
+            .filter(|fleet| fleet.dns.is_some())
+            .map(|_| gateway)
+    }
+
     /// Removes the resolv.conf written at attach (only one the daemon wrote).
     pub(super) fn fleet_detached(&self, a: &Attachment) {
         let Some(path) = resolv_conf_path(a) else {
