@@ -146,6 +146,9 @@ def write(target, name, data):
 
 MSS = 1398
 TS_OPTIONS = b"\x01\x01\x08\x0a" + struct.pack("!II", 1000, 2000)
+# What Linux puts in a SYN from an interface with a 9000-byte MTU: MSS, SACK permitted,
+# timestamps, NOP, window scale.
+SYN_OPTIONS = struct.pack("!BBH", 2, 4, 8960) + b"\x04\x02\x08\x0a" + struct.pack("!II", 1, 0) + b"\x01\x03\x03\x07"
 
 
 def tso4(src_mac, dst_mac, n, mss=MSS, flags=ACK | PSH, options=b"", vlan=None, ecn=False):
@@ -199,6 +202,18 @@ def frame_from_port():
     write(t, "tso4-tagged-from-b", vnet(*struct.unpack("<BBHHHH", hdr[:10]), port=1) + frame)
     write(t, "udp-broadcast-from-b", vnet(port=1) + udp4_frame(PORT_B_MAC, BROADCAST, PORT_B_IP, bytes([10, 244, 255, 255]), payload(40)))
     write(t, "udp-broadcast-from-c", vnet(port=2) + udp4_frame(PORT_C_MAC, BROADCAST, PORT_C_IP, bytes([10, 245, 255, 255]), payload(40)))
+    # MTU: a SYN whose MSS is clamped (complete and partial checksum), frames over the MTU
+    # that are answered with ICMP errors.
+    syn = tcp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, 1, SYN, b"", options=SYN_OPTIONS)
+    write(t, "tcp-syn-mss-to-peer", vnet() + syn)
+    syn = tcp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, 1, SYN, b"", options=SYN_OPTIONS, partial=True)
+    write(t, "tcp-syn-mss-partial-to-peer", vnet(NEEDS_CSUM, csum_start=34, csum_offset=16) + syn)
+    syn6 = tcp6_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP6, REMOTE_IP6, 1, SYN | ACK, b"", options=SYN_OPTIONS)
+    write(t, "tcp6-syn-ack-mss-to-peer", vnet() + syn6)
+    write(t, "udp-over-mtu-to-peer", vnet() + udp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, payload(1500)))
+    write(t, "udp6-over-mtu-to-peer", vnet() + udp6_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP6, REMOTE_IP6, payload(1500)))
+    hdr, frame = tso4(PORT_A_MAC, REMOTE_MAC, 3, mss=1460)
+    write(t, "tso4-segments-over-mtu", hdr + frame)
 
 
 def datagram_from_peer():
@@ -231,6 +246,14 @@ def datagram_from_peer():
     write(t, "gro-udp6-train", sel(0, len(train[0]), b"".join(train)))
     flood = vxlan(42, udp4_frame(REMOTE_MAC, BROADCAST, REMOTE_IP, bytes([10, 244, 255, 255]), payload(50)))
     write(t, "udp-broadcast", sel(0, 0, flood))
+    syn = tcp4_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP, PORT_A_IP, 1, SYN, b"", options=SYN_OPTIONS)
+    write(t, "tcp-syn-mss", sel(0, 0, vxlan(42, syn)))
+    syn = tcp4_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP, PORT_A_IP, 1, SYN | ACK, b"", options=SYN_OPTIONS, partial=True)
+    write(t, "tcp-syn-ack-mss-partial", sel(0, 0, vxlan(42, syn)))
+    over = udp4_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP, PORT_A_IP, payload(1500))
+    write(t, "udp-over-mtu", sel(0, 0, vxlan(42, over)))
+    over = udp6_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP6, PORT_A_IP6, payload(1500))
+    write(t, "udp6-over-mtu-unknown-peer-accepted", sel(3, 0, vxlan(42, over)))
 
 
 def segment():
@@ -414,6 +437,43 @@ def config():
         write(t, name, text.encode())
 
 
+POLICY_TOML = """[[policy]]
+name = "db"
+selector = { app = "db" }
+priority = 10
+[[policy.ingress]]
+peers = [{ selector = { app = "web" } }, { cidr = "10.244.2.0/24" }, { cidr = "fd00::/64" }]
+protocol = "tcp"
+ports = [5432, "8000-8080"]
+[[policy.ingress]]
+protocol = "icmp"
+action = "log"
+[[policy.egress]]
+protocol = "udp"
+ports = [53]
+action = "limit(1.5M)"
+[[policy.egress]]
+action = "deny"
+"""
+POLICY_JSON = (
+    '{"policy": [{"name": "web", "selector": {"app": "web"}, "ingress": [{"peers": '
+    '[{"cidr": "192.0.2.0/24"}], "protocol": "tcp", "ports": [80]}], "egress": '
+    '[{"action": "allow"}]}]}'
+)
+
+
+def policy_file():
+    t = "policy_file"
+    for name, text in {
+        "toml": b"\0" + POLICY_TOML.encode(),
+        "json": b"\1" + POLICY_JSON.encode(),
+        "json-list": b"\1[" + POLICY_JSON.encode()[12:-1] + b"]",
+        "bad-port": b"\0" + POLICY_TOML.replace("5432", "70000").encode(),
+        "host-bits": b"\0" + POLICY_TOML.replace("10.244.2.0/24", "10.244.2.1/24").encode(),
+    }.items():
+        write(t, name, text)
+
+
 if __name__ == "__main__":
     frame_from_port()
     datagram_from_peer()
@@ -422,3 +482,4 @@ if __name__ == "__main__":
     decap()
     control_request()
     config()
+    policy_file()

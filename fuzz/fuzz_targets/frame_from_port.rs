@@ -7,16 +7,18 @@
 //! `num_buffers` field (bytes 10-11), which the datapath ignores on read, picks the source port
 //! (byte 10 mod 3: A with port security, B without, C on the other VNI); see `fixture`.
 //!
-//! Checked, beyond "no panic": a drop leaves no action; frames stay in their VNI and never go
-//! back to their port; only VNI 42 reaches the peer; a reply goes to the sender and is a
-//! well-formed ARP or ICMP echo reply; frames sent to peers whole fit the network's MTU; the
-//! segments of a super-frame sent to peers are well-formed wire frames.
+//! Checked, beyond "no panic": a drop leaves no action but, for a frame over the MTU, an ICMP
+//! "too big" error to the sender (well formed, checked by `check::assert_too_big`); frames stay
+//! in their VNI and never go back to their port; only VNI 42 reaches the peer; a reply goes to
+//! the sender and is a well-formed ARP or ICMP echo reply; frames sent to peers whole fit the
+//! network's MTU; the segments of a super-frame sent to peers are well-formed wire frames; a
+//! SYN whose MSS the switch clamps keeps its checksum and every other byte.
 
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use vswitch::offload::{self, Segments, VNET_HDR_LEN, VnetHdr};
-use vswitch::switch::{Output, PortId};
+use vswitch::switch::{DropReason, Output, PortId};
 use vswitch::tunnel;
 use vswitch::wire::Vni;
 use vswitch_fuzz::check;
@@ -105,10 +107,23 @@ fuzz_target!(|input: &[u8]| {
             return;
         };
         if out.dropped().is_some() {
-            assert!(out.is_empty(), "a dropped frame still has actions");
+            assert!(
+                out.ports().is_empty() && out.transmits().is_empty(),
+                "a dropped frame still goes somewhere"
+            );
+            if let Some((reply_port, reply)) = out.reply() {
+                assert_eq!(out.dropped(), Some(DropReason::OverMtu), "a drop answered");
+                assert_eq!(reply_port, port, "error to another port");
+                check::assert_too_big(reply, frame, fixture::GATEWAY_MAC, fixture::MTU);
+            }
+            return;
         }
-        if out.dropped().is_none() {
-            assert_eq!(out.frame_range(), VNET_HDR_LEN..input.len(), "frame range");
+        assert_eq!(out.frame_range(), VNET_HDR_LEN..input.len(), "frame range");
+        let mut rewritten = frame.to_vec();
+        out.rewrite(&mut rewritten);
+        if rewritten != frame {
+            let partial = hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
+            check::assert_clamped(frame, &rewritten, partial, false);
         }
         let vni = fx.switch.port(port).expect("fixture port").config.vni;
         for &dest in out.ports() {

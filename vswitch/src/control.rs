@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod leases;
 pub mod metrics;
+pub mod policy;
 pub mod render;
 pub mod sealing;
 pub mod state;

@@ -1,14 +1,22 @@
 //! `vswitch demo`: a two-host cluster built in namespaces on this machine, two containers per
-//! host, shown working (every container reaches every other, across hosts and on one host), then
-//! measured against the Linux kernel's VXLAN and bridge in the same topology, then removed, on
-//! Ctrl-C or failure too.
+//! host, shown working (every container reaches every other, across hosts and on one host), a
+//! network policy that keeps one pair open and closes another, explained, a rate-limited
+//! container measured against its limit, then measured against the Linux kernel's VXLAN and
+//! bridge in the same topology, then removed, on Ctrl-C or failure too.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::control::api::{Reply, Request};
+use std::collections::BTreeMap;
+
+use crate::control::api::{AttachRequest, Reply, Request};
+use crate::control::policy::{ExplainRequest, PolicyApply};
 use crate::lab::{HostKind, Lab, NetworkSpec, traffic};
+use crate::policy::BitRate;
+
+/// The apps the four containers run, by container: the policy selects by these labels.
+const APPS: [&str; 4] = ["web", "db", "web", "batch"];
 
 /// Knobs of the demo.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,51 +80,24 @@ fn demo(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
     }
     for host in 0..2 {
         for _ in 0..2 {
-            let c = lab.add_container(host, "default", None)?;
+            let app = APPS[lab.containers.len()];
+            let c = lab.add_container_attached(
+                host,
+                AttachRequest {
+                    labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+                    ..Default::default()
+                },
+            )?;
             let c = &lab.containers[c];
             println!(
-                "  container {} on h{host}: eth0 {}/16 mac {}",
+                "  container {} on h{host}: eth0 {}/16 mac {} app={app}",
                 c.name, c.ip, c.mac
             );
         }
     }
 
     println!("\nConnectivity (ICMP echo, every container to every other):");
-    let names: Vec<String> = (0..lab.containers.len())
-        .map(|i| format!("c{i}@h{}", lab.containers[i].host))
-        .collect();
-    let mut rows = Vec::new();
-    let mut failures = 0;
-    for (i, from) in lab.containers.iter().enumerate() {
-        let mut row = vec![names[i].clone()];
-        for (j, to) in lab.containers.iter().enumerate() {
-            if i == j {
-                row.push("-".into());
-                continue;
-            }
-            let rtts = traffic::ping(
-                &from.ns,
-                to.ip,
-                3,
-                Duration::from_millis(10),
-                Duration::from_secs(1),
-            )?;
-            if rtts.is_empty() {
-                failures += 1;
-                row.push("FAIL".into());
-            } else {
-                let best = rtts.iter().min().copied().unwrap_or_default();
-                row.push(format!("ok {:.0}us", best.as_secs_f64() * 1e6));
-            }
-        }
-        rows.push(row);
-    }
-    let mut headers = vec!["from \\ to"];
-    headers.extend(names.iter().map(String::as_str));
-    print!("{}", crate::control::render::table(&headers, &rows));
-    if failures > 0 {
-        bail!("{failures} container pairs could not reach each other");
-    }
+    matrix(lab, &[])?;
 
     let gateway = lab.containers[0]
         .attachment
@@ -143,9 +124,125 @@ fn demo(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
         print!("{}", crate::control::render::fdb(&entries));
     }
 
+    policy(lab)?;
     if options.no_throughput {
         return Ok(());
     }
+    rate_limit(lab)?;
+    throughput(lab, options)
+}
+
+/// Pings every container from every other and prints the matrix; `closed` are the pairs
+/// policy is expected to deny (shown as such), every other pair must answer.
+fn matrix(lab: &Lab, closed: &[(usize, usize)]) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..lab.containers.len())
+        .map(|i| format!("c{i}@h{}", lab.containers[i].host))
+        .collect();
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    for (i, from) in lab.containers.iter().enumerate() {
+        let mut row = vec![names[i].clone()];
+        for (j, to) in lab.containers.iter().enumerate() {
+            if i == j {
+                row.push("-".into());
+                continue;
+            }
+            let denied = closed.contains(&(i, j));
+            let rtts = traffic::ping(
+                &from.ns,
+                to.ip,
+                if denied { 1 } else { 3 },
+                Duration::from_millis(10),
+                Duration::from_secs(1),
+            )?;
+            if rtts.is_empty() {
+                if denied {
+                    row.push("denied".into());
+                } else {
+                    failures += 1;
+                    row.push("FAIL".into());
+                }
+            } else if denied {
+                failures += 1;
+                row.push("OPEN?".into());
+            } else {
+                let best = rtts.iter().min().copied().unwrap_or_default();
+                row.push(format!("ok {:.0}us", best.as_secs_f64() * 1e6));
+            }
+        }
+        rows.push(row);
+    }
+    let mut headers = vec!["from \\ to"];
+    headers.extend(names.iter().map(String::as_str));
+    print!("{}", crate::control::render::table(&headers, &rows));
+    if failures > 0 {
+        bail!("{failures} container pairs did not behave as the policy says");
+    }
+    Ok(())
+}
+
+/// Applies a policy on both hosts that lets web (c0 on h0 by label, c2 on h1 by address) reach
+/// db (c1) and nothing else, shows the matrix, and explains the closed pair.
+fn policy(lab: &Lab) -> anyhow::Result<()> {
+    let (db, remote_web, batch) = (1, 2, 3);
+    let text = format!(
+        "[[policy]]\nname = \"db\"\nselector = {{ app = \"db\" }}\n\
+         [[policy.ingress]]\npeers = [{{ selector = {{ app = \"web\" }} }}, {{ cidr = \"{}/32\" }}]\n",
+        lab.containers[remote_web].ip
+    );
+    println!("\nPolicy (vswitch policy apply -f db.toml, on both hosts):\n{text}");
+    let policies = crate::policy::parse_toml(&text)?;
+    for host in 0..lab.hosts.len() {
+        lab.call(
+            host,
+            &Request::PolicyApply(PolicyApply {
+                policies: policies.clone(),
+            }),
+        )?;
+    }
+    println!("Connectivity with the policy: web -> db open (c0, c2), batch -> db closed (c3):");
+    matrix(lab, &[(batch, db)])?;
+    let (from, to) = (&lab.containers[batch], &lab.containers[db]);
+    let reply = lab.call(
+        to.host,
+        &Request::PolicyExplain(ExplainRequest {
+            src: from.ip.into(),
+            dst: to.ip.into(),
+            protocol: "icmp".into(),
+            port: 8,
+        }),
+    )?;
+    if let Reply::Explained(e) = reply {
+        println!(
+            "\nWhy c3 cannot reach c1 (vswitch policy explain {} {} icmp 8, on h{}):\n{}",
+            from.ip, to.ip, to.host, e.text
+        );
+    }
+    Ok(())
+}
+
+/// Attaches a container limited to 50 Mbit/s and measures TCP into it.
+fn rate_limit(lab: &mut Lab) -> anyhow::Result<()> {
+    let rate: BitRate = "50M".parse()?;
+    let limited = lab.add_container_attached(
+        1,
+        AttachRequest {
+            rate: Some(rate),
+            ..Default::default()
+        },
+    )?;
+    let (from, to) = (&lab.containers[0], &lab.containers[limited]);
+    let measured = traffic::tcp_throughput(&from.ns, &to.ns, to.ip, 2, Duration::from_secs(2))?;
+    println!(
+        "\nRate limit: c{limited}@h1 attached with --rate {rate} (each direction); two TCP \
+         streams from c0@h0 for 2s: {:.1} Mbit/s measured, limit {:.1} Mbit/s",
+        measured / 1e6,
+        rate.bits_per_sec() as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn throughput(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(options.seconds.max(1));
     println!(
         "\nThroughput, container on h0 to container on h1, {}s each, single TCP stream:",

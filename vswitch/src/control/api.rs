@@ -31,6 +31,16 @@ pub enum Request {
     Peers,
     /// Re-read the config file and apply the difference in networks and peers.
     Reload,
+    /// Add network policies, or replace those of the same names; kept across restarts.
+    PolicyApply(super::policy::PolicyApply),
+    /// Remove a network policy by name.
+    PolicyDelete(super::policy::PolicyDelete),
+    /// The policies in force and their rules with counters.
+    PolicyList,
+    /// Which rule decides a flow, and why.
+    PolicyExplain(super::policy::ExplainRequest),
+    /// Set or clear the rate limit of an attached container's port.
+    Qos(super::policy::QosRequest),
 }
 
 /// What `vswitch attach` asks for.
@@ -57,6 +67,12 @@ pub struct AttachRequest {
     /// Labels of the container (`app=web`), kept with the attachment for policy to select on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A rate limit on the port, each direction: bits per second (`"100M"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<crate::policy::BitRate>,
+    /// The burst of that limit, in bytes (at least one MTU); 50 ms at the rate when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 /// What `vswitch detach` asks for.
@@ -100,6 +116,9 @@ pub struct Attachment {
     /// The name server answering container names (the gateway), when the daemon runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<IpAddr>,
+    /// The port's rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<super::policy::QosSetting>,
 }
 
 #[cfg(test)]
@@ -119,6 +138,7 @@ impl Attachment {
             mtu: 1450,
             labels: BTreeMap::new(),
             dns: None,
+            qos: None,
         }
     }
 }
@@ -146,6 +166,12 @@ pub struct PortView {
     pub attachment: Attachment,
     /// Its traffic.
     pub traffic: Traffic,
+    /// Frames network policy denied, from it or to it.
+    #[serde(default)]
+    pub denied: u64,
+    /// Frames over a rate limit, from it or to it.
+    #[serde(default)]
+    pub limited: u64,
 }
 
 /// One peer and its traffic.
@@ -241,6 +267,21 @@ pub struct StatusView {
     /// The node's health: Ready, Degraded or Disconnected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::fleet::health::NodeHealthView>,
+    /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
+    #[serde(default)]
+    pub mtu: MtuView,
+}
+
+/// What the switch did about the MTU: "too big" errors sent (and held back by their rate
+/// limit), TCP SYNs whose MSS it lowered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtuView {
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent.
+    pub too_big_sent: u64,
+    /// Errors not sent because their port or peer was over the rate limit.
+    pub too_big_limited: u64,
+    /// TCP SYNs whose MSS option was lowered.
+    pub mss_clamped: u64,
 }
 
 /// A successful reply's payload.
@@ -261,6 +302,12 @@ pub enum Reply {
     Peers(Vec<PeerView>),
     /// The config was reloaded; what changed.
     Reloaded(String),
+    /// Policies were applied or deleted; what changed.
+    Policy(String),
+    /// The policies in force.
+    Policies(Box<super::policy::PolicyList>),
+    /// What policy decides for a flow.
+    Explained(super::policy::ExplainView),
 }
 
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.

@@ -53,6 +53,10 @@ pub struct Config {
     /// Fleet membership (with an etcd store) and peer health.
     #[serde(default)]
     pub fleet: crate::fleet::FleetConfig,
+    /// Network policies in force from the start (the policy file's shape, see README); those
+    /// applied at run time are kept in the state directory beside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::policy::Policy>,
 }
 
 /// This node: its name, its underlay address and its local files.
@@ -133,6 +137,10 @@ pub struct NetworkConfig {
     /// from peers whose public keys are configured.
     #[serde(default)]
     pub encryption: bool,
+    /// Lower the MSS option of TCP SYNs to what the MTU allows (MTU - 40, IPv6 MTU - 60), so
+    /// containers whose interface MTU is larger never start connections the path cannot carry.
+    #[serde(default = "default_true")]
+    pub clamp_mss: bool,
     /// Seconds a released address rests before it is handed out again (while others are free),
     /// so stale ARP and conntrack entries elsewhere do not meet a new container.
     #[serde(default = "default_address_hold")]
@@ -317,6 +325,7 @@ impl NetworkConfig {
             subnet6: None,
             mtu_setting: None,
             encryption: false,
+            clamp_mss: true,
             address_hold_secs: default_address_hold(),
         }
     }
@@ -404,6 +413,14 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, reason: String| Err((key, reason));
         validate_name(&self.node.name).or_else(|r| err("node.name".into(), r))?;
+        for (i, p) in self.policies.iter().enumerate() {
+            if self.policies[..i].iter().any(|q| q.name == p.name) {
+                return err(
+                    format!("policies[{i}].name"),
+                    format!("policy {:?} is defined twice", p.name),
+                );
+            }
+        }
         if self.node.port == 0 {
             return err("node.port".into(), "must not be 0".into());
         }

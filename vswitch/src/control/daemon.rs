@@ -14,7 +14,8 @@
 //!   the question is asked again at the next sweep;
 //! - the list is saved before anything is forgotten: a detach whose save fails (a full disk)
 //!   changes nothing and says so; a lease is released only once no saved record holds it, and
-//!   a release that fails is retried by the sweep.
+//!   a release that fails is retried by the sweep;
+//! - an attach is done whole or not at all, a daemon killed midway included (`transaction`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,20 +29,22 @@ use netns::{NetNs, NsRef, Offloads};
 use tracing::{info, warn};
 
 use super::api::{
-    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, NetworkView, PeerView,
-    PortView, Reply, Request, Response, StatusView, Traffic,
+    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, MtuView, NetworkView,
+    PeerView, PortView, Reply, Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
-use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
+use crate::io::{Command, Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
 use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
 mod fleet;
+mod transaction;
+pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
 
 /// A network as the daemon runs it.
 struct Network {
@@ -79,6 +82,9 @@ struct State {
     waiting: Vec<PortRecord>,
     /// Leases no saved record holds any more whose release failed; the sweep tries again.
     unreleased: Vec<Owner>,
+    /// Attaches that did not finish, saved with their intent, whose undo could not finish yet
+    /// (their lease is held); the sweep tries again.
+    undoing: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
 }
@@ -90,6 +96,7 @@ impl State {
             .iter()
             .map(|p| p.record.clone())
             .chain(self.waiting.iter().cloned())
+            .chain(self.undoing.iter().cloned())
             .collect()
     }
 }
@@ -117,6 +124,7 @@ pub struct Daemon {
     view: Mutex<Arc<View>>,
     /// Membership and health ([`fleet`]).
     fleet: std::sync::OnceLock<fleet::FleetLink>,
+    policy: super::policy::PolicyPlane,
 }
 
 fn switch_config(config: &Config) -> SwitchConfig {
@@ -157,6 +165,7 @@ impl Daemon {
         .with_context(|| format!("binding the VXLAN socket on {local}"))?;
         let store = PortStore::open(&config.node.state_dir)?;
         let leases = Leases::open(&config).context("opening the address store")?;
+        let policy = super::policy::PolicyPlane::open(&config.node.state_dir, &config.policies)?;
         let daemon = Arc::new(Self {
             config_path: config_path.to_owned(),
             started: Instant::now(),
@@ -169,11 +178,13 @@ impl Daemon {
                 ports: Vec::new(),
                 waiting: Vec::new(),
                 unreleased: Vec::new(),
+                undoing: Vec::new(),
                 store,
                 leases,
             }),
             view: Mutex::default(),
             fleet: std::sync::OnceLock::new(),
+            policy,
         });
         {
             let mut state = daemon.lock();
@@ -183,6 +194,9 @@ impl Daemon {
             for peer in &config.peers {
                 daemon.add_peer(&mut state, peer)?;
             }
+            // Policies in force before any container is back: each stays closed until the
+            // compilation that knows it arrives.
+            daemon.publish_view(&state);
             daemon.restore(&mut state)?;
             daemon.publish_view(&state);
         }
@@ -216,6 +230,24 @@ impl Daemon {
             Request::Ports => Ok(Reply::Ports(self.ports())),
             Request::Fdb => Ok(Reply::Fdb(self.fdb())),
             Request::Peers => Ok(Reply::Peers(self.peers())),
+            Request::PolicyApply(r) => self
+                .change(|_| self.policy.apply(&self.datapath, r.policies))
+                .map(Reply::Policy),
+            Request::PolicyDelete(r) => self.change(|_| {
+                let deleted = self.policy.delete(&self.datapath, &r.name)?;
+                Ok(Reply::Policy(if deleted {
+                    format!("deleted {}", r.name)
+                } else {
+                    format!("no policy is named {:?}", r.name)
+                }))
+            }),
+            Request::PolicyList => Ok(Reply::Policies(Box::new(self.policy.list()))),
+            Request::PolicyExplain(r) => self
+                .policy
+                .explain(&r)
+                .map(Reply::Explained)
+                .map_err(anyhow::Error::new),
+            Request::Qos(r) => self.change(|state| self.set_qos(state, &r).map(Reply::Attached)),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -268,6 +300,47 @@ impl Daemon {
             .view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
+        let ports: Vec<_> = state
+            .ports
+            .iter()
+            .map(|p| (p.id, &p.record.attachment))
+            .collect();
+        if let Err(e) = self
+            .policy
+            .sync(&self.datapath, &state.config.policies, &ports)
+        {
+            warn!("putting policies and rate limits in force: {e:#}");
+        }
+    }
+
+    /// Sets or clears the rate limit of an attached container's port, and saves it.
+    fn set_qos(
+        &self,
+        state: &mut State,
+        r: &super::policy::QosRequest,
+    ) -> anyhow::Result<Attachment> {
+        let ifname = r.ifname.as_deref().unwrap_or("eth0");
+        let Some(i) = state.ports.iter().position(|p| {
+            p.record.attachment.container_id == r.container_id
+                && p.record.attachment.ifname == ifname
+        }) else {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{} {ifname} is not attached here", r.container_id),
+            )
+            .field("container_id")
+            .into());
+        };
+        let mtu = state.ports[i].record.attachment.mtu;
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        let mut records = state.records();
+        records[i].attachment.qos = qos;
+        state
+            .store
+            .save(&records)
+            .context("saving the attachment list")?;
+        state.ports[i].record.attachment.qos = qos;
+        Ok(state.ports[i].record.attachment.clone())
     }
 
     fn view(&self) -> Arc<View> {
@@ -344,7 +417,9 @@ impl Daemon {
                 warn!("detaching a vanished container: {e:#}");
             }
         }
+        self.retry_undos(&mut state);
         self.retry_releases(&mut state);
+        self.policy.sweep();
         self.publish_view(&state);
     }
 
@@ -383,11 +458,12 @@ impl Daemon {
                 mac: mac_for(gateway),
             }),
             sealed: config.encryption,
+            clamp_mss: config.clamp_mss,
         };
-        agreed(
-            self.datapath
-                .run(move |w| w.switch().add_network(switch_network.clone()))?,
-        )?;
+        agreed(self.datapath.ask(|reply| Command::AddNetwork {
+            config: switch_network.clone(),
+            reply,
+        })?)?;
         info!(network = %config.name, %vni, %node_subnet, %gateway, "network up");
         state.networks.insert(
             config.name.clone(),
@@ -411,8 +487,11 @@ impl Daemon {
             .iter()
             .filter_map(|n| state.networks.get(n).map(|n| n.vni))
             .collect();
-        self.datapath
-            .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
+        self.datapath.ask(|reply| Command::AddPeer {
+            addr: endpoint,
+            vnis: vnis.clone(),
+            reply,
+        })?;
         state.peers.insert(
             peer.name.clone(),
             Peer {
@@ -432,6 +511,17 @@ impl Daemon {
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
+            if record.intent.is_some() {
+                // An attach the daemon died in: undone, and its lease released below.
+                match transaction::undo_setup(&record) {
+                    Ok(()) => info!(container = %a.container_id, "unfinished attach undone"),
+                    Err(e) => {
+                        warn!(container = %a.container_id, "undoing an unfinished attach, retrying: {e:#}");
+                        state.undoing.push(record);
+                    }
+                }
+                continue;
+            }
             let ns = match open_recorded(&record) {
                 Recorded::Present(ns) => ns,
                 Recorded::Gone(why) => {
@@ -482,12 +572,23 @@ impl Daemon {
     /// Puts the interface in place and hands its TAP to the datapath.
     fn plug(&self, state: &State, record: &PortRecord, ns: &NetNs) -> anyhow::Result<PortId> {
         let a = &record.attachment;
+        let tap =
+            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
+        self.plug_tap(state, record, tap)
+    }
+
+    /// Hands an attachment's TAP to the datapath.
+    fn plug_tap(
+        &self,
+        state: &State,
+        record: &PortRecord,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
+        let a = &record.attachment;
         let network = state
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
-        let tap =
-            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
         let vnet_hdr = tap.vnet_hdr_len() > 0;
         let uso = tap.offloads().contains(Offloads::USO4);
         let queues: Arc<[Arc<TapQueue>]> = tap
@@ -504,9 +605,11 @@ impl Daemon {
                 .collect(),
             port_security: true,
         };
-        let added = self
-            .datapath
-            .run(move |w| w.add_port(&queues, port.clone()))?;
+        let added = self.datapath.ask(|reply| Command::AddPort {
+            queues: Arc::clone(&queues),
+            config: port.clone(),
+            reply,
+        })?;
         let ids: Vec<PortId> = added
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -516,7 +619,8 @@ impl Daemon {
             Err(e) => {
                 // Take back what the workers that succeeded added.
                 if let Some(&id) = ids.first() {
-                    self.datapath.run(move |w| w.remove_port(id))?;
+                    self.datapath
+                        .ask(|reply| Command::RemovePort { id, reply })?;
                 }
                 Err(e)
             }
@@ -534,7 +638,7 @@ impl Daemon {
             )
             .field("ifname")
         })?;
-        let Some(network) = state.networks.get(&network_name) else {
+        if !state.networks.contains_key(&network_name) {
             let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
             return Err(ApiError::new(
                 ErrorKind::UnknownNetwork,
@@ -546,7 +650,7 @@ impl Daemon {
             )
             .field("network")
             .into());
-        };
+        }
         if let Some(existing) = state
             .ports
             .iter()
@@ -572,64 +676,26 @@ impl Daemon {
         }
         check_labels(&r.labels)?;
         let ns = open_namespace(&r.netns)?;
-        let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);
-        let addresses = state
-            .leases
-            .allocate(&network_name, &container_id, &ifname, r.ip)?;
-        let IpAddr::V4(v4) = addresses.v4.addr() else {
-            anyhow::bail!("IPv4 address expected from the pool, got {}", addresses.v4);
-        };
-        let attachment = Attachment {
-            container_id: container_id.clone(),
-            netns: r.netns.clone(),
-            ifname: ifname.clone(),
-            network: network_name.clone(),
-            vni: network_vni.get(),
-            mac: r.mac.unwrap_or_else(|| mac_for(v4)),
-            address: addresses.v4,
-            address6: addresses.v6,
-            gateway: IpAddr::V4(gateway),
-            mtu,
-            labels: r.labels.clone(),
-            dns: self.fleet_name_server(IpAddr::V4(gateway)),
-        };
-        let id = ns.id();
-        let record = PortRecord {
-            attachment: attachment.clone(),
-            netns_id: (id.dev, id.ino),
-        };
-        // Recorded before the interface exists: a crash from here on is finished (or undone)
-        // by the next start, never left half done.
-        let mut records = state.records();
-        records.push(record.clone());
-        let owner = (network_name.clone(), container_id.clone(), ifname.clone());
-        if let Err(e) = state.store.save(&records) {
-            let e = anyhow::Error::new(e).context("saving the attachment list");
-            return Err(self.release_or_keep(state, owner, e));
-        }
-        match self.plug(state, &record, &ns) {
-            Ok(id) => {
-                state.ports.push(Port { record, id });
-                self.fleet_attached(&attachment);
-                info!(container = %container_id, %ifname, address = %attachment.address, "attached");
-                Ok(attachment)
-            }
-            Err(e) => {
-                let e = e.context(format!("attaching {container_id} to {network_name}"));
-                let _ = attach::remove_interface(&attachment, &ns);
-                // The record goes before the lease. If it cannot go (a full disk), both stay,
-                // and the sweep plugs the container after all, as the next start would.
-                if let Err(save) = state.store.save(&state.records()) {
-                    warn!(container = %container_id, "rolling back an attach: {save}");
-                    state.waiting.push(record);
-                    return Err(e.context(format!(
-                        "and the attachment could not be removed from the list ({save}): it is \
-                         kept with its address and set up again once the port can be plugged"
-                    )));
-                }
-                Err(self.release_or_keep(state, owner, e))
-            }
-        }
+        let mtu = state
+            .networks
+            .get(&network_name)
+            .map(|n| n.config.mtu())
+            .unwrap_or_default();
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        self.attach_in_steps(
+            state,
+            transaction::Plan {
+                container_id,
+                netns: r.netns,
+                ns,
+                ifname,
+                network: network_name,
+                ip: r.ip,
+                mac: r.mac,
+                labels: r.labels,
+                qos,
+            },
+        )
     }
 
     /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
@@ -682,7 +748,8 @@ impl Daemon {
         })?;
         if let Some(i) = port_index {
             let id = state.ports.remove(i).id;
-            self.datapath.run(move |w| w.remove_port(id))?;
+            self.datapath
+                .ask(|reply| Command::RemovePort { id, reply })?;
         } else if let Some(i) = waiting_index {
             state.waiting.remove(i);
         }
@@ -761,7 +828,8 @@ impl Daemon {
             }
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
-                self.datapath.run(move |w| w.switch().remove_network(vni))?;
+                self.datapath
+                    .ask(|reply| Command::RemoveNetwork { vni, reply })?;
             }
             changes.push(format!("network {name} removed"));
         }
@@ -780,7 +848,10 @@ impl Daemon {
                         network.name
                     ));
                 }
-                Some(current) if current.config.mtu() != network.mtu() => {
+                Some(current)
+                    if current.config.mtu() != network.mtu()
+                        || current.config.clamp_mss != network.clamp_mss =>
+                {
                     let update = switch::NetworkConfig {
                         vni: current.vni,
                         mtu: network.mtu(),
@@ -789,15 +860,22 @@ impl Daemon {
                             mac: mac_for(current.gateway),
                         }),
                         sealed: network.encryption,
+                        clamp_mss: network.clamp_mss,
                     };
-                    agreed(
-                        self.datapath
-                            .run(move |w| w.switch().add_network(update.clone()))?,
-                    )?;
+                    agreed(self.datapath.ask(|reply| Command::AddNetwork {
+                        config: update.clone(),
+                        reply,
+                    })?)?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu_setting = network.mtu_setting;
+                        current.config.clamp_mss = network.clamp_mss;
                     }
-                    changes.push(format!("network {}: MTU {}", network.name, network.mtu()));
+                    changes.push(format!(
+                        "network {}: MTU {}, MSS clamping {}",
+                        network.name,
+                        network.mtu(),
+                        if network.clamp_mss { "on" } else { "off" }
+                    ));
                 }
                 Some(_) => {}
             }
@@ -822,9 +900,9 @@ impl Daemon {
             if !same {
                 if let Some(peer) = state.peers.remove(&name) {
                     let endpoint = peer.endpoint;
-                    self.datapath.run(move |w| {
-                        let id = w.switch().peer_id(endpoint);
-                        id.is_some_and(|id| w.switch().remove_peer(id))
+                    self.datapath.ask(|reply| Command::RemovePeer {
+                        addr: endpoint,
+                        reply,
                     })?;
                 }
                 if wanted.is_none() {
@@ -883,6 +961,11 @@ impl Daemon {
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
             workers,
+            mtu: MtuView {
+                too_big_sent: counters.too_big_sent,
+                too_big_limited: counters.too_big_limited,
+                mss_clamped: counters.mss_clamped,
+            },
             health: None,
         };
         self.fleet_status(&mut status);
@@ -909,6 +992,8 @@ impl Daemon {
                         tx_bytes: s.tx_bytes,
                         drops: s.drops,
                     },
+                    denied: s.denied,
+                    limited: s.limited,
                 }
             })
             .collect()
@@ -1025,6 +1110,7 @@ impl Daemon {
             peers,
             workers: totals.workers,
             health: self.fleet_health(),
+            policy: self.policy.list(),
         }
     }
 

@@ -113,6 +113,11 @@ pub fn status(s: &StatusView) -> String {
             h.state, h.since_unix_secs, h.peers_up, h.peers
         );
     }
+    let _ = writeln!(
+        text,
+        "mtu      too-big errors sent {} (rate-limited {})  MSS clamped {}",
+        s.mtu.too_big_sent, s.mtu.too_big_limited, s.mtu.mss_clamped
+    );
     if s.workers.len() > 1 {
         let spread: Vec<String> = s.workers.iter().map(|w| w.rx_frames.to_string()).collect();
         let _ = writeln!(text, "per worker  rx frames {}", spread.join(" / "));
@@ -143,6 +148,9 @@ pub fn ports(ports: &[PortView]) -> String {
                 a.mac.to_string(),
             ];
             row.extend(traffic_cells(&p.traffic));
+            row.push(p.denied.to_string());
+            row.push(p.limited.to_string());
+            row.push(a.qos.map_or_else(|| "-".into(), |q| q.rate.to_string()));
             row
         })
         .collect();
@@ -158,6 +166,9 @@ pub fn ports(ports: &[PortView]) -> String {
             "TX",
             "TX BYTES",
             "DROPS",
+            "DENIED",
+            "LIMITED",
+            "RATE",
         ],
         &rows,
     )

@@ -26,8 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::config::Config;
-use crate::io::{SealingEvent, Workers};
-use crate::switch::SessionInstall;
+use crate::io::{Command, SealingEvent, Workers};
 
 /// How one peer's session stands, for `vswitch peers` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +113,10 @@ impl Sealing {
         }
         let (events, inbox) = mpsc::channel();
         workers
-            .run(move |w| w.set_sealing_events(events.clone()))
+            .ask(|reply| Command::SetSealingEvents {
+                events: events.clone(),
+                reply,
+            })
             .context("reaching the datapath")?;
         let status = Arc::new(Mutex::new(
             peers
@@ -239,7 +241,7 @@ impl Handshakes {
                 Event::Retire { local_index, .. } => {
                     let _ = self
                         .workers
-                        .run(move |w| w.switch().retire_session(local_index));
+                        .ask(|reply| Command::RetireSession { local_index, reply });
                 }
                 Event::GaveUp { peer } => {
                     if let Some(addr) = self.addr_of(peer) {
@@ -252,7 +254,7 @@ impl Handshakes {
     }
 
     fn send(&self, addr: SocketAddr, bytes: Vec<u8>) {
-        let _ = self.workers.run_on_first(move |w| w.send_raw(addr, &bytes));
+        let _ = self.workers.tell_first(Command::SendRaw { addr, bytes });
     }
 
     fn install(&mut self, keys: SessionKeys) {
@@ -261,24 +263,16 @@ impl Handshakes {
         };
         let send_now = keys.role == Role::Initiator;
         let replay = Arc::new(keys.replay());
+        let local_index = keys.local_index;
         let keys = Arc::new(keys);
-        let (local_index, remote_index) = (keys.local_index, keys.remote_index);
-        let installed = self.workers.run(move |w| {
-            let (Ok(sealer), Ok(opener)) = (keys.sealer(w.index()), keys.opener()) else {
-                return false;
-            };
-            w.install_session(SessionInstall {
-                peer: addr,
-                local_index,
-                remote_index,
-                sealer,
-                send_now,
-                opener,
-                replay: Arc::clone(&replay),
-            });
-            true
+        let installed = self.workers.ask(|reply| Command::InstallSession {
+            peer: addr,
+            keys: Arc::clone(&keys),
+            replay: Arc::clone(&replay),
+            send_now,
+            reply,
         });
-        if installed.is_ok_and(|all| all.iter().all(|&ok| ok)) {
+        if installed.is_ok_and(|all| all.iter().all(Result::is_ok)) {
             info!(%addr, local_index, "session up");
             let mut status = self
                 .status

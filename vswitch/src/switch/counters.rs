@@ -59,11 +59,15 @@ pub enum DropReason {
     Unauthentic,
     /// A sealed datagram whose counter was already accepted, or is older than the replay window.
     Replayed,
+    /// Network policy denies it: a deny rule, or an endpoint selected with no rule allowing it.
+    PolicyDenied,
+    /// Over a rate limit: the QoS of a port, or a policy's `limit(rate)` rule.
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Runt,
         DropReason::Malformed,
         DropReason::UnknownVni,
@@ -87,6 +91,8 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::Unauthentic,
         DropReason::Replayed,
+        DropReason::PolicyDenied,
+        DropReason::RateLimited,
     ];
 
     /// Number of reasons.
@@ -118,6 +124,8 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::Unauthentic => "unauthentic",
             DropReason::Replayed => "replayed",
+            DropReason::PolicyDenied => "policy_denied",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 
@@ -212,6 +220,13 @@ pub struct Counters {
     pub keepalives: u64,
     /// Liveness probes received from peers (counted for the peer, then dropped unremarked).
     pub probes: u64,
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent, answering frames
+    /// over the MTU.
+    pub too_big_sent: u64,
+    /// Such errors not sent because the port or peer was over its rate.
+    pub too_big_limited: u64,
+    /// TCP SYNs whose MSS option was lowered to what the MTU allows.
+    pub mss_clamped: u64,
     /// Drops, by reason.
     pub drops: DropCounters,
 }
@@ -229,6 +244,10 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames from the port that were dropped.
     pub drops: u64,
+    /// Frames network policy denied: from the port, or from a peer to it.
+    pub denied: u64,
+    /// Frames over a rate limit: from the port, or from a peer to it.
+    pub limited: u64,
 }
 
 /// Counters of one peer.
@@ -271,6 +290,9 @@ impl Counters {
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
         self.probes += other.probes;
+        self.too_big_sent += other.too_big_sent;
+        self.too_big_limited += other.too_big_limited;
+        self.mss_clamped += other.mss_clamped;
         self.drops.add(&other.drops);
     }
 }
@@ -283,6 +305,8 @@ impl PortStats {
         self.tx_frames += other.tx_frames;
         self.tx_bytes += other.tx_bytes;
         self.drops += other.drops;
+        self.denied += other.denied;
+        self.limited += other.limited;
     }
 }
 

@@ -16,10 +16,12 @@
 mod bucket;
 mod config;
 mod counters;
+mod mtu;
 mod neigh;
 mod output;
 mod path;
 mod pinned;
+mod policy;
 mod replica;
 mod sealing;
 mod security;
@@ -41,9 +43,11 @@ use crate::wire::Vni;
 pub use bucket::TokenBucket;
 pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
+pub use mtu::{TOO_BIG_BURST, TOO_BIG_RATE};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
 pub use pinned::{PROBE, Pinned, is_probe, probe_datagram};
+pub use policy::{DeniedFlow, PolicyInstall};
 pub use replica::{Site, Update};
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
 pub use services::DNS_PORT;
@@ -127,6 +131,8 @@ struct Port {
     ipv6: Vec<Ipv6Addr>,
     /// The link-local address the interface forms from its MAC.
     link_local: Ipv6Addr,
+    /// "Too big" errors the port may still draw.
+    too_big: TokenBucket,
     /// Floods and ARP requests the port may still send.
     floods: TokenBucket,
     stats: PortStats,
@@ -138,6 +144,8 @@ struct Peer {
     vnis: Vec<Vni>,
     dynamic: bool,
     last_seen: Option<Instant>,
+    /// "Too big" errors the peer may still draw.
+    too_big: TokenBucket,
     stats: PeerStats,
     sealing: sealing::PeerSealing,
 }
@@ -175,6 +183,7 @@ pub struct Switch {
     handshakes_wanted: Vec<SocketAddr>,
     /// DNS queries to gateways go to the caller ([`services`]).
     gateway_dns: bool,
+    enforcement: policy::Enforcement,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -203,6 +212,7 @@ impl Switch {
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
             gateway_dns: false,
+            enforcement: policy::Enforcement::default(),
         }
     }
 
@@ -324,6 +334,7 @@ impl Switch {
             ipv4,
             ipv6,
             link_local: mac.link_local(),
+            too_big: TokenBucket::new(mtu::TOO_BIG_RATE, mtu::TOO_BIG_BURST),
             floods: TokenBucket::new(self.config.flood_rate, self.config.flood_burst),
             stats: PortStats::default(),
         };
@@ -344,6 +355,7 @@ impl Switch {
             net.ports.retain(|&p| p != port);
         }
         self.fdb.remove_port(port);
+        self.forget_port_qos(port);
         self.neighbours.remove_location(Location::Port(port));
         for &ip in &removed.ipv4 {
             self.neighbours.remove_static(vni, ip, removed.config.mac);
@@ -478,6 +490,7 @@ impl Switch {
             vnis,
             dynamic,
             last_seen: now,
+            too_big: TokenBucket::new(mtu::TOO_BIG_RATE, mtu::TOO_BIG_BURST),
             stats: PeerStats::default(),
             sealing: sealing::PeerSealing::default(),
         };

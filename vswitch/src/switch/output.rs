@@ -7,6 +7,7 @@ use crate::offload::Offload;
 use crate::tunnel::{self, VXLAN_HEADER_LEN};
 use crate::wire::Vni;
 
+use super::mtu::MssRewrite;
 use super::{DropReason, PeerId, PortId};
 
 /// One destination VTEP of a frame.
@@ -38,6 +39,8 @@ pub struct Output {
     pub(super) reply: Vec<u8>,
     pub(super) reply_port: Option<PortId>,
     pub(super) service: Option<PortId>,
+    pub(super) reply_peer: Option<Transmit>,
+    pub(super) rewrite: Option<MssRewrite>,
     pub(super) dropped: Option<DropReason>,
     pub(super) offload: Offload,
     pub(super) vni: Vni,
@@ -60,6 +63,8 @@ impl Output {
         self.reply.clear();
         self.reply_port = None;
         self.service = None;
+        self.reply_peer = None;
+        self.rewrite = None;
         self.dropped = None;
         self.offload = Offload::plain(0);
         self.vni = Vni::default();
@@ -126,9 +131,28 @@ impl Output {
         self.service
     }
 
-    /// A frame the switch generated (ARP reply, gateway echo reply) and the port to write it to.
+    /// A frame the switch generated (ARP reply, gateway echo reply, ICMP error) and the port to
+    /// write it to.
     pub fn reply(&self) -> Option<(PortId, &[u8])> {
         self.reply_port.map(|port| (port, self.reply.as_slice()))
+    }
+
+    /// A frame the switch generated for a peer (an ICMP error answering the peer's frame) and
+    /// the peer: send it like a transmit, behind [`vxlan_header`](Output::vxlan_header) or
+    /// sealed when [`sealed`](Output::sealed), on network [`vni`](Output::vni).
+    pub fn peer_reply(&self) -> Option<(Transmit, &[u8])> {
+        self.reply_peer
+            .map(|transmit| (transmit, self.reply.as_slice()))
+    }
+
+    /// Makes in the frame the changes the switch decided for it (today: a TCP SYN's MSS option
+    /// lowered to the MTU, and its checksum): call it on `input[frame_range()]` after
+    /// `handle_frame` or `handle_tap_read`, before the frame goes anywhere.
+    /// `handle_datagram` makes its changes in place itself.
+    pub fn rewrite(&self, frame: &mut [u8]) {
+        if let Some(rewrite) = &self.rewrite {
+            rewrite.apply(frame);
+        }
     }
 
     /// What the frame from a TAP still needs: its validated, rebuilt virtio-net header (the one
@@ -145,6 +169,9 @@ impl Output {
 
     /// True when there is nothing to send or write.
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty() && self.transmits.is_empty() && self.reply_port.is_none()
+        self.ports.is_empty()
+            && self.transmits.is_empty()
+            && self.reply_port.is_none()
+            && self.reply_peer.is_none()
     }
 }

@@ -112,6 +112,7 @@ mod tests {
             mtu: 1450,
             gateway: None,
             sealed: false,
+            clamp_mss: true,
         })
         .unwrap();
         sw.add_peer(PEER.parse().unwrap(), &[vni]);

@@ -75,6 +75,7 @@ mod tests {
             mtu: 1450,
             gateway: Some(GATEWAY),
             sealed: false,
+            clamp_mss: true,
         })
         .unwrap();
         let mac = MacAddr([2, 0, 0, 0, 0, 2]);

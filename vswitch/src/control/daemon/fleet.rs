@@ -11,7 +11,8 @@
 //! ([`crate::fleet::dns`]), which answers from the fleet's endpoints and this node's ports and
 //! writes answers back through the first worker; attach writes the container's resolv.conf.
 //!
-//! Changes reach the workers as [`FleetOp`]s, all of one plan in one job, in plan order. A
+//! Changes reach the workers as [`FleetChange`]s, all of one plan in one
+//! [`Command::ApplyFleet`], in plan order. A
 //! node that is also a static peer (same name or address) keeps its static entry: the fleet
 //! pins its endpoints to it but never adds or removes it.
 
@@ -34,8 +35,9 @@ use crate::fleet::health::{Health, Transition};
 use crate::fleet::membership::{self, Local, MembershipConfig, Sink};
 use crate::fleet::record::{EndpointRecord, NetworkRef, NodeRecord, endpoint_name};
 use crate::fleet::registry::{Change, Registry};
-use crate::switch::{self, Gateway, Pinned, Switch};
-use crate::wire::{MacAddr, Vni};
+use crate::io::{Command, FleetChange};
+use crate::switch::{self, Gateway};
+use crate::wire::Vni;
 
 /// Time allowed for each etcd request of the membership session.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(3);
@@ -54,37 +56,6 @@ pub(super) struct FleetLink {
     health: Mutex<Health>,
     stop: watch::Sender<bool>,
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// One change to a worker's switch.
-#[derive(Debug, Clone)]
-enum FleetOp {
-    AddPeer(SocketAddr, Vec<Vni>),
-    RemovePeer(SocketAddr),
-    Pin(SocketAddr, Vni, MacAddr, Vec<Ipv4Addr>),
-    Unpin(Vni, MacAddr, Vec<Ipv4Addr>),
-}
-
-impl FleetOp {
-    fn apply(&self, switch: &mut Switch) {
-        match self {
-            FleetOp::AddPeer(addr, vnis) => {
-                switch.add_peer(*addr, vnis);
-            }
-            FleetOp::RemovePeer(addr) => {
-                if let Some(id) = switch.peer_id(*addr) {
-                    switch.remove_peer(id);
-                }
-            }
-            FleetOp::Pin(addr, vni, mac, ips) => match switch.pin_remote(*addr, *vni, *mac, ips) {
-                Pinned::Done => {}
-                refused => tracing::debug!(%mac, %vni, "fleet: endpoint not pinned: {refused:?}"),
-            },
-            FleetOp::Unpin(vni, mac, ips) => {
-                switch.unpin_remote(*vni, *mac, ips);
-            }
-        }
-    }
 }
 
 /// A boot id: different at every start.
@@ -291,7 +262,7 @@ fn start_name_server(daemon: &Arc<Daemon>) -> anyhow::Result<NameServer> {
     });
     let workers = daemon.datapath.remote();
     let write = Arc::new(move |port, frame: Vec<u8>| {
-        let _ = workers.run_on_first(move |w| w.write_to_port(port, &frame));
+        let _ = workers.tell_first(Command::WriteToPort { port, frame });
     });
     let upstreams = upstreams_from(&std::fs::read_to_string(RESOLV_CONF).unwrap_or_default());
     if upstreams.is_empty() {
@@ -301,9 +272,9 @@ fn start_name_server(daemon: &Arc<Daemon>) -> anyhow::Result<NameServer> {
         NameServer::start(requests, ports, write, upstreams).context("starting the name server")?;
     daemon
         .datapath
-        .run(move |w| {
-            w.set_services(requests_tx.clone());
-            w.switch().set_gateway_dns(true);
+        .ask(|reply| Command::ServeGatewayDns {
+            requests: requests_tx.clone(),
+            reply,
         })
         .context("handing DNS queries to the name server")?;
     Ok(server)
@@ -502,7 +473,7 @@ search {}
     }
 
     /// Applies one plan of the membership session: peers joined and left, endpoints pinned and
-    /// unpinned, all reaching the workers in one job.
+    /// unpinned, all reaching the workers in one command.
     fn apply_fleet(&self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
@@ -515,26 +486,29 @@ search {}
                 Change::Join(node) => join(&mut state, &node, &mut ops),
                 Change::Pin { node, endpoint } => {
                     if let Some(vni) = local_vni(&state, endpoint.vni) {
-                        ops.push(FleetOp::Pin(
-                            node.endpoint,
+                        ops.push(FleetChange::Pin {
+                            peer: node.endpoint,
                             vni,
-                            endpoint.mac,
-                            v4s(&endpoint.ips),
-                        ));
+                            mac: endpoint.mac,
+                            ips: v4s(&endpoint.ips),
+                        });
                     }
                 }
                 Change::Unpin(endpoint) => {
                     if let Some(vni) = local_vni(&state, endpoint.vni) {
-                        ops.push(FleetOp::Unpin(vni, endpoint.mac, v4s(&endpoint.ips)));
+                        ops.push(FleetChange::Unpin {
+                            vni,
+                            mac: endpoint.mac,
+                            ips: v4s(&endpoint.ips),
+                        });
                     }
                 }
             }
         }
-        let ops = Arc::new(ops);
-        if let Err(e) = self.datapath.run(move |w| {
-            for op in ops.iter() {
-                op.apply(w.switch());
-            }
+        let changes: Arc<[FleetChange]> = ops.into();
+        if let Err(e) = self.datapath.ask(|reply| Command::ApplyFleet {
+            changes: Arc::clone(&changes),
+            reply,
         }) {
             warn!("fleet: applying changes: {e}");
         }
@@ -566,7 +540,7 @@ fn static_peer(state: &State, node: &NodeRecord) -> bool {
     })
 }
 
-fn join(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetOp>) {
+fn join(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetChange>) {
     if static_peer(state, node) {
         info!(node = %node.name, endpoint = %node.endpoint, "fleet: node joined (configured as a static peer: kept as configured)");
         return;
@@ -590,7 +564,10 @@ fn join(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetOp>) {
         }
     }
     info!(node = %node.name, endpoint = %node.endpoint, networks = %networks.join(","), "fleet: node joined");
-    ops.push(FleetOp::AddPeer(node.endpoint, vnis));
+    ops.push(FleetChange::AddPeer {
+        addr: node.endpoint,
+        vnis,
+    });
     state.peers.insert(
         node.name.clone(),
         Peer {
@@ -601,12 +578,14 @@ fn join(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetOp>) {
     );
 }
 
-fn leave(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetOp>) {
+fn leave(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetChange>) {
     if !state.peers.get(&node.name).is_some_and(|p| p.from_fleet) {
         return;
     }
     if let Some(peer) = state.peers.remove(&node.name) {
         info!(node = %node.name, endpoint = %peer.endpoint, "fleet: node left; forgetting what was learned behind it");
-        ops.push(FleetOp::RemovePeer(peer.endpoint));
+        ops.push(FleetChange::RemovePeer {
+            addr: peer.endpoint,
+        });
     }
 }
