@@ -3,13 +3,16 @@
 //! SIGKILL is removed everywhere within its lease TTL + 2 s, with every MAC behind it; a node
 //! restarted with new containers leaves no stale MAC anywhere; an etcd outage changes nothing
 //! for running traffic, and the fleet reconciles when etcd returns; a container's name is
-//! answered by its gateway on another host.
+//! answered by its gateway on another host; a policy's label selector matches containers the
+//! fleet published from another host.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use vswitch::control::api::{PeerView, Reply, Request, StatusView};
+use vswitch::control::api::{AttachRequest, PeerView, Reply, Request, StatusView};
+use vswitch::control::policy::ExplainRequest;
 use vswitch::fleet::health::{NodeState, PeerState};
 use vswitch::lab::Container;
 use vswitch::lab::etcd::Etcd;
@@ -373,4 +376,67 @@ fn static_peers_mix_with_the_fleet() {
             .all(|p| p.health.is_some_and(|h| h.state == PeerState::Up))
     });
     assert!(up.is_some(), "host 0 does not see both peers up");
+}
+
+#[test]
+fn policies_match_the_fleets_remote_containers_by_label() {
+    let mut lab = Lab::new("fp").unwrap();
+    for _ in 0..2 {
+        lab.add_host(HostKind::Vswitch).unwrap();
+    }
+    let _etcd = Etcd::start(&lab).unwrap();
+    // Host 0's db takes traffic from containers labelled web only, wherever they run.
+    let policy = "[[policies]]\nname = \"db\"\nselector = { app = \"db\" }\n\
+                  [[policies.ingress]]\npeers = [{ selector = { app = \"web\" } }]\n\n";
+    start_node_with(&mut lab, 0, "state", Some("/fleet-p"), policy);
+    start_node(&mut lab, 1, "state", "/fleet-p");
+    let labelled = |lab: &mut Lab, host: usize, app: &str| {
+        lab.add_container_attached(
+            host,
+            AttachRequest {
+                labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+                ..Default::default()
+            },
+        )
+        .expect("attaching a labelled container")
+    };
+    let db = labelled(&mut lab, 0, "db");
+    let web = labelled(&mut lab, 1, "web");
+    let other = labelled(&mut lab, 1, "other");
+    let (db, web, other) = (
+        &lab.containers[db],
+        &lab.containers[web],
+        &lab.containers[other],
+    );
+    // Allowed once host 0 has the remote web's labels from the fleet.
+    let allowed = within(Duration::from_secs(10), || reaches(&web.ns, db.ip));
+    assert!(
+        allowed.is_some(),
+        "web on host 1 never reached db on host 0"
+    );
+    assert!(!reaches(&other.ns, db.ip), "other reached db");
+    assert!(
+        reaches(&web.ns, other.ip),
+        "host 1's own containers are open"
+    );
+    let explained = match lab.call(
+        0,
+        &Request::PolicyExplain(ExplainRequest {
+            src: web.ip.into(),
+            dst: db.ip.into(),
+            protocol: "tcp".into(),
+            port: 5432,
+        }),
+    ) {
+        Ok(reply) => format!("{reply:?}"),
+        Err(e) => panic!("policy explain: {e}"),
+    };
+    assert!(
+        explained.contains(&format!(
+            "{}@{}",
+            web.attachment.as_ref().unwrap().container_id,
+            lab.hosts[1].name
+        )),
+        "{explained}"
+    );
 }

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use super::{Daemon, Peer, State, View};
 use crate::control::api::Attachment;
-use crate::control::api::{PeerView, StatusView};
+use crate::control::api::{NetworkView, PeerView, StatusView};
 use crate::control::config::{Config, StoreConfig};
 use crate::fleet::dns::{NameServer, NameTable, upstreams_from};
 use crate::fleet::health::{Health, Transition};
@@ -36,6 +36,7 @@ use crate::fleet::membership::{self, Local, MembershipConfig, Sink};
 use crate::fleet::record::{EndpointRecord, NetworkRef, NodeRecord, endpoint_name};
 use crate::fleet::registry::{Change, Registry};
 use crate::io::{Command, FleetChange};
+use crate::policy::Endpoint;
 use crate::switch::{self, Gateway};
 use crate::wire::Vni;
 
@@ -114,6 +115,32 @@ fn local_of(view: &View, endpoint: SocketAddr, boot: &str, public_key: Option<&s
     }
 }
 
+/// The other nodes' containers on networks this node carries (same name and VNI), as policy
+/// endpoints: their labels let rules' selectors match them.
+fn policy_endpoints(remote: &[EndpointRecord], networks: &[NetworkView]) -> Vec<Endpoint> {
+    remote
+        .iter()
+        .filter(|e| {
+            networks
+                .iter()
+                .any(|n| n.name == e.network && n.vni == e.vni)
+        })
+        .map(|e| {
+            let container = if e.ifname == "eth0" {
+                e.container_id.clone()
+            } else {
+                format!("{}/{}", e.container_id, e.ifname)
+            };
+            Endpoint {
+                id: format!("{container}@{}", e.node),
+                labels: e.labels.clone(),
+                ips: e.ips.clone(),
+                local: None,
+            }
+        })
+        .collect()
+}
+
 /// Applies the session's plans to the daemon.
 struct Applier(Weak<Daemon>);
 
@@ -123,13 +150,18 @@ impl Sink for Applier {
             daemon.apply_fleet(changes);
             if let Some(fleet) = daemon.fleet.get() {
                 let me = fleet.local.borrow().node.name.clone();
-                *lock(&fleet.remote_endpoints) = registry
+                let remote: Vec<EndpointRecord> = registry
                     .endpoints()
                     .values()
                     .filter(|e| e.node != me)
                     .cloned()
                     .collect();
+                let endpoints = policy_endpoints(&remote, &daemon.view().networks);
+                *lock(&fleet.remote_endpoints) = remote;
                 fleet.refresh_names();
+                if let Err(e) = daemon.policy.set_remote(&daemon.datapath, endpoints) {
+                    warn!("fleet: handing remote containers to the policies: {e:#}");
+                }
             }
         }
     }
@@ -587,5 +619,56 @@ fn leave(state: &mut State, node: &NodeRecord, ops: &mut Vec<FleetChange>) {
         ops.push(FleetChange::RemovePeer {
             addr: peer.endpoint,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::wire::MacAddr;
+
+    fn network(name: &str, vni: u32) -> NetworkView {
+        NetworkView {
+            name: name.into(),
+            vni,
+            subnet: "10.244.0.0/16".parse().unwrap(),
+            node_subnet: "10.244.1.0/24".parse().unwrap(),
+            gateway: "10.244.1.1".parse().unwrap(),
+            mtu: 1450,
+            ports: 0,
+        }
+    }
+
+    fn record(container: &str, ifname: &str, network: &str, vni: u32, ip: &str) -> EndpointRecord {
+        EndpointRecord {
+            node: "b".into(),
+            container_id: container.into(),
+            ifname: ifname.into(),
+            name: container.into(),
+            network: network.into(),
+            vni,
+            mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            ips: vec![ip.parse().unwrap()],
+            labels: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+        }
+    }
+
+    #[test]
+    fn remote_containers_reach_the_policies_with_their_labels_on_shared_networks_only() {
+        let networks = [network("blue", 100)];
+        let remote = [
+            record("web-1", "eth0", "blue", 100, "10.244.2.5"),
+            record("web-2", "net1", "blue", 100, "10.244.2.6"),
+            record("web-3", "eth0", "blue", 101, "10.244.2.7"),
+            record("web-4", "eth0", "red", 100, "10.244.2.8"),
+        ];
+        let endpoints = policy_endpoints(&remote, &networks);
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["web-1@b", "web-2/net1@b"]);
+        assert!(endpoints.iter().all(|e| e.local.is_none()));
+        assert_eq!(endpoints[0].labels["app"], "web");
+        assert_eq!(endpoints[1].ips, [IpAddr::from([10, 244, 2, 6])]);
     }
 }
