@@ -336,6 +336,14 @@ def control_request():
         "fdb": '{"op":"fdb"}',
         "peers": '{"op":"peers"}',
         "reload": '{"op":"reload"}',
+        "reserve": '{"op":"reserve","network":"app","ip":"10.244.1.9","endpoint":"e1","mac":"02:42:0a:f4:01:09"}',
+        "unreserve": '{"op":"unreserve","network":"app","address":"10.244.1.9"}',
+        "plug-tap": '{"op":"plug_tap","endpoint":"e1","tap":"vswe1","sandbox":"/var/run/docker/netns/1"}',
+        "unplug-tap": '{"op":"unplug_tap","endpoint":"e1"}',
+        "reservations": '{"op":"reservations"}',
+        "response-reserved": '{"ok":{"reserved":{"network":"app","vni":42,"address":"10.244.1.9/16",'
+                             '"gateway":"10.244.1.1","mtu":1450,"mac":"0a:58:0a:f4:01:09","owner":"reserved-1",'
+                             '"endpoint":"e1","tap":"vswe1","sandbox":"/var/run/docker/netns/1"}}}',
         "response-error": '{"error":"no network is named \\"red\\""}',
         "response-detached": '{"ok":{"detached":false}}',
         "response-attached": '{"ok":{"attached":' + attachment + '}}',
@@ -474,6 +482,42 @@ def policy_file():
         write(t, name, text)
 
 
+def docker_request():
+    t = "docker_request"
+    calls = {
+        "activate": ("/Plugin.Activate", ""),
+        "capabilities": ("/NetworkDriver.GetCapabilities", ""),
+        "create-network": ("/NetworkDriver.CreateNetwork",
+                           '{"NetworkID":"n1","Options":{"com.docker.network.enable_ipv6":false,'
+                           '"com.docker.network.generic":{"vswitch.network":"app","vswitch.vni":"42"}},'
+                           '"IPv4Data":[{"AddressSpace":"vswitch","Pool":"10.244.0.0/16","Gateway":"10.244.1.1/16",'
+                           '"AuxAddresses":null}],"IPv6Data":[]}'),
+        "delete-network": ("/NetworkDriver.DeleteNetwork", '{"NetworkID":"n1"}'),
+        "create-endpoint": ("/NetworkDriver.CreateEndpoint",
+                            '{"NetworkID":"n1","EndpointID":"0123456789abcdef","Interface":{"Address":"10.244.1.2/16",'
+                            '"AddressIPv6":"","MacAddress":"02:42:0a:f4:01:02"},"Options":{}}'),
+        "join": ("/NetworkDriver.Join",
+                 '{"NetworkID":"n1","EndpointID":"0123456789abcdef","SandboxKey":"/var/run/docker/netns/1","Options":{}}'),
+        "leave": ("/NetworkDriver.Leave", '{"NetworkID":"n1","EndpointID":"0123456789abcdef"}'),
+        "delete-endpoint": ("/NetworkDriver.DeleteEndpoint", '{"NetworkID":"n1","EndpointID":"0123456789abcdef"}'),
+        "oper-info": ("/NetworkDriver.EndpointOperInfo", '{"NetworkID":"n1","EndpointID":"0123456789abcdef"}'),
+        "discover": ("/NetworkDriver.DiscoverNew", '{"DiscoveryType":1,"DiscoveryData":{}}'),
+        "ipam-capabilities": ("/IpamDriver.GetCapabilities", ""),
+        "address-spaces": ("/IpamDriver.GetDefaultAddressSpaces", ""),
+        "request-pool": ("/IpamDriver.RequestPool",
+                         '{"AddressSpace":"vswitch","Pool":"10.244.0.0/16","SubPool":"","Options":{},"V6":false}'),
+        "request-pool-by-name": ("/IpamDriver.RequestPool",
+                                 '{"AddressSpace":"vswitch","Pool":"","Options":{"vswitch.network":"app"},"V6":false}'),
+        "release-pool": ("/IpamDriver.ReleasePool", '{"PoolID":"app"}'),
+        "request-gateway": ("/IpamDriver.RequestAddress",
+                            '{"PoolID":"app","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}'),
+        "request-address": ("/IpamDriver.RequestAddress", '{"PoolID":"app","Address":"10.244.1.77","Options":{}}'),
+        "release-address": ("/IpamDriver.ReleaseAddress", '{"PoolID":"app","Address":"10.244.1.77"}'),
+    }
+    for name, (path, body) in calls.items():
+        write(t, name, (path + "\n" + body).encode())
+
+
 if __name__ == "__main__":
     frame_from_port()
     datagram_from_peer()
@@ -481,5 +525,6 @@ if __name__ == "__main__":
     coalesce()
     decap()
     control_request()
+    docker_request()
     config()
     policy_file()

@@ -1,8 +1,9 @@
 //! `vswitch demo`: a two-host cluster built in namespaces on this machine, two containers per
 //! host, shown working (every container reaches every other, across hosts and on one host), a
-//! network policy that keeps one pair open and closes another, explained, a rate-limited
-//! container measured against its limit, then measured against the Linux kernel's VXLAN and
-//! bridge in the same topology, then removed, on Ctrl-C or failure too.
+//! network policy that keeps one pair open and closes another, explained; a sealed network
+//! beside the plain one, with what a capture of the underlay sees of each; a rate-limited
+//! container measured against its limit; then both networks measured against the Linux
+//! kernel's VXLAN and bridge in the same topology, then removed, on Ctrl-C or failure too.
 
 use std::time::Duration;
 
@@ -12,17 +13,33 @@ use std::collections::BTreeMap;
 
 use crate::control::api::{AttachRequest, Reply, Request};
 use crate::control::policy::{ExplainRequest, PolicyApply};
+use crate::lab::capture::{self, UnderlayCapture};
 use crate::lab::{HostKind, Lab, NetworkSpec, traffic};
 use crate::policy::BitRate;
+use crate::tunnel::Kind;
 
 /// The apps the four containers run, by container: the policy selects by these labels.
 const APPS: [&str; 4] = ["web", "db", "web", "batch"];
+
+/// The demo's sealed network, beside the default one.
+const SEALED: NetworkSpec<'static> = NetworkSpec {
+    name: "sealed",
+    vni: 43,
+    subnet: std::net::Ipv4Addr::new(10, 245, 0, 0),
+    sealed: true,
+};
+
+/// UDP payloads sent on each network while the underlay is captured.
+const PLAIN_MARKER: &[u8] = b"vswitch-demo-marker-on-the-plain-network";
+const SEALED_MARKER: &[u8] = b"vswitch-demo-marker-on-the-sealed-network";
+/// How many of each.
+const MARKERS: usize = 20;
 
 /// Knobs of the demo.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
     /// Seconds each throughput measurement runs.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub seconds: u64,
     /// Skip the throughput measurements.
     #[arg(long)]
@@ -64,7 +81,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
 }
 
 fn demo(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
-    let networks = [NetworkSpec::DEFAULT];
+    let networks = [NetworkSpec::DEFAULT, SEALED];
     for _ in 0..2 {
         lab.add_host(HostKind::Vswitch)?;
     }
@@ -125,11 +142,13 @@ fn demo(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
     }
 
     policy(lab)?;
+    let sealed = sealed_network(lab)?;
+
     if options.no_throughput {
         return Ok(());
     }
     rate_limit(lab)?;
-    throughput(lab, options)
+    throughput(lab, options, sealed)
 }
 
 /// Pings every container from every other and prints the matrix; `closed` are the pairs
@@ -242,7 +261,7 @@ fn rate_limit(lab: &mut Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
+fn throughput(lab: &mut Lab, options: &DemoOptions, sealed: (usize, usize)) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(options.seconds.max(1));
     println!(
         "\nThroughput, container on h0 to container on h1, {}s each, single TCP stream:",
@@ -264,18 +283,147 @@ fn throughput(lab: &mut Lab, options: &DemoOptions) -> anyhow::Result<()> {
         1,
         seconds,
     )?;
+    let (sealed_from, sealed_to) = sealed;
+    let ours_sealed = traffic::tcp_throughput(
+        &lab.containers[sealed_from].ns,
+        &lab.containers[sealed_to].ns,
+        lab.containers[sealed_to].ip,
+        1,
+        seconds,
+    )?;
     let rows = vec![
         vec!["vswitch (userspace)".to_owned(), gbit(ours)],
+        vec!["vswitch, sealed network".to_owned(), gbit(ours_sealed)],
         vec!["Linux kernel VXLAN + bridge".to_owned(), gbit(kernel)],
     ];
     print!(
         "{}",
         crate::control::render::table(&["PATH", "THROUGHPUT"], &rows)
     );
-    if kernel > 0.0 {
-        println!("  ratio vswitch / kernel: {:.2}", ours / kernel);
+    if kernel > 0.0 && ours > 0.0 {
+        println!(
+            "  ratio vswitch / kernel: {:.2}, sealed / plain: {:.2}",
+            ours / kernel,
+            ours_sealed / ours
+        );
     }
     Ok(())
+}
+
+/// Attaches a container per host to the sealed network, sends a marker on each network while
+/// the underlay is captured, and shows what the capture holds; fails if the sealed marker
+/// shows in clear. Returns the sealed containers.
+fn sealed_network(lab: &mut Lab) -> anyhow::Result<(usize, usize)> {
+    println!(
+        "\nA sealed network beside the plain one: \"{}\" (VNI {}), encryption = true",
+        SEALED.name, SEALED.vni
+    );
+    let pcap_path = lab.dir().join("underlay.pcap");
+    let capture = UnderlayCapture::start(&lab.hosts[1].ns, &pcap_path)?;
+    let mut sealed = Vec::new();
+    for host in 0..2 {
+        let c = lab.add_container(host, SEALED.name, None)?;
+        sealed.push(c);
+        let c = &lab.containers[c];
+        println!(
+            "  container {} on h{host}: eth0 {}/16 mac {}",
+            c.name, c.ip, c.mac
+        );
+    }
+    let (from, to) = (sealed[0], sealed[1]);
+    // Within a second of the sealed containers' attach.
+    let c = &lab.containers;
+    let arrived = [
+        capture::send_marker(&c[0].ns, &c[2].ns, c[2].ip, PLAIN_MARKER, MARKERS)?,
+        capture::send_marker(&c[from].ns, &c[to].ns, c[to].ip, SEALED_MARKER, MARKERS)?,
+    ];
+    let rtts = traffic::ping(
+        &c[from].ns,
+        c[to].ip,
+        3,
+        Duration::from_millis(10),
+        Duration::from_secs(1),
+    )?;
+    let best = rtts
+        .iter()
+        .min()
+        .copied()
+        .context("no echo reply across the sealed network")?;
+    println!(
+        "  {}@h0 -> {}@h1 over the sealed network: ok {:.0}us",
+        c[from].name,
+        c[to].name,
+        best.as_secs_f64() * 1e6
+    );
+    if let Reply::Peers(peers) = lab.call(0, &Request::Peers)?
+        && let Some(session) = peers.first().and_then(|p| p.session.as_ref())
+    {
+        println!(
+            "  h0's session with h1 (vswitch peers): {}, {} handshakes",
+            session.state, session.handshakes
+        );
+    }
+    let pcap = capture.finish()?;
+    let plain = capture::seen(
+        &pcap,
+        Kind::Plain,
+        Some(NetworkSpec::DEFAULT.vni),
+        PLAIN_MARKER,
+    );
+    let sealed_seen = capture::seen(&pcap, Kind::Sealed, Some(SEALED.vni), SEALED_MARKER);
+    // The sealed marker anywhere in clear, and anything plain on the sealed VNI.
+    let leaked = [Kind::Plain, Kind::Sealed, Kind::Handshake]
+        .into_iter()
+        .map(|kind| capture::seen(&pcap, kind, None, SEALED_MARKER).markers)
+        .sum::<usize>()
+        + capture::seen(&pcap, Kind::Plain, Some(SEALED.vni), b"").packets;
+    println!(
+        "\nWhat the underlay sees (tcpdump on h1's eth0, UDP 4789) of a UDP marker sent {MARKERS} \
+         times on each network:"
+    );
+    let rows = vec![
+        vec![
+            NetworkSpec::DEFAULT.name.to_owned(),
+            NetworkSpec::DEFAULT.vni.to_string(),
+            "plain VXLAN (0x08)".to_owned(),
+            arrived[0].to_string(),
+            plain.packets.to_string(),
+            format!("{} times", plain.markers),
+        ],
+        vec![
+            SEALED.name.to_owned(),
+            SEALED.vni.to_string(),
+            "sealed (0x48)".to_owned(),
+            arrived[1].to_string(),
+            sealed_seen.packets.to_string(),
+            match leaked {
+                0 => "never".to_owned(),
+                n => format!("{n} times"),
+            },
+        ],
+    ];
+    print!(
+        "{}",
+        crate::control::render::table(
+            &[
+                "NETWORK",
+                "VNI",
+                "FORMAT",
+                "DELIVERED",
+                "PACKETS",
+                "MARKER IN CLEAR"
+            ],
+            &rows
+        )
+    );
+    println!("  (packets as captured: a train of datagrams sent with GSO counts once)");
+    if leaked > 0 {
+        bail!("the sealed network's marker crossed the underlay in clear");
+    }
+    if plain.markers == 0 {
+        bail!("the capture did not see the plain network's marker");
+    }
+    Ok((from, to))
 }
 
 fn gbit(bits_per_second: f64) -> String {

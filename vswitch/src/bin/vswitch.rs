@@ -49,6 +49,8 @@ enum Command {
     Fdb(Output),
     /// The peers and their traffic.
     Peers(Output),
+    /// Addresses reserved for Docker endpoints, and their TAPs.
+    Reservations(Output),
     /// Make the daemon re-read its config file and apply added or removed networks and peers
     /// (as SIGHUP does).
     Reload,
@@ -56,11 +58,15 @@ enum Command {
     /// it against the kernel's VXLAN, and remove everything.
     Demo(vswitch::demo::DemoOptions),
     /// Make this node's key pair for sealed networks: write the private key to FILE (mode 0600,
-    /// never over an existing file) and print the public key for the peers' configs.
+    /// never over an existing file) and print the public key for the peers' configs. With
+    /// --psk, write a new pre-shared key for a sealed network to FILE instead, printing nothing.
     Keygen {
-        /// Where to write the private key (`node.private_key` in the config).
-        #[arg(default_value = "/etc/vswitch/private.key")]
-        file: std::path::PathBuf,
+        /// Where to write the key: `node.private_key` (default /etc/vswitch/private.key), or
+        /// with --psk a network's `psk_file`.
+        file: Option<std::path::PathBuf>,
+        /// Write a pre-shared key (copy the file to every node of the network).
+        #[arg(long, requires = "file")]
+        psk: bool,
     },
     /// Network policies: apply, list, delete, explain.
     #[command(subcommand)]
@@ -259,6 +265,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Reply::Peers(p) => print(o.json, &p, |p| render::peers(p)),
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
+        Command::Reservations(o) => match call(Request::Reservations)? {
+            Reply::Reservations(r) => print(o.json, &r, |r| render::reservations(r)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
         Command::Reload => match call(Request::Reload)? {
             Reply::Reloaded(summary) => {
                 println!("{summary}");
@@ -277,9 +287,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
         Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),
-        Command::Keygen { file } => {
+        Command::Keygen { file, psk: true } => {
             use rand::SeedableRng;
             let mut rng = rand::rngs::StdRng::from_os_rng();
+            let file = file.context("--psk needs the file to write")?;
+            sealing::write_psk(&file, &crypto::PresharedKey::generate(&mut rng))
+        }
+        Command::Keygen { file, psk: false } => {
+            use rand::SeedableRng;
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let file = file.unwrap_or_else(|| "/etc/vswitch/private.key".into());
             let secret = crypto::StaticSecret::generate(&mut rng);
             sealing::write_private_key(&file, &secret)?;
             println!("{}", secret.public_key());

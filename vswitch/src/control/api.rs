@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::host_tap;
 use crate::wire::MacAddr;
 
 /// A request to the daemon.
@@ -41,6 +42,16 @@ pub enum Request {
     PolicyExplain(super::policy::ExplainRequest),
     /// Set or clear the rate limit of an attached container's port.
     Qos(super::policy::QosRequest),
+    /// Lease an address before any interface exists (a runtime's IPAM, see [`host_tap`]).
+    Reserve(host_tap::ReserveRequest),
+    /// Release a reservation, unplugging its TAP first.
+    Unreserve(host_tap::UnreserveRequest),
+    /// Create a reservation's TAP in the daemon's namespace and switch it.
+    PlugTap(host_tap::PlugTapRequest),
+    /// Take an endpoint's TAP off the switch and delete it.
+    UnplugTap(host_tap::UnplugTapRequest),
+    /// The reservations and their TAPs.
+    Reservations,
 }
 
 /// What `vswitch attach` asks for.
@@ -308,6 +319,14 @@ pub enum Reply {
     Policies(Box<super::policy::PolicyList>),
     /// What policy decides for a flow.
     Explained(super::policy::ExplainView),
+    /// An address was reserved (or plugged): the reservation.
+    Reserved(host_tap::Reservation),
+    /// A reservation was released; `false` when there was none.
+    Unreserved(bool),
+    /// An endpoint's TAP was unplugged; `false` when it had none.
+    Unplugged(bool),
+    /// The reservations.
+    Reservations(Vec<host_tap::Reservation>),
 }
 
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.

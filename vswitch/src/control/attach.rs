@@ -54,7 +54,7 @@ fn staging_name(a: &Attachment) -> String {
 
 /// Options for the container's TAP: always multi-queue, so that it can be re-adopted by a
 /// daemon running any number of workers, with `queues` queues.
-fn tap_options(name: &str, offloads: bool, queues: usize) -> TapOptions {
+pub(crate) fn tap_options(name: &str, offloads: bool, queues: usize) -> TapOptions {
     let mut options = TapOptions::new(name);
     options.persist = true;
     options.multi_queue = true;

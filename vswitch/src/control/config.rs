@@ -105,6 +105,14 @@ pub struct NodeConfig {
     /// network is sealed.
     #[serde(default)]
     pub private_key: Option<PathBuf>,
+    /// Seconds after which a sealed session is rekeyed: 120 by default, and only shorter. For
+    /// tests that want many rekeys quickly; a deployment has no reason to set it.
+    #[serde(default)]
+    pub rekey_after_secs: Option<u64>,
+    /// Datagrams sent on a sealed session after which it is rekeyed: 2^40 by default, and only
+    /// fewer. For tests, like `rekey_after_secs`.
+    #[serde(default)]
+    pub rekey_after_messages: Option<u64>,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.
@@ -141,6 +149,11 @@ pub struct NetworkConfig {
     /// containers whose interface MTU is larger never start connections the path cannot carry.
     #[serde(default = "default_true")]
     pub clamp_mss: bool,
+    /// A file holding the sealed network's pre-shared key (`vswitch keygen --psk` writes one,
+    /// mode 0600), mixed into the handshake with every peer of the network. Every sealed
+    /// network shared with one peer must name the same file, or none.
+    #[serde(default)]
+    pub psk_file: Option<PathBuf>,
     /// Seconds a released address rests before it is handed out again (while others are free),
     /// so stale ARP and conntrack entries elsewhere do not meet a new container.
     #[serde(default = "default_address_hold")]
@@ -326,6 +339,7 @@ impl NetworkConfig {
             mtu_setting: None,
             encryption: false,
             clamp_mss: true,
+            psk_file: None,
             address_hold_secs: default_address_hold(),
         }
     }
@@ -585,6 +599,7 @@ impl Config {
                 }
             }
         }
+        super::sealing::validate(self).or_else(|(key, reason)| err(key, reason))?;
         if self.networks.iter().any(|n| n.encryption) && self.node.private_key.is_none() {
             return err(
                 "node.private_key".into(),

@@ -43,6 +43,7 @@ use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
 mod fleet;
+mod reservations;
 mod transaction;
 pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
 
@@ -87,6 +88,8 @@ struct State {
     undoing: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
+    /// Addresses reserved for runtimes that move interfaces themselves, and their TAPs.
+    reservations: reservations::Reservations,
 }
 
 impl State {
@@ -181,6 +184,9 @@ impl Daemon {
                 undoing: Vec::new(),
                 store,
                 leases,
+                reservations: reservations::Reservations::new(
+                    super::host_tap::ReservationStore::new(&config.node.state_dir),
+                ),
             }),
             view: Mutex::default(),
             fleet: std::sync::OnceLock::new(),
@@ -248,6 +254,17 @@ impl Daemon {
                 .map(Reply::Explained)
                 .map_err(anyhow::Error::new),
             Request::Qos(r) => self.change(|state| self.set_qos(state, &r).map(Reply::Attached)),
+            Request::Reserve(r) => self.change(|state| self.reserve(state, r).map(Reply::Reserved)),
+            Request::Unreserve(r) => {
+                self.change(|state| self.unreserve(state, &r).map(Reply::Unreserved))
+            }
+            Request::PlugTap(r) => {
+                self.change(|state| self.plug_reserved_tap(state, r).map(Reply::Reserved))
+            }
+            Request::UnplugTap(r) => {
+                self.change(|state| self.unplug_reserved_tap(state, &r).map(Reply::Unplugged))
+            }
+            Request::Reservations => Ok(Reply::Reservations(self.lock().reservations.list())),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -281,7 +298,8 @@ impl Daemon {
                         .ports
                         .iter()
                         .filter(|p| p.record.attachment.network == n.config.name)
-                        .count(),
+                        .count()
+                        + state.reservations.plugged_on(&n.config.name),
                 })
                 .collect(),
             peers: state
@@ -293,6 +311,7 @@ impl Daemon {
                 .ports
                 .iter()
                 .map(|p| (p.id, p.record.attachment.clone()))
+                .chain(state.reservations.attachments())
                 .collect(),
         };
         self.fleet_view_published(&view);
@@ -417,6 +436,7 @@ impl Daemon {
                 warn!("detaching a vanished container: {e:#}");
             }
         }
+        self.sweep_reservations(&mut state);
         self.retry_undos(&mut state);
         self.retry_releases(&mut state);
         self.policy.sweep();
@@ -508,6 +528,7 @@ impl Daemon {
     /// cannot be looked at now, or whose port cannot be plugged now, is kept (record and lease)
     /// and tried again by the sweep.
     fn restore(&self, state: &mut State) -> anyhow::Result<()> {
+        self.restore_reservations(state)?;
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
@@ -558,6 +579,7 @@ impl Daemon {
                 let a = &r.attachment;
                 (a.network.clone(), a.container_id.clone(), a.ifname.clone())
             })
+            .chain(state.reservations.owners())
             .collect();
         let released = state.leases.retain(&live)?;
         if released > 0 {
@@ -589,6 +611,21 @@ impl Daemon {
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
+        let ips = [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.add_port(network.vni, a.mac, ips, tap)
+    }
+
+    /// Hands an open TAP to the datapath as a port of network `vni`.
+    fn add_port(
+        &self,
+        vni: Vni,
+        mac: crate::wire::MacAddr,
+        ips: Vec<IpAddr>,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
         let vnet_hdr = tap.vnet_hdr_len() > 0;
         let uso = tap.offloads().contains(Offloads::USO4);
         let queues: Arc<[Arc<TapQueue>]> = tap
@@ -597,12 +634,9 @@ impl Daemon {
             .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr).with_uso(uso)))
             .collect();
         let port = PortConfig {
-            vni: network.vni,
-            mac: a.mac,
-            ips: [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
-                .into_iter()
-                .flatten()
-                .collect(),
+            vni,
+            mac,
+            ips,
             port_security: true,
         };
         let added = self.datapath.ask(|reply| Command::AddPort {
@@ -639,17 +673,7 @@ impl Daemon {
             .field("ifname")
         })?;
         if !state.networks.contains_key(&network_name) {
-            let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
-            return Err(ApiError::new(
-                ErrorKind::UnknownNetwork,
-                format!(
-                    "no network is named {network_name:?}; this node carries: {} (add it to \
-                     [[networks]] in the config and run vswitch reload, or pick one of those)",
-                    known.join(", ")
-                ),
-            )
-            .field("network")
-            .into());
+            return Err(unknown_network(state, &network_name).into());
         }
         if let Some(existing) = state
             .ports
@@ -798,6 +822,7 @@ impl Daemon {
         {
             changes.push("node settings changed: restart vswitchd to apply them".to_owned());
         }
+        changes.extend(super::sealing::reload_changes(&state.config, &config));
         // Networks: removed ones take their containers with them; changed ones are updated.
         let removed: Vec<String> = state
             .networks
@@ -1086,6 +1111,11 @@ impl Daemon {
     fn peers(&self) -> Vec<PeerView> {
         let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
         self.fleet_peers(&mut peers);
+        self.with_sessions(peers)
+    }
+
+    /// `peers` with each sealed peer's session filled in.
+    fn with_sessions(&self, mut peers: Vec<PeerView>) -> Vec<PeerView> {
         if let Some(sealing) = self.sealing.get() {
             let sessions = sealing.status();
             for peer in &mut peers {
@@ -1107,7 +1137,7 @@ impl Daemon {
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers,
+            peers: self.with_sessions(peers),
             workers: totals.workers,
             health: self.fleet_health(),
             policy: self.policy.list(),
@@ -1169,6 +1199,20 @@ enum Recorded {
     /// It could not be looked at (descriptors exhausted, no memory, no permission, ...): that
     /// says nothing about the container.
     Unknown(anyhow::Error),
+}
+
+/// The error for a network this node does not carry, naming those it does.
+fn unknown_network(state: &State, name: &str) -> ApiError {
+    let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
+    ApiError::new(
+        ErrorKind::UnknownNetwork,
+        format!(
+            "no network is named {name:?}; this node carries: {} (add it to [[networks]] in the \
+             config and run vswitch reload, or pick one of those)",
+            known.join(", ")
+        ),
+    )
+    .field("network")
 }
 
 /// Opens the namespace a record was made in, telling "gone" apart from "cannot tell now".

@@ -76,6 +76,53 @@ fn counters(
     registry.register(name, help, family);
 }
 
+/// Reads one count of a session.
+type SessionCount = fn(&super::sealing::SessionStatus) -> u64;
+
+/// Each sealed peer's session: up or not, sessions made, rekeys, refused handshake messages.
+fn sessions(registry: &mut Registry, peers: &[PeerView]) {
+    let sealed = || {
+        peers
+            .iter()
+            .filter_map(|p| Some((vec![("peer", label(&p.name))], p.session.as_ref()?)))
+    };
+    let up = Family::<Labels, Gauge>::default();
+    for (labels, session) in sealed() {
+        up.get_or_create(&labels)
+            .set(i64::from(session.state == "up"));
+    }
+    registry.register(
+        "vswitch_peer_session_up",
+        "1 when the sealed session with the peer is up, 0 while handshaking",
+        up,
+    );
+    let per_peer: [(&str, &str, SessionCount); 3] = [
+        (
+            "vswitch_peer_handshakes",
+            "Sealed sessions made with the peer (the first and every rekey)",
+            |s| s.handshakes,
+        ),
+        (
+            "vswitch_peer_rekeys",
+            "Sealed sessions made with the peer while one was up",
+            |s| s.rekeys,
+        ),
+        (
+            "vswitch_peer_handshakes_refused",
+            "Handshake messages from the peer's address refused (a wrong key, stale, unknown)",
+            |s| s.refused,
+        ),
+    ];
+    for (name, help, value) in per_peer {
+        counters(
+            registry,
+            name,
+            help,
+            sealed().map(|(labels, session)| (labels, value(session))),
+        );
+    }
+}
+
 /// Renders a scrape. Counter names get their `_total` suffix from the encoder.
 pub fn render(s: &Scrape) -> String {
     let mut registry = Registry::default();
@@ -272,6 +319,7 @@ pub fn render(s: &Scrape) -> String {
         );
     }
     policy(&mut registry, s);
+    sessions(&mut registry, &s.peers);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -388,7 +436,22 @@ mod tests {
             io: IoCounters::default(),
             fdb_entries: 3,
             ports,
-            peers: Vec::new(),
+            peers: vec![PeerView {
+                name: "h1".into(),
+                endpoint: "192.0.2.2:4789".parse().unwrap(),
+                networks: vec!["sealed".into()],
+                macs: 0,
+                traffic: Traffic::default(),
+                session: Some(crate::control::sealing::SessionStatus {
+                    state: "up".into(),
+                    last_handshake_secs: Some(3),
+                    handshakes: 4,
+                    rekeys: 3,
+                    refused: 1,
+                }),
+                health: None,
+                discovered: false,
+            }],
             workers: vec![Traffic::default(), Traffic::default()],
             health: None,
             policy,
@@ -399,6 +462,14 @@ mod tests {
         assert!(text.contains("reason=\"denied\"} 4\n"), "{text}");
         assert!(text.contains("vswitch_conntrack_entries 2\n"), "{text}");
         assert!(text.contains("vswitch_drops_total{reason=\"policy_denied\"} 0\n"));
+        for sample in [
+            "vswitch_peer_session_up{peer=\"h1\"} 1\n",
+            "vswitch_peer_handshakes_total{peer=\"h1\"} 4\n",
+            "vswitch_peer_rekeys_total{peer=\"h1\"} 3\n",
+            "vswitch_peer_handshakes_refused_total{peer=\"h1\"} 1\n",
+        ] {
+            assert!(text.contains(sample), "{sample} in {text}");
+        }
         assert!(
             text.contains("vswitch_worker_frames_total{worker=\"1\",direction=\"rx\"} 0\n"),
             "{text}"

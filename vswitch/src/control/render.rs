@@ -134,6 +134,28 @@ pub fn status(s: &StatusView) -> String {
     text
 }
 
+/// `vswitch reservations`: network, address, MAC, endpoint, TAP and where it was handed.
+pub fn reservations(list: &[super::host_tap::Reservation]) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.network.clone(),
+                r.address.to_string(),
+                r.mac.to_string(),
+                or_dash(&r.endpoint),
+                or_dash(&r.tap),
+                or_dash(&r.sandbox),
+            ]
+        })
+        .collect();
+    table(
+        &["NETWORK", "ADDRESS", "MAC", "ENDPOINT", "TAP", "SANDBOX"],
+        &rows,
+    )
+}
+
 /// `vswitch ports`.
 pub fn ports(ports: &[PortView]) -> String {
     let rows: Vec<Vec<String>> = ports
@@ -221,12 +243,7 @@ pub fn peers(peers: &[PeerView]) -> String {
             row.push(if p.discovered { "fleet" } else { "config" }.into());
             row.push(match &p.session {
                 None => "-".into(),
-                Some(s) => match s.last_handshake_secs {
-                    Some(age) => {
-                        format!("{} ({} handshakes, last {age}s ago)", s.state, s.handshakes)
-                    }
-                    None => s.state.clone(),
-                },
+                Some(s) => session_cell(s),
             });
             row
         })
@@ -238,6 +255,22 @@ pub fn peers(peers: &[PeerView]) -> String {
         ],
         &rows,
     )
+}
+
+/// A sealed peer's session: state, handshakes, rekeys, age of the last, refused messages.
+fn session_cell(s: &super::sealing::SessionStatus) -> String {
+    let mut cell = s.state.clone();
+    if let Some(age) = s.last_handshake_secs {
+        let _ = write!(
+            cell,
+            " ({} handshakes, {} rekeys, last {age}s ago)",
+            s.handshakes, s.rekeys
+        );
+    }
+    if s.refused > 0 {
+        let _ = write!(cell, ", {} refused", s.refused);
+    }
+    cell
 }
 
 /// `vswitch attach`: what a person needs to use the interface.

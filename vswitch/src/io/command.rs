@@ -134,6 +134,14 @@ pub enum Command {
         /// The whole Ethernet frame.
         frame: Vec<u8>,
     },
+    /// How many datagrams the worker sealed under each of these sessions (by local index), for
+    /// the count-based rekey: asked by the handshake thread once a second, never by queries.
+    CountSealed {
+        /// This node's indices of the sessions.
+        local_indices: Arc<[u32]>,
+        /// The counts, in the same order.
+        reply: Reply<Vec<u64>>,
+    },
     /// Sends one datagram as it is (a handshake message) to `addr`; only the first worker is
     /// sent this.
     SendRaw {
@@ -303,6 +311,13 @@ impl Worker {
                 reply.send(());
             }
             Command::WriteToPort { port, frame } => self.write_to_port(port, &frame),
+            Command::CountSealed {
+                local_indices,
+                reply,
+            } => {
+                let switch = self.switch();
+                reply.send(local_indices.iter().map(|&i| switch.sealed_on(i)).collect());
+            }
             Command::SendRaw { addr, bytes } => self.send_raw(addr, &bytes),
             Command::Stop => self.running = false,
             Command::Panic => panic!("{}: the forced test panic", super::TEST_PANIC_ENV),

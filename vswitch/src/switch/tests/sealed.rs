@@ -330,3 +330,26 @@ fn too_big_errors_go_back_sealed() {
         (3, 4, 1400)
     );
 }
+
+#[test]
+fn a_replica_counts_what_it_sealed_per_session() {
+    let Pair {
+        mut a,
+        b_at_a,
+        a_keys,
+        b_keys,
+        ..
+    } = sealed_pair(4, 3);
+    let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 100);
+    for _ in 0..5 {
+        sealed_datagram(&mut a, b_at_a, &frame).unwrap();
+    }
+    assert_eq!(a.sealed_on(a_keys.local_index), 5);
+    assert_eq!(
+        a.sealed_on(b_keys.local_index),
+        0,
+        "not a session A sends on"
+    );
+    a.retire_session(a_keys.local_index);
+    assert_eq!(a.sealed_on(a_keys.local_index), 0);
+}
