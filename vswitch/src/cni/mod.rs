@@ -10,7 +10,8 @@
 //! The conflist's `name` is the `vswitchd` network unless the configuration names one
 //! (`"network"`); `"socket"` names the control socket. The daemon's answer maps to the result:
 //! one interface in the sandbox, its addresses with the gateway, a default route, and the
-//! configuration's `dns`; a `prevResult` from plugins before this one is kept, ours appended.
+//! configuration's `dns` (else the daemon's name server on the gateway, when it runs one); a
+//! `prevResult` from plugins before this one is kept, ours appended.
 
 pub mod codes;
 pub mod types;
@@ -22,7 +23,7 @@ use netns::{NetNs, Netlink, NsRef};
 use serde_json::Value;
 
 use self::codes::error;
-use self::types::{CniError, CniResult, Interface, IpConfig, NetConf, Route};
+use self::types::{CniError, CniResult, Dns, Interface, IpConfig, NetConf, Route};
 use crate::control::api::{
     self, AttachRequest, Attachment, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
@@ -397,6 +398,15 @@ pub fn result_of(
         if result.dns == Default::default() {
             result.dns = dns.clone();
         }
+    } else if let Some(server) = a.dns
+        && result.dns == Default::default()
+    {
+        // The daemon's name server on the gateway, which answers the network's containers.
+        result.dns = Dns {
+            nameservers: vec![server.to_string()],
+            search: vec![a.network.clone()],
+            ..Dns::default()
+        };
     }
     result
 }

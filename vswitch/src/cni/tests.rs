@@ -229,3 +229,26 @@ fn bandwidth_becomes_the_ports_rate_limit() {
     let e = requested_bandwidth(&parse(r#"{"ingressRate":1,"egressRate":2}"#)).unwrap_err();
     assert_eq!(e.code, codes::UNSUPPORTED_FIELD);
 }
+
+#[test]
+fn the_daemons_name_server_is_the_results_dns_unless_the_config_names_one() {
+    let mut attachment = Attachment::example("ctr1");
+    attachment.dns = Some(attachment.gateway);
+    let answers = vec![
+        Response::Ok(Reply::Attached(attachment.clone())),
+        Response::Ok(Reply::Attached(attachment)),
+    ];
+    let (_dir, socket, _requests) = daemon(answers);
+    let out = run(&env("ADD"), &conf("1.0.0", &socket, ""))
+        .unwrap()
+        .unwrap();
+    let result: CniResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(result.dns.nameservers, ["10.244.1.1"]);
+    assert_eq!(result.dns.search, ["default"]);
+    let given = r#","dns":{"nameservers":["192.0.2.53"]}"#;
+    let out = run(&env("ADD"), &conf("1.0.0", &socket, given))
+        .unwrap()
+        .unwrap();
+    let result: CniResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(result.dns.nameservers, ["192.0.2.53"]);
+}

@@ -130,6 +130,9 @@ pub struct Attachment {
     /// The container's labels, as given at attach.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The name server answering container names (the gateway), when the daemon runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<IpAddr>,
     /// The port's rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<super::policy::QosSetting>,
@@ -151,6 +154,7 @@ impl Attachment {
             gateway: IpAddr::V4([10, 244, 1, 1].into()),
             mtu: 1450,
             labels: BTreeMap::new(),
+            dns: None,
             qos: None,
         }
     }
@@ -206,6 +210,12 @@ pub struct PeerView {
     /// Its datagrams dropped, by reason (the reasons with any).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drops_by_reason: BTreeMap<String, u64>,
+    /// Its tunnel's health (probes on the VXLAN path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::fleet::health::PeerHealthView>,
+    /// Found through the fleet's registry rather than configured.
+    #[serde(default)]
+    pub discovered: bool,
 }
 
 /// One MAC table entry.
@@ -274,6 +284,9 @@ pub struct StatusView {
     /// Traffic of each datapath worker, in worker order: how evenly flows spread over cores.
     #[serde(default)]
     pub workers: Vec<Traffic>,
+    /// The node's health: Ready, Degraded or Disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::fleet::health::NodeHealthView>,
     /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
     #[serde(default)]
     pub mtu: MtuView,

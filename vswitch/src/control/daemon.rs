@@ -42,6 +42,7 @@ use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Sit
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
+mod fleet;
 mod handoff;
 mod reservations;
 mod transaction;
@@ -59,6 +60,8 @@ struct Network {
 struct Peer {
     endpoint: SocketAddr,
     networks: Vec<String>,
+    /// Found through the fleet's registry rather than configured.
+    from_fleet: bool,
 }
 
 /// An attached container's port.
@@ -136,6 +139,8 @@ pub struct Daemon {
     sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
+    /// Membership and health ([`fleet`]).
+    fleet: std::sync::OnceLock<fleet::FleetLink>,
     policy: super::policy::PolicyPlane,
 }
 
@@ -199,6 +204,7 @@ impl Daemon {
                 ),
             }),
             view: Mutex::default(),
+            fleet: std::sync::OnceLock::new(),
             policy,
         });
         {
@@ -218,6 +224,7 @@ impl Daemon {
         if let Some(sealing) = super::sealing::Sealing::start(&config, daemon.datapath.remote())? {
             let _ = daemon.sealing.set(sealing);
         }
+        fleet::start(&daemon, &config)?;
         info!(
             node = %config.node.name,
             endpoint = %daemon.datapath.local_addr(),
@@ -328,6 +335,7 @@ impl Daemon {
                 .chain(state.reservations.attachments())
                 .collect(),
         };
+        self.fleet_view_published(&view);
         *self
             .view
             .lock()
@@ -527,9 +535,14 @@ impl Daemon {
             vnis: vnis.clone(),
             reply,
         })?;
-        state
-            .peers
-            .insert(peer.name.clone(), Peer { endpoint, networks });
+        state.peers.insert(
+            peer.name.clone(),
+            Peer {
+                endpoint,
+                networks,
+                from_fleet: false,
+            },
+        );
         Ok(())
     }
 
@@ -856,6 +869,7 @@ impl Daemon {
         if record.by_helper {
             self.forget_kept(state, &record);
         }
+        self.fleet_detached(a);
         info!(container = %a.container_id, ifname = %a.ifname, "detached");
         Ok(true)
     }
@@ -958,7 +972,12 @@ impl Daemon {
             }
         }
         // Peers: removed ones go (with what was learned behind them), new ones come.
-        let old_peers: Vec<String> = state.peers.keys().cloned().collect();
+        let old_peers: Vec<String> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.from_fleet)
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in old_peers {
             let wanted = config.peers.iter().find(|p| p.name == name);
             let current = &state.peers[&name];
@@ -1014,7 +1033,7 @@ impl Daemon {
             fdb_entries,
             workers,
         } = totals(&self.datapath.fresh_snapshots());
-        StatusView {
+        let mut status = StatusView {
             node: view.node.clone(),
             endpoint: self.datapath.local_addr(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -1038,7 +1057,10 @@ impl Daemon {
                 too_big_limited: counters.too_big_limited,
                 mss_clamped: counters.mss_clamped,
             },
-        }
+            health: None,
+        };
+        self.fleet_status(&mut status);
+        status
     }
 
     fn ports_of(view: &View, snapshots: &[Arc<WorkerSnapshot>]) -> Vec<PortView> {
@@ -1151,16 +1173,17 @@ impl Daemon {
                         .filter(|&(_, n)| n > 0)
                         .map(|(reason, n)| (reason.as_str().to_owned(), n))
                         .collect(),
+                    health: None,
+                    discovered: false,
                 }
             })
             .collect()
     }
 
     fn peers(&self) -> Vec<PeerView> {
-        self.with_sessions(Self::peers_of(
-            &self.view(),
-            &self.datapath.fresh_snapshots(),
-        ))
+        let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        self.fleet_peers(&mut peers);
+        self.with_sessions(peers)
     }
 
     /// `peers` with each sealed peer's session filled in.
@@ -1179,13 +1202,16 @@ impl Daemon {
         let view = self.view();
         let snapshots = self.datapath.snapshots();
         let totals = totals(&snapshots);
+        let mut peers = Self::peers_of(&view, &snapshots);
+        self.fleet_peers(&mut peers);
         super::metrics::Scrape {
             counters: totals.counters,
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers: self.with_sessions(Self::peers_of(&view, &snapshots)),
+            peers: self.with_sessions(peers),
             workers: totals.workers,
+            health: self.fleet_health(),
             policy: self.policy.list(),
         }
     }
@@ -1193,6 +1219,7 @@ impl Daemon {
     /// Stops the datapath. Containers keep their (persistent) interfaces; the next start
     /// re-adopts them.
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
+        self.stop_fleet();
         match Arc::try_unwrap(self) {
             Ok(daemon) => daemon.datapath.stop().context("stopping the datapath"),
             Err(_) => Ok(()),

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::api::{PeerView, PortView, Traffic};
 use super::policy::PolicyList;
+use crate::fleet::health::{NodeHealthView, NodeState, PeerState};
 use crate::io::IoCounters;
 use crate::switch::Counters;
 
@@ -33,6 +34,8 @@ pub struct Scrape {
     pub peers: Vec<PeerView>,
     /// Each datapath worker's traffic, in worker order.
     pub workers: Vec<Traffic>,
+    /// The node's health.
+    pub health: Option<NodeHealthView>,
     /// The policies in force, their rules' counters and the connection table's.
     pub policy: PolicyList,
 }
@@ -298,6 +301,40 @@ pub fn render(s: &Scrape) -> String {
             })
         }),
     );
+    let states = Family::<Labels, Gauge>::default();
+    for p in &s.peers {
+        if let Some(h) = &p.health {
+            for state in [PeerState::Up, PeerState::Degraded, PeerState::Down] {
+                states
+                    .get_or_create(&vec![
+                        ("peer", label(&p.name)),
+                        ("state", state.to_string()),
+                    ])
+                    .set(i64::from(h.state == state));
+            }
+        }
+    }
+    registry.register(
+        "vswitch_peer_state",
+        "1 for each peer's tunnel state (up, degraded, down), 0 for the others",
+        states,
+    );
+    if let Some(h) = &s.health {
+        let node = Family::<Labels, Gauge>::default();
+        for state in [
+            NodeState::Ready,
+            NodeState::Degraded,
+            NodeState::Disconnected,
+        ] {
+            node.get_or_create(&vec![("state", state.to_string())])
+                .set(i64::from(h.state == state));
+        }
+        registry.register(
+            "vswitch_node_state",
+            "1 for the node's state (Ready, Degraded, Disconnected), 0 for the others",
+            node,
+        );
+    }
     policy(&mut registry, s);
     sessions(&mut registry, &s.peers);
     peer_drops(&mut registry, &s.peers);
@@ -431,8 +468,11 @@ mod tests {
                     refused: 1,
                 }),
                 drops_by_reason: std::collections::BTreeMap::from([("replayed".to_owned(), 2)]),
+                health: None,
+                discovered: false,
             }],
             workers: vec![Traffic::default(), Traffic::default()],
+            health: None,
             policy,
         });
         assert!(text.contains(

@@ -210,12 +210,16 @@ pub struct Counters {
     pub gateway_arp_replies: u64,
     /// ICMP echo requests answered by the gateway.
     pub gateway_echo_replies: u64,
+    /// DNS queries to a gateway handed to the name server.
+    pub gateway_dns_queries: u64,
     /// ARP requests answered from the neighbour table instead of flooded.
     pub arp_suppressed: u64,
     /// Peers created for unknown addresses (`accept_unknown_peers`).
     pub dynamic_peers_created: u64,
     /// Sealed keepalives received: empty datagrams that confirm a new session.
     pub keepalives: u64,
+    /// Liveness probes received from peers (counted for the peer, then dropped unremarked).
+    pub probes: u64,
     /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent, answering frames
     /// over the MTU.
     pub too_big_sent: u64,
@@ -283,9 +287,11 @@ impl Counters {
         self.neighbours_aged += other.neighbours_aged;
         self.gateway_arp_replies += other.gateway_arp_replies;
         self.gateway_echo_replies += other.gateway_echo_replies;
+        self.gateway_dns_queries += other.gateway_dns_queries;
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
+        self.probes += other.probes;
         self.too_big_sent += other.too_big_sent;
         self.too_big_limited += other.too_big_limited;
         self.mss_clamped += other.mss_clamped;

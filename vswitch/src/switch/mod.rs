@@ -20,10 +20,12 @@ mod mtu;
 mod neigh;
 mod output;
 mod path;
+mod pinned;
 mod policy;
 mod replica;
 mod sealing;
 mod security;
+mod services;
 
 #[cfg(test)]
 mod tests;
@@ -44,9 +46,11 @@ pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use mtu::{TOO_BIG_BURST, TOO_BIG_RATE};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
+pub use pinned::{PROBE, Pinned, is_probe, probe_datagram};
 pub use policy::{DeniedFlow, PolicyInstall};
 pub use replica::{Site, Update};
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
+pub use services::DNS_PORT;
 
 use neigh::Neighbours;
 
@@ -177,6 +181,8 @@ pub struct Switch {
     updates: Vec<Update>,
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
+    /// DNS queries to gateways go to the caller ([`services`]).
+    gateway_dns: bool,
     enforcement: policy::Enforcement,
 }
 
@@ -205,6 +211,7 @@ impl Switch {
             updates: Vec::new(),
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
+            gateway_dns: false,
             enforcement: policy::Enforcement::default(),
         }
     }
