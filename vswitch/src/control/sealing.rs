@@ -368,39 +368,51 @@ impl Handshakes {
         }
     }
 
-    /// Asks the workers (once for all peers) how much each current session carried and tells
-    /// the handshaker what is new since the last time; it rekeys a session that reached its
-    /// count.
+    /// Asks the workers (once for all peers) how many datagrams they sealed toward each peer
+    /// and tells the handshaker what is new since the last time, against the peer's current
+    /// session; it rekeys a session that reached its count. The datagrams are counted on the
+    /// session the workers seal with, which is the current one but for a responder whose new
+    /// session the initiator has not used yet: its sealing goes on under the old keys and
+    /// counts toward the rekey all the same.
     fn count_sent(&mut self) {
         let now = Instant::now();
         self.counted_at = now;
-        let current: Vec<(crypto::PeerId, u32)> = self
+        let current: Vec<(crypto::PeerId, u32, SocketAddr)> = self
             .peers
             .iter()
-            .filter_map(|&(peer, _)| Some((peer, self.handshaker.current_session(peer)?)))
+            .filter_map(|&(peer, addr)| Some((peer, self.handshaker.current_session(peer)?, addr)))
             .collect();
         if current.is_empty() {
             return;
         }
-        let local_indices: Arc<[u32]> = current.iter().map(|&(_, index)| index).collect();
+        let addrs: Arc<[SocketAddr]> = current.iter().map(|&(_, _, addr)| addr).collect();
         let Ok(per_worker) = self.workers.ask(|reply| Command::CountSealed {
-            local_indices: Arc::clone(&local_indices),
+            peers: Arc::clone(&addrs),
             reply,
         }) else {
             return;
         };
         let mut counted = BTreeMap::new();
-        for (i, &(peer, index)) in current.iter().enumerate() {
-            let total: u64 = per_worker.iter().filter_map(|counts| counts.get(i)).sum();
-            let before = self.counted.get(&index).copied().unwrap_or_default();
-            let new = total.saturating_sub(before);
+        for (i, &(peer, index, _)) in current.iter().enumerate() {
+            let mut by_session: BTreeMap<u32, u64> = BTreeMap::new();
+            for &(sealing, n) in per_worker
+                .iter()
+                .filter_map(|counts| counts.get(i)?.as_ref())
+            {
+                *by_session.entry(sealing).or_default() += n;
+            }
+            let mut new = 0;
+            for (sealing, total) in by_session {
+                let before = self.counted.get(&sealing).copied().unwrap_or_default();
+                new += total.saturating_sub(before);
+                counted.insert(sealing, total);
+            }
             if let Err(e) = self
                 .handshaker
                 .note_sent(peer, index, new, now, &mut self.rng)
             {
                 warn!("counting a session's datagrams: {e}");
             }
-            counted.insert(index, total);
         }
         self.counted = counted;
     }

@@ -134,13 +134,14 @@ pub enum Command {
         /// The whole Ethernet frame.
         frame: Vec<u8>,
     },
-    /// How many datagrams the worker sealed under each of these sessions (by local index), for
-    /// the count-based rekey: asked by the handshake thread once a second, never by queries.
+    /// For each of these peers, the session the worker seals with (this node's index of it) and
+    /// how many datagrams it sealed under it, for the count-based rekey: asked by the handshake
+    /// thread once a second, never by queries.
     CountSealed {
-        /// This node's indices of the sessions.
-        local_indices: Arc<[u32]>,
-        /// The counts, in the same order.
-        reply: Reply<Vec<u64>>,
+        /// The peers' configured underlay addresses.
+        peers: Arc<[SocketAddr]>,
+        /// The sessions and counts, in the same order.
+        reply: Reply<Vec<Option<(u32, u64)>>>,
     },
     /// Sends one datagram as it is (a handshake message) to `addr`; only the first worker is
     /// sent this.
@@ -311,12 +312,9 @@ impl Worker {
                 reply.send(());
             }
             Command::WriteToPort { port, frame } => self.write_to_port(port, &frame),
-            Command::CountSealed {
-                local_indices,
-                reply,
-            } => {
+            Command::CountSealed { peers, reply } => {
                 let switch = self.switch();
-                reply.send(local_indices.iter().map(|&i| switch.sealed_on(i)).collect());
+                reply.send(peers.iter().map(|&addr| switch.sealed_to(addr)).collect());
             }
             Command::SendRaw { addr, bytes } => self.send_raw(addr, &bytes),
             Command::Stop => self.running = false,

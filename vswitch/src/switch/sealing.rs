@@ -168,15 +168,21 @@ impl Switch {
         }
     }
 
-    /// Datagrams this replica sealed under the session `local_index`, for the count-based
-    /// rekey; 0 when it does not send on that session.
-    pub fn sealed_on(&self, local_index: u32) -> u64 {
-        self.peers
+    /// The session this replica seals with toward the peer at `addr` (its local index) and how
+    /// many datagrams it sealed under it, for the count-based rekey; `None` while there is none.
+    pub fn sealed_to(&self, addr: SocketAddr) -> Option<(u32, u64)> {
+        let send = self
+            .peers
             .iter()
             .flatten()
-            .filter_map(|p| p.sealing.send.as_ref())
-            .find(|s| s.local_index == local_index)
-            .map_or(0, |s| s.sealer.next_counter() - s.first_counter)
+            .find(|p| p.addr == addr)?
+            .sealing
+            .send
+            .as_ref()?;
+        Some((
+            send.local_index,
+            send.sealer.next_counter() - send.first_counter,
+        ))
     }
 
     /// Whether frames to `peer` can be sealed now.

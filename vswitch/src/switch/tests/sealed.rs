@@ -351,12 +351,9 @@ fn a_replica_counts_what_it_sealed_per_session() {
     for _ in 0..5 {
         sealed_datagram(&mut a, b_at_a, &frame).unwrap();
     }
-    assert_eq!(a.sealed_on(a_keys.local_index), 5);
-    assert_eq!(
-        a.sealed_on(b_keys.local_index),
-        0,
-        "not a session A sends on"
-    );
+    assert_eq!(a.sealed_to(peer_addr(2)), Some((a_keys.local_index, 5)));
+    assert_ne!(a_keys.local_index, b_keys.local_index);
+    assert_eq!(a.sealed_to(peer_addr(3)), None, "not a peer");
     a.retire_session(a_keys.local_index);
-    assert_eq!(a.sealed_on(a_keys.local_index), 0);
+    assert_eq!(a.sealed_to(peer_addr(2)), None);
 }
