@@ -595,6 +595,8 @@ impl Worker {
             } else {
                 self.switch.handle_frame(now, id, &buf[..n], &mut self.out);
             }
+            // A routed frame is patched in place (MACs, TTL) before it goes anywhere.
+            self.out.rewrite(buf);
             let range = self.out.frame_range();
             let frame = &buf[range.clone()];
             // Only the header the switch rebuilt is acted on, never the one the container wrote.

@@ -59,11 +59,13 @@ pub enum DropReason {
     Unauthentic,
     /// A sealed datagram whose counter was already accepted, or is older than the replay window.
     Replayed,
+    /// A frame routed to a network that has no gateway, or is gone.
+    NoRoute,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Runt,
         DropReason::Malformed,
         DropReason::UnknownVni,
@@ -87,6 +89,7 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::Unauthentic,
         DropReason::Replayed,
+        DropReason::NoRoute,
     ];
 
     /// Number of reasons.
@@ -118,6 +121,7 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::Unauthentic => "unauthentic",
             DropReason::Replayed => "replayed",
+            DropReason::NoRoute => "no_route",
         }
     }
 
@@ -208,6 +212,12 @@ pub struct Counters {
     pub dynamic_peers_created: u64,
     /// Sealed keepalives received: empty datagrams that confirm a new session.
     pub keepalives: u64,
+    /// Frames routed from one network to another.
+    pub routed: u64,
+    /// ARP requests the gateway sent to resolve a routed frame's destination.
+    pub route_resolves: u64,
+    /// Routed frames whose TTL ran out, answered with ICMP time exceeded.
+    pub ttl_exceeded: u64,
     /// Drops, by reason.
     pub drops: DropCounters,
 }
@@ -265,6 +275,9 @@ impl Counters {
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
+        self.routed += other.routed;
+        self.route_resolves += other.route_resolves;
+        self.ttl_exceeded += other.ttl_exceeded;
         self.drops.add(&other.drops);
     }
 }

@@ -20,6 +20,7 @@ mod neigh;
 mod output;
 mod path;
 mod replica;
+mod route;
 mod sealing;
 mod security;
 
@@ -42,6 +43,7 @@ pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
 pub use replica::{Site, Update};
+pub use route::Route;
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
 
 use neigh::Neighbours;
@@ -169,6 +171,7 @@ pub struct Switch {
     updates: Vec<Update>,
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
+    router: route::Router,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -196,6 +199,7 @@ impl Switch {
             updates: Vec::new(),
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
+            router: route::Router::default(),
         }
     }
 
@@ -242,6 +246,7 @@ impl Switch {
             self.remove_port(port);
         }
         self.networks.remove(&vni);
+        self.router.remove_vni(vni);
         self.fdb.remove_vni(vni);
         self.neighbours.remove_vni(vni);
         ports
@@ -277,6 +282,19 @@ impl Switch {
         }
         if net.config.gateway.is_some_and(|gw| gw.mac == mac) {
             return Err(SwitchError::GatewayMac { vni, mac });
+        }
+        self.insert_port(config)
+    }
+
+    /// Adds a port, whatever its MAC is (the host port has the gateway's).
+    fn insert_port(&mut self, config: PortConfig) -> Result<PortId, SwitchError> {
+        let vni = config.vni;
+        let mac = config.mac;
+        let Some(net) = self.networks.get(&vni) else {
+            return Err(SwitchError::UnknownVni(vni));
+        };
+        if !mac.is_unicast() || mac.is_zero() {
+            return Err(SwitchError::InvalidMac(mac));
         }
         if let Some(&port) = net
             .ports
@@ -337,6 +355,7 @@ impl Switch {
             net.ports.retain(|&p| p != port);
         }
         self.fdb.remove_port(port);
+        self.router.remove_port(port);
         self.neighbours.remove_location(Location::Port(port));
         for &ip in &removed.ipv4 {
             self.neighbours.remove_static(vni, ip, removed.config.mac);

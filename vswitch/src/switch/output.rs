@@ -41,6 +41,7 @@ pub struct Output {
     pub(super) offload: Offload,
     pub(super) vni: Vni,
     pub(super) sealed: bool,
+    pub(super) rewrite: super::route::Rewrite,
 }
 
 impl Output {
@@ -62,6 +63,7 @@ impl Output {
         self.offload = Offload::plain(0);
         self.vni = Vni::default();
         self.sealed = false;
+        self.rewrite = super::route::Rewrite::None;
     }
 
     /// Local ports to write the frame to.
