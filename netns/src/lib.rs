@@ -8,6 +8,8 @@
 //! - [`Netlink`]: an rtnetlink connection bound to one namespace: veth pairs,
 //!   bridges, VXLAN devices, moving, renaming and configuring links, addresses and
 //!   routes.
+//! - [`nft`]: NAT rules (masquerade, published ports) in an nftables table of our own, sent
+//!   over netlink.
 //! - [`Tap`]: TAP devices opened through `/dev/net/tun` ioctls, with the virtio-net
 //!   header, several queues and the segmentation offloads the kernel accepts.
 //!
@@ -42,6 +44,7 @@
 mod error;
 mod name;
 mod netlink;
+pub mod nft;
 mod ns;
 mod sys;
 mod tap;

@@ -268,6 +268,7 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         ip: requested_ip(conf, &args)?,
         mac: requested_mac(conf, &args)?,
         labels: conf.runtime_config.labels.clone(),
+        publish: Vec::new(),
     });
     let attachment = match api::call(socket, &request) {
         Ok(Reply::Attached(a)) => a,

@@ -57,6 +57,9 @@ pub struct AttachRequest {
     /// Labels of the container (`app=web`), kept with the attachment for policy to select on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Ports to publish on the host's addresses (`vswitch attach --publish 8080:80/tcp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<super::gateway::PortMapping>,
 }
 
 /// What `vswitch detach` asks for.
@@ -97,6 +100,9 @@ pub struct Attachment {
     /// The container's labels, as given at attach.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<super::gateway::PortMapping>,
 }
 
 #[cfg(test)]
@@ -115,6 +121,7 @@ impl Attachment {
             gateway: IpAddr::V4([10, 244, 1, 1].into()),
             mtu: 1450,
             labels: BTreeMap::new(),
+            published: Vec::new(),
         }
     }
 }
@@ -283,6 +290,8 @@ pub enum ErrorKind {
     AlreadyAttached,
     /// The interface name is taken inside the container by a device that is not ours.
     NameTaken,
+    /// A port asked to be published is published already, for another container (named).
+    PortTaken,
     /// The caller may not use the control socket, or the daemon may not do what it was asked.
     PermissionDenied,
     /// The daemon cannot serve the request now (too many connections, the address store is
@@ -306,6 +315,7 @@ impl ErrorKind {
             ErrorKind::AddressTaken => "address_taken",
             ErrorKind::AlreadyAttached => "already_attached",
             ErrorKind::NameTaken => "name_taken",
+            ErrorKind::PortTaken => "port_taken",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",

@@ -33,6 +33,7 @@ use super::api::{
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
+use super::gateway::{GatewayNetwork, Gateways, Published};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
@@ -77,6 +78,7 @@ struct State {
     unreleased: Vec<Owner>,
     store: PortStore,
     leases: Leases,
+    gateways: Gateways,
 }
 
 impl State {
@@ -165,6 +167,7 @@ impl Daemon {
                 unreleased: Vec::new(),
                 store,
                 leases,
+                gateways: Gateways::default(),
             }),
             view: Mutex::default(),
         });
@@ -176,7 +179,10 @@ impl Daemon {
             for peer in &config.peers {
                 daemon.add_peer(&mut state, peer)?;
             }
+            state.gateways.adopt_leftovers();
+            daemon.sync_gateway(&mut state, true)?;
             daemon.restore(&mut state)?;
+            daemon.sync_gateway(&mut state, false)?;
             daemon.publish_view(&state);
         }
         if let Some(sealing) = super::sealing::Sealing::start(&config, daemon.datapath.remote())? {
@@ -557,6 +563,7 @@ impl Daemon {
             return Ok(a.clone());
         }
         check_labels(&r.labels)?;
+        check_published(state, &container_id, &r.publish)?;
         let ns = open_namespace(&r.netns)?;
         let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);
         let addresses = state
@@ -577,6 +584,7 @@ impl Daemon {
             gateway: IpAddr::V4(gateway),
             mtu,
             labels: r.labels.clone(),
+            published: r.publish.clone(),
         };
         let id = ns.id();
         let record = PortRecord {
@@ -592,9 +600,24 @@ impl Daemon {
             let e = anyhow::Error::new(e).context("saving the attachment list");
             return Err(self.release_or_keep(state, owner, e));
         }
-        match self.plug(state, &record, &ns) {
-            Ok(id) => {
-                state.ports.push(Port { record, id });
+        let plugged = self.plug(state, &record, &ns).and_then(|id| {
+            state.ports.push(Port {
+                record: record.clone(),
+                id,
+            });
+            if record.attachment.published.is_empty() {
+                return Ok(id);
+            }
+            if let Err(e) = self.sync_gateway(state, false) {
+                state.ports.pop();
+                let _ = self.datapath.run(move |w| w.remove_port(id));
+                let _ = self.sync_gateway(state, false);
+                return Err(e.context("publishing its ports"));
+            }
+            Ok(id)
+        });
+        match plugged {
+            Ok(_) => {
                 info!(container = %container_id, %ifname, address = %attachment.address, "attached");
                 Ok(attachment)
             }
@@ -667,6 +690,9 @@ impl Daemon {
         if let Some(i) = port_index {
             let id = state.ports.remove(i).id;
             self.datapath.run(move |w| w.remove_port(id))?;
+            if !a.published.is_empty() {
+                self.sync_gateway(state, false)?;
+            }
         } else if let Some(i) = waiting_index {
             state.waiting.remove(i);
         }
@@ -742,6 +768,7 @@ impl Daemon {
                     },
                 )?;
             }
+            state.gateways.remove_host_port(&self.datapath, &name)?;
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
                 self.datapath.run(move |w| w.switch().remove_network(vni))?;
@@ -817,6 +844,22 @@ impl Daemon {
                 changes.push(format!("peer {} set", peer.name));
             }
         }
+        for network in &config.networks {
+            let Some(current) = state.networks.get_mut(&network.name) else {
+                continue;
+            };
+            let before = &current.config;
+            if before.host_port() != network.host_port()
+                || before.masquerade != network.masquerade
+                || before.routes_to != network.routes_to
+            {
+                current.config.host_port_setting = network.host_port_setting;
+                current.config.masquerade = network.masquerade;
+                current.config.routes_to = network.routes_to.clone();
+                changes.push(format!("network {}: gateway settings", network.name));
+            }
+        }
+        self.sync_gateway(state, true)?;
         let summary = if changes.is_empty() {
             "no change".to_owned()
         } else {
@@ -824,6 +867,47 @@ impl Daemon {
         };
         info!(%summary, "config reloaded");
         Ok(summary)
+    }
+
+    /// Makes the host ports and routes (with `ports_too`) and the NAT rules agree with the
+    /// networks and the attached containers' published ports.
+    fn sync_gateway(&self, state: &mut State, ports_too: bool) -> anyhow::Result<()> {
+        let State {
+            networks,
+            gateways,
+            ports,
+            config,
+            ..
+        } = state;
+        let nets: Vec<GatewayNetwork<'_>> = networks
+            .values()
+            .map(|n| GatewayNetwork {
+                config: &n.config,
+                vni: n.vni,
+                gateway: n.gateway,
+            })
+            .collect();
+        if ports_too {
+            gateways.sync(&self.datapath, &nets, config.node.offloads)?;
+        }
+        let published: Vec<Published> = ports
+            .iter()
+            .flat_map(|p| {
+                let a = &p.record.attachment;
+                let network = networks.get(&a.network).map(|n| n.config.subnet);
+                a.published
+                    .iter()
+                    .filter_map(move |&mapping| match a.address.addr() {
+                        IpAddr::V4(address) => Some(Published {
+                            mapping,
+                            address,
+                            network: network?,
+                        }),
+                        IpAddr::V6(_) => None,
+                    })
+            })
+            .collect();
+        gateways.sync_nat(&nets, &published)
     }
 
     fn network_name(view: &View, vni: Vni) -> String {
@@ -1000,6 +1084,9 @@ impl Daemon {
     /// Stops the datapath. Containers keep their (persistent) interfaces; the next start
     /// re-adopts them.
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
+        if let Err(e) = self.lock().gateways.teardown() {
+            warn!("{e:#}");
+        }
         match Arc::try_unwrap(self) {
             Ok(daemon) => daemon.datapath.stop().context("stopping the datapath"),
             Err(_) => Ok(()),
@@ -1149,6 +1236,45 @@ where
         first.get_or_insert(value);
     }
     first.ok_or_else(|| DatapathStopped.into())
+}
+
+/// Refuses ports another container has published (or that the request names twice).
+fn check_published(
+    state: &State,
+    container_id: &str,
+    publish: &[super::gateway::PortMapping],
+) -> Result<(), ApiError> {
+    for (i, wanted) in publish.iter().enumerate() {
+        let same = |m: &super::gateway::PortMapping| {
+            m.host_port == wanted.host_port && m.protocol == wanted.protocol
+        };
+        if publish[..i].iter().any(same) {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{wanted} is asked for twice"),
+            )
+            .field("publish"));
+        }
+        let holder = state
+            .ports
+            .iter()
+            .map(|p| &p.record)
+            .chain(&state.waiting)
+            .map(|r| &r.attachment)
+            .find(|a| a.container_id != container_id && a.published.iter().any(same));
+        if let Some(holder) = holder {
+            return Err(ApiError::new(
+                ErrorKind::PortTaken,
+                format!(
+                    "host port {wanted} is published already by {} ({} {}): pick another \
+                     host port, or detach that container first",
+                    holder.container_id, holder.network, holder.address
+                ),
+            )
+            .field("publish"));
+        }
+    }
+    Ok(())
 }
 
 /// Labels must be few and short, and say something: a key of at most 253 bytes and a value of
