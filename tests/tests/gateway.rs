@@ -276,6 +276,16 @@ fn containers_reach_the_host_and_the_outside_and_published_ports_reach_them() {
     let udp_same_number: PortMapping = "8080:80/udp".parse().expect("mapping");
     attach(&lab, h, &other, &[&udp_same_number.to_string()]).expect("UDP 8080 is free");
 
+    // A container reaches another's published port on the host's address too (hairpin): the
+    // answer comes back through the host, which masqueraded the connection behind the gateway.
+    let service = listen(&web.ns, Ipv4Addr::UNSPECIFIED, 80);
+    let told = tell_peer(service);
+    assert_eq!(
+        ask(&other.ns, SocketAddr::from((HOST_OUTSIDE, 8080))),
+        gateway.to_string()
+    );
+    told.join().expect("service");
+
     // What the host holds now, and nothing of it once the containers and the daemon are gone.
     let before = leftovers(&lab, h);
     eprintln!("before:\n{}", before.join("\n"));
@@ -333,9 +343,11 @@ fn connected_networks_route_across_hosts_and_unconnected_ones_do_not() {
         lab.add_host(HostKind::Vswitch).expect("host"),
     ];
     for &h in &hosts {
-        let config = network("a", 42, 244, h, "routes_to = [\"b\"]")
-            + &network("b", 43, 245, h, "")
-            + &network("c", 44, 246, h, "");
+        // Every network has a host port, so the host (which forwards, for masquerade) must
+        // not connect a and c behind the switch's back either.
+        let config = network("a", 42, 244, h, "routes_to = [\"b\"]\nmasquerade = true")
+            + &network("b", 43, 245, h, "masquerade = true")
+            + &network("c", 44, 246, h, "masquerade = true");
         lab.start_vswitchd(h, &[], &config).expect("vswitchd");
     }
     let a = lab.add_container(hosts[0], "a", None).expect("container");
