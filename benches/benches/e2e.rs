@@ -401,20 +401,20 @@ impl Outside {
         Outside { ns }
     }
 
-    /// The kernel's baseline in `host`: a bridge `kbr0` holding 10.250.0.1/24, a container
+    /// The kernel's baseline in `host`: a bridge `nbr0` holding 10.250.0.1/24, a container
     /// behind a veth at 10.250.0.2 with its default route through the bridge, and a masquerade
     /// rule for 10.250.0.0/24 leaving by `out0`.
     fn kernel_bridge(&self, host: &NetNs) -> OwnNs {
-        let container = OwnNs::new("kc");
+        let container = OwnNs::new("nc");
         let nl = Netlink::in_namespace(host).expect("netlink");
-        nl.create_bridge("kbr0").expect("bridge");
-        nl.add_address("kbr0", IpAddr::V4(Ipv4Addr::new(10, 250, 0, 1)), 24)
+        nl.create_bridge("nbr0").expect("bridge");
+        nl.add_address("nbr0", IpAddr::V4(Ipv4Addr::new(10, 250, 0, 1)), 24)
             .expect("address");
-        nl.set_up("kbr0").expect("up");
-        nl.create_veth("kv0", "kv1").expect("veth");
-        nl.set_master("kv0", "kbr0").expect("bridge port");
-        nl.set_up("kv0").expect("up");
-        nl.move_to_namespace_as("kv1", &container.ns, "eth0")
+        nl.set_up("nbr0").expect("up");
+        nl.create_veth("nv0", "nv1").expect("veth");
+        nl.set_master("nv0", "nbr0").expect("bridge port");
+        nl.set_up("nv0").expect("up");
+        nl.move_to_namespace_as("nv1", &container.ns, "eth0")
             .expect("moving the veth");
         let inside = Netlink::in_namespace(&container.ns).expect("netlink");
         inside

@@ -1,5 +1,6 @@
 //! NAT rules in an nftables table of our own, sent over netlink (libnftnl through the `nftnl`
-//! crate): masquerade of a network's traffic leaving the cluster, and published ports.
+//! crate): masquerade of a network's traffic leaving the cluster, published ports, and a
+//! forward filter keeping the host from connecting interfaces that must stay apart.
 //!
 //! The whole table is replaced in one netlink transaction ([`apply`]): added if missing,
 //! deleted, and built again with every chain and rule, so the kernel sees either the old rules
@@ -23,6 +24,11 @@
 //!         type nat hook postrouting priority srcnat; policy accept;
 //!         meta nfproto ipv4 ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade
 //!         meta nfproto ipv4 ct status dnat ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade
+//!     }
+//!     chain forward {
+//!         type filter hook forward priority filter; policy accept;
+//!         iifname "vsw-a" oifname "vsw-b" drop
+//!         iifname "vsw-b" oifname "vsw-a" drop
 //!     }
 //! }
 //! ```

@@ -24,6 +24,7 @@ use serde_json::Value;
 use self::codes::error;
 use self::types::{CniError, CniResult, Interface, IpConfig, NetConf, Route};
 use crate::control::api::{self, AttachRequest, Attachment, DetachRequest, Reply, Request};
+use crate::control::gateway::PortMapping;
 use crate::wire::MacAddr;
 
 /// Spec versions this plugin speaks.
@@ -245,6 +246,44 @@ fn requested_mac(conf: &NetConf, args: &CniArgs) -> Result<Option<MacAddr>, CniE
     })
 }
 
+/// The `portMappings` capability as ports to publish.
+fn requested_ports(conf: &NetConf) -> Result<Vec<PortMapping>, CniError> {
+    let v = &conf.cni_version;
+    let invalid = |details: String| {
+        error(
+            v,
+            codes::INVALID_NETWORK_CONFIG,
+            "invalid port mapping",
+            details,
+        )
+    };
+    conf.runtime_config
+        .port_mappings
+        .iter()
+        .map(|m| {
+            if m.host_ip
+                .as_deref()
+                .is_some_and(|ip| !ip.is_empty() && ip != "0.0.0.0")
+            {
+                return Err(error(
+                    v,
+                    codes::UNSUPPORTED_FIELD,
+                    "hostIP is not supported",
+                    format!(
+                        "runtimeConfig.portMappings: hostIP {:?}: vswitch publishes a port on \
+                         every address of the host",
+                        m.host_ip.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            let protocol = m.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            format!("{}:{}/{protocol}", m.host_port, m.container_port)
+                .parse::<PortMapping>()
+                .map_err(|why| invalid(format!("runtimeConfig.portMappings: {why}")))
+        })
+        .collect()
+}
+
 fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String, CniError> {
     let v = &conf.cni_version;
     let container_id = required(v, &env.container_id, "CNI_CONTAINERID")?;
@@ -268,7 +307,7 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         ip: requested_ip(conf, &args)?,
         mac: requested_mac(conf, &args)?,
         labels: conf.runtime_config.labels.clone(),
-        publish: Vec::new(),
+        publish: requested_ports(conf)?,
     });
     let attachment = match api::call(socket, &request) {
         Ok(Reply::Attached(a)) => a,

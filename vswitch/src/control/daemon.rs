@@ -179,7 +179,7 @@ impl Daemon {
             for peer in &config.peers {
                 daemon.add_peer(&mut state, peer)?;
             }
-            state.gateways.adopt_leftovers();
+            state.gateways.remove_leftovers();
             daemon.sync_gateway(&mut state, true)?;
             daemon.restore(&mut state)?;
             daemon.sync_gateway(&mut state, false)?;
@@ -563,6 +563,17 @@ impl Daemon {
             return Ok(a.clone());
         }
         check_labels(&r.labels)?;
+        if !r.publish.is_empty() && !network.config.host_port() {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "network {network_name:?} has no host port for published ports to go \
+                     through: set host_port = true (or masquerade = true) on it"
+                ),
+            )
+            .field("publish")
+            .into());
+        }
         check_published(state, &container_id, &r.publish)?;
         let ns = open_namespace(&r.netns)?;
         let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);

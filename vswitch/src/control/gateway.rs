@@ -26,7 +26,7 @@ use ipnet::Ipv4Net;
 use netns::nft::{self, Masquerade, NatRules, Protocol, PublishedPort};
 use netns::{Netlink, Offloads, Tap};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::attach::{mac_for, tap_options};
 use super::config::NetworkConfig;
@@ -284,10 +284,14 @@ impl Gateways {
         Ok(())
     }
 
-    /// At start: takes note of a table a daemon that could not clean up left, so that the
-    /// next change replaces or removes it.
-    pub fn adopt_leftovers(&mut self) {
-        self.nat_installed = true;
+    /// At start: removes the table a daemon that could not clean up (killed outright) left.
+    /// A failure is only worth a warning: a node without nftables runs on without NAT.
+    pub fn remove_leftovers(&mut self) {
+        match nft::delete_table(NFT_TABLE) {
+            Ok(true) => info!("removed the nftables table inet {NFT_TABLE} of an earlier run"),
+            Ok(false) => {}
+            Err(e) => warn!("looking for an nftables table of an earlier run: {e}"),
+        }
     }
 }
 
