@@ -58,20 +58,40 @@ fn tap_read<'a>(
 /// an ARP request from VNI 44's gateway, or the frame from that gateway to port D with its TTL
 /// one less and a valid IPv4 header checksum.
 fn check_routed(routed: &[u8], original: &[u8]) {
-    assert_eq!(&original[..6], &fixture::GATEWAY_MAC, "routed a frame not for the gateway");
-    assert_eq!(&routed[6..12], &fixture::GATEWAY44_MAC, "routed frame's source MAC");
+    assert_eq!(
+        &original[..6],
+        &fixture::GATEWAY_MAC,
+        "routed a frame not for the gateway"
+    );
+    assert_eq!(
+        &routed[6..12],
+        &fixture::GATEWAY44_MAC,
+        "routed frame's source MAC"
+    );
     match routed.get(12..14) {
         Some([0x08, 0x06]) => {
             assert_eq!(routed.len(), 42, "ARP request length");
             assert_eq!(&routed[..6], &[0xff; 6], "ARP request not broadcast");
-            assert_eq!(&routed[14..22], &[0, 1, 8, 0, 6, 4, 0, 1], "ARP request header");
+            assert_eq!(
+                &routed[14..22],
+                &[0, 1, 8, 0, 6, 4, 0, 1],
+                "ARP request header"
+            );
         }
         Some([0x08, 0x00]) => {
-            assert_eq!(&routed[..6], &fixture::PORT_D_MAC, "routed frame's destination");
+            assert_eq!(
+                &routed[..6],
+                &fixture::PORT_D_MAC,
+                "routed frame's destination"
+            );
             assert_eq!(routed.len(), original.len(), "routed frame's length");
             let ihl = usize::from(routed[14] & 0x0f) * 4;
             assert_eq!(routed[22], original[22] - 1, "TTL not decremented");
-            assert_eq!(internet_sum(&routed[14..14 + ihl]), 0xffff, "IP header checksum");
+            assert_eq!(
+                internet_sum(&routed[14..14 + ihl]),
+                0xffff,
+                "IP header checksum"
+            );
             assert_eq!(routed[14 + ihl..], original[14 + ihl..], "payload changed");
         }
         other => panic!("routed frame of EtherType {other:02x?}"),
