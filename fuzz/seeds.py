@@ -146,6 +146,9 @@ def write(target, name, data):
 
 MSS = 1398
 TS_OPTIONS = b"\x01\x01\x08\x0a" + struct.pack("!II", 1000, 2000)
+# What Linux puts in a SYN from an interface with a 9000-byte MTU: MSS, SACK permitted,
+# timestamps, NOP, window scale.
+SYN_OPTIONS = struct.pack("!BBH", 2, 4, 8960) + b"\x04\x02\x08\x0a" + struct.pack("!II", 1, 0) + b"\x01\x03\x03\x07"
 
 
 def tso4(src_mac, dst_mac, n, mss=MSS, flags=ACK | PSH, options=b"", vlan=None, ecn=False):
@@ -205,6 +208,18 @@ def frame_from_port():
     write(t, "tcp-to-outside-host-port", vnet() + tcp4_frame(PORT_A_MAC, GATEWAY_MAC, PORT_A_IP, bytes([198, 51, 100, 7]), 1, SYN, b""))
     hdr, frame = tso4(PORT_A_MAC, GATEWAY_MAC, 3)
     write(t, "tso4-to-gateway", hdr + frame)
+    # MTU: a SYN whose MSS is clamped (complete and partial checksum), frames over the MTU
+    # that are answered with ICMP errors.
+    syn = tcp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, 1, SYN, b"", options=SYN_OPTIONS)
+    write(t, "tcp-syn-mss-to-peer", vnet() + syn)
+    syn = tcp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, 1, SYN, b"", options=SYN_OPTIONS, partial=True)
+    write(t, "tcp-syn-mss-partial-to-peer", vnet(NEEDS_CSUM, csum_start=34, csum_offset=16) + syn)
+    syn6 = tcp6_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP6, REMOTE_IP6, 1, SYN | ACK, b"", options=SYN_OPTIONS)
+    write(t, "tcp6-syn-ack-mss-to-peer", vnet() + syn6)
+    write(t, "udp-over-mtu-to-peer", vnet() + udp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, payload(1500)))
+    write(t, "udp6-over-mtu-to-peer", vnet() + udp6_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP6, REMOTE_IP6, payload(1500)))
+    hdr, frame = tso4(PORT_A_MAC, REMOTE_MAC, 3, mss=1460)
+    write(t, "tso4-segments-over-mtu", hdr + frame)
 
 
 def datagram_from_peer():
@@ -237,6 +252,14 @@ def datagram_from_peer():
     write(t, "gro-udp6-train", sel(0, len(train[0]), b"".join(train)))
     flood = vxlan(42, udp4_frame(REMOTE_MAC, BROADCAST, REMOTE_IP, bytes([10, 244, 255, 255]), payload(50)))
     write(t, "udp-broadcast", sel(0, 0, flood))
+    syn = tcp4_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP, PORT_A_IP, 1, SYN, b"", options=SYN_OPTIONS)
+    write(t, "tcp-syn-mss", sel(0, 0, vxlan(42, syn)))
+    syn = tcp4_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP, PORT_A_IP, 1, SYN | ACK, b"", options=SYN_OPTIONS, partial=True)
+    write(t, "tcp-syn-ack-mss-partial", sel(0, 0, vxlan(42, syn)))
+    over = udp4_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP, PORT_A_IP, payload(1500))
+    write(t, "udp-over-mtu", sel(0, 0, vxlan(42, over)))
+    over = udp6_frame(REMOTE_MAC, PORT_A_MAC, REMOTE_IP6, PORT_A_IP6, payload(1500))
+    write(t, "udp6-over-mtu-unknown-peer-accepted", sel(3, 0, vxlan(42, over)))
 
 
 def segment():
@@ -319,6 +342,14 @@ def control_request():
         "fdb": '{"op":"fdb"}',
         "peers": '{"op":"peers"}',
         "reload": '{"op":"reload"}',
+        "reserve": '{"op":"reserve","network":"app","ip":"10.244.1.9","endpoint":"e1","mac":"02:42:0a:f4:01:09"}',
+        "unreserve": '{"op":"unreserve","network":"app","address":"10.244.1.9"}',
+        "plug-tap": '{"op":"plug_tap","endpoint":"e1","tap":"vswe1","sandbox":"/var/run/docker/netns/1"}',
+        "unplug-tap": '{"op":"unplug_tap","endpoint":"e1"}',
+        "reservations": '{"op":"reservations"}',
+        "response-reserved": '{"ok":{"reserved":{"network":"app","vni":42,"address":"10.244.1.9/16",'
+                             '"gateway":"10.244.1.1","mtu":1450,"mac":"0a:58:0a:f4:01:09","owner":"reserved-1",'
+                             '"endpoint":"e1","tap":"vswe1","sandbox":"/var/run/docker/netns/1"}}}',
         "response-error": '{"error":"no network is named \\"red\\""}',
         "response-detached": '{"ok":{"detached":false}}',
         "response-attached": '{"ok":{"attached":' + attachment + '}}',
@@ -420,6 +451,79 @@ def config():
         write(t, name, text.encode())
 
 
+POLICY_TOML = """[[policy]]
+name = "db"
+selector = { app = "db" }
+priority = 10
+[[policy.ingress]]
+peers = [{ selector = { app = "web" } }, { cidr = "10.244.2.0/24" }, { cidr = "fd00::/64" }]
+protocol = "tcp"
+ports = [5432, "8000-8080"]
+[[policy.ingress]]
+protocol = "icmp"
+action = "log"
+[[policy.egress]]
+protocol = "udp"
+ports = [53]
+action = "limit(1.5M)"
+[[policy.egress]]
+action = "deny"
+"""
+POLICY_JSON = (
+    '{"policy": [{"name": "web", "selector": {"app": "web"}, "ingress": [{"peers": '
+    '[{"cidr": "192.0.2.0/24"}], "protocol": "tcp", "ports": [80]}], "egress": '
+    '[{"action": "allow"}]}]}'
+)
+
+
+def policy_file():
+    t = "policy_file"
+    for name, text in {
+        "toml": b"\0" + POLICY_TOML.encode(),
+        "json": b"\1" + POLICY_JSON.encode(),
+        "json-list": b"\1[" + POLICY_JSON.encode()[12:-1] + b"]",
+        "bad-port": b"\0" + POLICY_TOML.replace("5432", "70000").encode(),
+        "host-bits": b"\0" + POLICY_TOML.replace("10.244.2.0/24", "10.244.2.1/24").encode(),
+    }.items():
+        write(t, name, text)
+
+
+def docker_request():
+    t = "docker_request"
+    calls = {
+        "activate": ("/Plugin.Activate", ""),
+        "capabilities": ("/NetworkDriver.GetCapabilities", ""),
+        "create-network": ("/NetworkDriver.CreateNetwork",
+                           '{"NetworkID":"n1","Options":{"com.docker.network.enable_ipv6":false,'
+                           '"com.docker.network.generic":{"vswitch.network":"app","vswitch.vni":"42"}},'
+                           '"IPv4Data":[{"AddressSpace":"vswitch","Pool":"10.244.0.0/16","Gateway":"10.244.1.1/16",'
+                           '"AuxAddresses":null}],"IPv6Data":[]}'),
+        "delete-network": ("/NetworkDriver.DeleteNetwork", '{"NetworkID":"n1"}'),
+        "create-endpoint": ("/NetworkDriver.CreateEndpoint",
+                            '{"NetworkID":"n1","EndpointID":"0123456789abcdef","Interface":{"Address":"10.244.1.2/16",'
+                            '"AddressIPv6":"","MacAddress":"02:42:0a:f4:01:02"},"Options":{}}'),
+        "join": ("/NetworkDriver.Join",
+                 '{"NetworkID":"n1","EndpointID":"0123456789abcdef","SandboxKey":"/var/run/docker/netns/1","Options":{}}'),
+        "leave": ("/NetworkDriver.Leave", '{"NetworkID":"n1","EndpointID":"0123456789abcdef"}'),
+        "delete-endpoint": ("/NetworkDriver.DeleteEndpoint", '{"NetworkID":"n1","EndpointID":"0123456789abcdef"}'),
+        "oper-info": ("/NetworkDriver.EndpointOperInfo", '{"NetworkID":"n1","EndpointID":"0123456789abcdef"}'),
+        "discover": ("/NetworkDriver.DiscoverNew", '{"DiscoveryType":1,"DiscoveryData":{}}'),
+        "ipam-capabilities": ("/IpamDriver.GetCapabilities", ""),
+        "address-spaces": ("/IpamDriver.GetDefaultAddressSpaces", ""),
+        "request-pool": ("/IpamDriver.RequestPool",
+                         '{"AddressSpace":"vswitch","Pool":"10.244.0.0/16","SubPool":"","Options":{},"V6":false}'),
+        "request-pool-by-name": ("/IpamDriver.RequestPool",
+                                 '{"AddressSpace":"vswitch","Pool":"","Options":{"vswitch.network":"app"},"V6":false}'),
+        "release-pool": ("/IpamDriver.ReleasePool", '{"PoolID":"app"}'),
+        "request-gateway": ("/IpamDriver.RequestAddress",
+                            '{"PoolID":"app","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}'),
+        "request-address": ("/IpamDriver.RequestAddress", '{"PoolID":"app","Address":"10.244.1.77","Options":{}}'),
+        "release-address": ("/IpamDriver.ReleaseAddress", '{"PoolID":"app","Address":"10.244.1.77"}'),
+    }
+    for name, (path, body) in calls.items():
+        write(t, name, (path + "\n" + body).encode())
+
+
 if __name__ == "__main__":
     frame_from_port()
     datagram_from_peer()
@@ -427,4 +531,6 @@ if __name__ == "__main__":
     coalesce()
     decap()
     control_request()
+    docker_request()
     config()
+    policy_file()

@@ -17,6 +17,10 @@
 //! `VSWITCH_BENCH_ONLY` (`tcp`, `udp`, `rtt` or `nat`) runs one kind of test;
 //! `VSWITCH_BENCH_WORKERS` sets the daemons' worker count.
 //!
+//! Single-stream TCP is also measured, in the same round as the plain run, with one allow-all
+//! policy and with a policy of 1,000 rules (the last one allowing) in force on both daemons:
+//! their rows give the ratio to the run with no policy.
+//!
 //! Egress through NAT: a container on h0 sends to a server in an "outside" namespace joined to
 //! h0 by a veth, masqueraded behind h0's address, through `vswitchd` (a network with
 //! `masquerade = true`: the host port, then the kernel's forwarding and nftables NAT) and
@@ -27,7 +31,47 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use netns::{NetNs, Netlink};
+use vswitch::control::api::Request;
+use vswitch::control::policy::{PolicyApply, PolicyDelete};
 use vswitch::lab::{HostKind, Lab, NetworkSpec, traffic};
+use vswitch::policy::{Policy, parse_toml};
+
+/// The policies single-stream TCP is measured under, each against no policy.
+fn bench_policies() -> Vec<(&'static str, Vec<Policy>)> {
+    let allow_all = "[[policy]]\nname = \"bench\"\n[[policy.ingress]]\n[[policy.egress]]\n";
+    let mut many = String::from("[[policy]]\nname = \"bench\"\n");
+    for i in 0..999 {
+        many.push_str(&format!(
+            "[[policy.ingress]]\npeers = [{{ cidr = \"192.0.{}.{}/32\" }}]\nprotocol = \"tcp\"\nports = [{}]\n",
+            i / 250,
+            i % 250 + 1,
+            1000 + i
+        ));
+    }
+    many.push_str("[[policy.ingress]]\n[[policy.egress]]\n");
+    [
+        ("allow-all policy", allow_all),
+        ("1,000 rules", many.as_str()),
+    ]
+    .into_iter()
+    .map(|(name, text)| (name, parse_toml(text).expect("bench policy")))
+    .collect()
+}
+
+/// Puts `policies` in force on every daemon of the lab (none: removes the bench policy).
+fn set_policies(lab: &Lab, policies: Option<&[Policy]>) {
+    for host in 0..lab.hosts.len() {
+        let request = match policies {
+            Some(p) => Request::PolicyApply(PolicyApply {
+                policies: p.to_vec(),
+            }),
+            None => Request::PolicyDelete(PolicyDelete {
+                name: "bench".into(),
+            }),
+        };
+        lab.call(host, &request).expect("setting the bench policy");
+    }
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -245,6 +289,8 @@ fn main() {
     );
     let mut rows = Vec::new();
     let mut sealed_row = Row::default();
+    let policies = bench_policies();
+    let mut policy_rows: Vec<Row> = policies.iter().map(|_| Row::default()).collect();
     for test in tests {
         let names = test.rows();
         let mut figures: Vec<Row> = names.iter().map(|_| Row::default()).collect();
@@ -288,6 +334,17 @@ fn main() {
                 sealed_row
                     .ratios
                     .push(if plain > 0.0 { s / plain } else { 0.0 });
+                // The plain network under each policy, in the same round.
+                for ((_, set), row) in policies.iter().zip(&mut policy_rows) {
+                    set_policies(&lab, Some(set));
+                    let p = measure(&ours, test, seconds)
+                        .first()
+                        .map_or(0.0, |&(value, _)| value);
+                    set_policies(&lab, None);
+                    row.ours.push(p);
+                    row.kernel.push(plain);
+                    row.ratios.push(if plain > 0.0 { p / plain } else { 0.0 });
+                }
             }
             for ((o, k), row) in o.into_iter().zip(k).zip(&mut figures) {
                 row.ours.push(o);
@@ -326,6 +383,24 @@ fn main() {
             format!("{:.2}", median(&mut sealed_row.ours)),
             format!("plain {:.2}", median(&mut sealed_row.kernel)),
             format!("{:.2}", median(&mut sealed_row.ratios)),
+            per_round,
+        ]);
+    }
+    for ((name, _), mut row) in policies.iter().zip(policy_rows) {
+        if row.ratios.is_empty() {
+            continue;
+        }
+        let per_round = row
+            .ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        rows.push(vec![
+            format!("TCP, 1 stream, {name} / none (Gbit/s)"),
+            format!("{:.2}", median(&mut row.ours)),
+            format!("none {:.2}", median(&mut row.kernel)),
+            format!("{:.2}", median(&mut row.ratios)),
             per_round,
         ]);
     }

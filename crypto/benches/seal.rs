@@ -1,5 +1,5 @@
-//! Seal and open throughput from small to jumbo frames, next to ring called directly as a
-//! baseline; one whole handshake (initiation and response, both sides); and the replay
+//! Seal and open throughput from small to jumbo frames, next to ring called directly and the
+//! RustCrypto `chacha20poly1305` crate (the brief's named AEAD) as baselines; one whole handshake (initiation and response, both sides); and the replay
 //! window's per-packet cost, alone and behind the per-lane mutex of `SharedReplay`.
 
 use std::hint::black_box;
@@ -69,6 +69,44 @@ fn seal_open(c: &mut Criterion) {
                 opener
                     .open_in_place(counter, black_box(&header), black_box(&mut buf))
                     .map(|plain| plain.len())
+            })
+        });
+
+        let rust_crypto = {
+            use chacha20poly1305::KeyInit;
+            chacha20poly1305::ChaCha20Poly1305::new(&[0x42; 32].into())
+        };
+        let mut buf = vec![0xa5u8; len];
+        let mut counter = 0u64;
+        group.bench_function("seal_rustcrypto", |b| {
+            b.iter(|| {
+                use chacha20poly1305::AeadInPlace;
+                counter += 1;
+                rust_crypto.encrypt_in_place_detached(
+                    &crypto::nonce(1, counter).into(),
+                    black_box(&header),
+                    black_box(&mut buf),
+                )
+            })
+        });
+        let mut sealed = vec![0xa5u8; len];
+        let tag = {
+            use chacha20poly1305::AeadInPlace;
+            rust_crypto
+                .encrypt_in_place_detached(&crypto::nonce(1, 0).into(), &header, &mut sealed)
+                .unwrap_or_else(|e| panic!("bench seal: {e}"))
+        };
+        let mut buf = sealed.clone();
+        group.bench_function("open_rustcrypto", |b| {
+            b.iter(|| {
+                use chacha20poly1305::AeadInPlace;
+                buf.copy_from_slice(&sealed);
+                rust_crypto.decrypt_in_place_detached(
+                    &crypto::nonce(1, 0).into(),
+                    black_box(&header),
+                    black_box(&mut buf),
+                    &tag,
+                )
             })
         });
         group.finish();

@@ -113,6 +113,12 @@ pub enum Error {
     /// required primitives, not a fault of the peer.
     #[error("handshake state could not be set up")]
     NoiseSetup,
+    /// A rekey time of zero or longer than the default two minutes.
+    #[error("the rekey time must be more than zero and at most 120 s")]
+    RekeyTime,
+    /// A rekey packet count of zero or above the default 2^40.
+    #[error("the rekey packet count must be more than zero and at most 2^40")]
+    RekeyCount,
 }
 
 impl Error {

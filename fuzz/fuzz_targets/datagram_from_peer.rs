@@ -8,17 +8,19 @@
 //! received bytes. Selector bits: 0, from an address that is no configured peer; 1, a switch
 //! that accepts unknown peers; 2, a TAP kernel without USO (no UDP coalescing).
 //!
-//! Checked, beyond "no panic": a drop leaves no action; nothing from a peer goes to a peer
-//! (split horizon) or back as a reply; frames stay in the datagram's VNI; the inner frame lies
-//! within the datagram, behind the VXLAN header; a completed partial checksum verifies; every
-//! frame the coalescer emits is well formed (see `check::assert_coalesced`) and together they
-//! stand for exactly the frames pushed.
+//! Checked, beyond "no panic": a drop leaves no action but, for a frame over the MTU, an ICMP
+//! "too big" error back to the sending peer (well formed, `check::assert_too_big`); nothing
+//! from a peer goes to a peer (split horizon) or to a port as a reply; frames stay in the
+//! datagram's VNI; the inner frame lies within the datagram, behind the VXLAN header; a SYN
+//! whose MSS the switch clamps in place keeps its checksum and every other byte; a completed
+//! partial checksum verifies; every frame the coalescer emits is well formed (see
+//! `check::assert_coalesced`) and together they stand for exactly the frames pushed.
 
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use vswitch::offload::{Coalescer, complete_partial_checksum};
-use vswitch::switch::{Output, PortId};
+use vswitch::switch::{DropReason, Output, PortId};
 use vswitch::tunnel;
 use vswitch::wire::Vni;
 use vswitch_fuzz::check;
@@ -61,17 +63,42 @@ fuzz_target!(|input: &[u8]| {
             let vni = datagram
                 .get(4..7)
                 .and_then(|b| Vni::try_from(u32::from_be_bytes([0, b[0], b[1], b[2]])).ok());
+            let before = datagram.to_vec();
             fx.switch.handle_datagram(now, from, datagram, out);
-            if out.dropped().is_some() {
-                assert!(out.is_empty(), "a dropped datagram still has actions");
-            }
             assert!(out.transmits().is_empty(), "a peer's frame sent to a peer");
             assert!(out.reply().is_none(), "a reply to a peer's frame");
+            if out.dropped().is_some() {
+                assert!(
+                    out.ports().is_empty(),
+                    "a dropped datagram still goes somewhere"
+                );
+                if let Some((transmit, reply)) = out.peer_reply() {
+                    assert_eq!(out.dropped(), Some(DropReason::OverMtu), "a drop answered");
+                    assert_eq!(transmit.addr.ip(), from.ip(), "error to another peer");
+                    let inner = datagram
+                        .get(out.frame_range())
+                        .expect("the inner frame lies outside the datagram");
+                    check::assert_too_big(reply, inner, fixture::GATEWAY_MAC, fixture::MTU);
+                }
+                continue;
+            }
+            assert!(
+                out.peer_reply().is_none(),
+                "a reply to a frame that was not dropped"
+            );
             if out.ports().is_empty() {
                 continue;
             }
             let range = out.frame_range();
             assert_eq!(range.start, tunnel::VXLAN_HEADER_LEN, "inner frame offset");
+            if before[range.clone()] != datagram[range.clone()] {
+                check::assert_clamped(
+                    &before[range.clone()],
+                    &datagram[range.clone()],
+                    false,
+                    true,
+                );
+            }
             let frame = datagram
                 .get_mut(range)
                 .expect("the inner frame lies outside the datagram");

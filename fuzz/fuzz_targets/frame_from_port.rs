@@ -7,19 +7,21 @@
 //! `num_buffers` field (bytes 10-11), which the datapath ignores on read, picks the source port
 //! (byte 10 mod 3: A with port security, B without, C on the other VNI); see `fixture`.
 //!
-//! Checked, beyond "no panic": a drop leaves no action; frames stay in their VNI (but frames
-//! to the gateway routed from VNI 42 to VNI 44, which come out with VNI 44's gateway MAC as
-//! source and their TTL decremented with a valid header checksum, or as an ARP request from
-//! that gateway) and never go back to their port; only VNI 42 reaches the peer; a reply goes
-//! to the sender and is a well-formed ARP reply, ICMP echo reply or time exceeded; frames sent
-//! to peers whole fit the network's MTU; the segments of a super-frame sent to peers are
-//! well-formed wire frames.
+//! Checked, beyond "no panic": a drop leaves no action but, for a frame over the MTU, an ICMP
+//! "too big" error to the sender (well formed, checked by `check::assert_too_big`); frames stay
+//! in their VNI (but frames to the gateway routed from VNI 42 to VNI 44, which come out with VNI
+//! 44's gateway MAC as source and their TTL decremented with a valid header checksum, or as an
+//! ARP request from that gateway) and never go back to their port; only VNI 42 reaches the peer;
+//! a reply goes to the sender and is a well-formed ARP reply, ICMP echo reply or time exceeded;
+//! frames sent to peers whole fit the network's MTU; the segments of a super-frame sent to peers
+//! are well-formed wire frames; a SYN whose MSS the switch clamps keeps its checksum and every
+//! other byte.
 
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use vswitch::offload::{self, Segments, VNET_HDR_LEN, VnetHdr};
-use vswitch::switch::{Output, PortId};
+use vswitch::switch::{DropReason, Output, PortId};
 use vswitch::tunnel;
 use vswitch::wire::Vni;
 use vswitch_fuzz::check;
@@ -56,8 +58,8 @@ fn tap_read<'a>(
 
 /// A frame routed from VNI 42 into VNI 44: the original was for the gateway; what goes out is
 /// an ARP request from VNI 44's gateway, or the frame from that gateway to port D with its TTL
-/// one less and a valid IPv4 header checksum.
-fn check_routed(routed: &[u8], original: &[u8]) {
+/// one less and a valid IPv4 header checksum, and otherwise unchanged but for an MSS clamp.
+fn check_routed(routed: &[u8], original: &[u8], partial: bool) {
     assert_eq!(
         &original[..6],
         &fixture::GATEWAY_MAC,
@@ -92,7 +94,11 @@ fn check_routed(routed: &[u8], original: &[u8]) {
                 0xffff,
                 "IP header checksum"
             );
-            assert_eq!(routed[14 + ihl..], original[14 + ihl..], "payload changed");
+            if routed[14 + ihl..] != original[14 + ihl..] {
+                let mut unrouted = routed.to_vec();
+                unrouted[..14 + ihl].copy_from_slice(&original[..14 + ihl]);
+                check::assert_clamped(original, &unrouted, partial, false);
+            }
         }
         other => panic!("routed frame of EtherType {other:02x?}"),
     }
@@ -162,10 +168,23 @@ fuzz_target!(|input: &[u8]| {
         };
         let original = input.get(VNET_HDR_LEN..).unwrap_or_default();
         if out.dropped().is_some() {
-            assert!(out.is_empty(), "a dropped frame still has actions");
+            assert!(
+                out.ports().is_empty() && out.transmits().is_empty(),
+                "a dropped frame still goes somewhere"
+            );
+            if let Some((reply_port, reply)) = out.reply() {
+                assert_eq!(out.dropped(), Some(DropReason::OverMtu), "a drop answered");
+                assert_eq!(reply_port, port, "error to another port");
+                check::assert_too_big(reply, frame, fixture::GATEWAY_MAC, fixture::MTU);
+            }
+            return;
         }
-        if out.dropped().is_none() {
-            assert_eq!(out.frame_range(), VNET_HDR_LEN..input.len(), "frame range");
+        assert_eq!(out.frame_range(), VNET_HDR_LEN..input.len(), "frame range");
+        let partial = hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
+        // Routed frames leave with another source MAC: they are checked below.
+        let routed = frame.get(6..12) != original.get(6..12);
+        if !routed && frame != original {
+            check::assert_clamped(original, frame, partial, false);
         }
         let vni = fx.switch.port(port).expect("fixture port").config.vni;
         for &dest in out.ports() {
@@ -179,7 +198,7 @@ fuzz_target!(|input: &[u8]| {
                 (Vni::DEFAULT, fx.port_d),
                 "a frame crossed from one VNI to another"
             );
-            check_routed(frame, original);
+            check_routed(frame, original, partial);
         }
         if let Some((reply_port, reply)) = out.reply() {
             assert_eq!(reply_port, port, "reply to another port");

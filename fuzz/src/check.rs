@@ -379,3 +379,95 @@ pub fn assert_coalesced(hdr: &VnetHdr, frame: &[u8]) -> usize {
 pub fn bad_ipv4_header(frame: &[u8]) -> bool {
     parse(frame).is_some_and(|p| !ipv4_header_ok(frame, &p))
 }
+
+/// IP protocol numbers.
+pub const ICMP: u8 = 1;
+/// IP protocol numbers.
+pub const ICMPV6: u8 = 58;
+
+/// Checks a "too big" error the switch sent in answer to `offending` on a network of MTU
+/// `mtu`, from the gateway MAC `gateway`: addressed back to the sender (MACs and IP), ICMP
+/// "fragmentation needed" or ICMPv6 "packet too big" with the MTU, every checksum right, at
+/// most 576 (IPv4) or 1280 (IPv6) bytes of IP, quoting the start of the offending packet.
+pub fn assert_too_big(reply: &[u8], offending: &[u8], gateway: [u8; 6], mtu: u16) {
+    assert_eq!(
+        &reply[..6],
+        &offending[6..12],
+        "error not sent to the sender's MAC"
+    );
+    assert_eq!(&reply[6..12], &gateway, "error not from the gateway MAC");
+    let p = parse_ip(reply).expect("the error does not parse as IP");
+    let q = parse_ip(offending).expect("answered a frame that is not IP");
+    assert_eq!(
+        p.l3, q.l3,
+        "the error's Ethernet header differs from the frame's"
+    );
+    assert_eq!(p.end, reply.len(), "the error's IP length");
+    assert!(!p.fragment, "the error is a fragment");
+    let (src_at, dst_at, len) = if p.v6 { (8, 24, 16) } else { (12, 16, 4) };
+    assert_eq!(
+        &reply[p.l3 + dst_at..p.l3 + dst_at + len],
+        &offending[q.l3 + src_at..q.l3 + src_at + len],
+        "the error is not addressed to the offending packet's source"
+    );
+    let icmp = &reply[p.l4..p.end];
+    assert!(icmp.len() >= 8, "ICMP header truncated");
+    let quoted = &icmp[8..];
+    if p.v6 {
+        assert_eq!(p.proto, ICMPV6, "IPv6 error is not ICMPv6");
+        assert!(p.end - p.l3 <= 1280, "ICMPv6 error over 1280 bytes");
+        assert_eq!((icmp[0], icmp[1]), (2, 0), "not a packet too big");
+        assert_eq!(
+            u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+            u32::from(mtu),
+            "packet too big MTU"
+        );
+        assert!(transport_ok(reply, &p), "ICMPv6 checksum");
+    } else {
+        assert_eq!(p.proto, ICMP, "IPv4 error is not ICMP");
+        assert!(p.end - p.l3 <= 576, "ICMP error over 576 bytes");
+        assert!(ipv4_header_ok(reply, &p), "error's IPv4 header checksum");
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "not a fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), mtu, "next-hop MTU");
+        assert_eq!(fold(sum(icmp, 0)), 0xffff, "ICMP checksum");
+        assert!(
+            quoted.len() >= q.l4 - q.l3 + 8,
+            "quotes less than the IP header + 8"
+        );
+    }
+    assert!(
+        offending[q.l3..q.end].starts_with(quoted),
+        "the quoted bytes are not the offending packet's"
+    );
+}
+
+/// Checks a frame whose TCP MSS option the switch lowered: `after` differs from `before` only
+/// in the checksum field and two other bytes of the TCP options, it is a SYN, and its checksum
+/// verifies when `before`'s did (or held a partial sum and `completed` says the switch was to
+/// complete it). `partial`: the checksum was left to an offload, so it must be untouched.
+pub fn assert_clamped(before: &[u8], after: &[u8], partial: bool, completed: bool) {
+    assert_eq!(before.len(), after.len(), "the clamp changed the length");
+    let p = parse(before).expect("clamped a frame that is not TCP/UDP");
+    assert_eq!(p.proto, TCP, "clamped a frame that is not TCP");
+    assert!(p.flags & 0x02 != 0, "clamped a segment without SYN");
+    let field = p.l4 + 16..p.l4 + 18;
+    let options = p.l4 + 20..p.data;
+    let changed: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect();
+    for &i in &changed {
+        assert!(
+            field.contains(&i) || options.contains(&i),
+            "the clamp changed byte {i} outside the TCP checksum and options"
+        );
+    }
+    if partial {
+        assert_eq!(
+            before[field.clone()],
+            after[field],
+            "a partial checksum was changed"
+        );
+    } else if transport_ok(before, &p) || (completed && holds_pseudo_sum(before, &p)) {
+        assert!(transport_ok(after, &p), "the clamp broke the TCP checksum");
+    }
+}

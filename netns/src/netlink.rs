@@ -516,6 +516,36 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Removes address `net` from link `name`; `false` when the link does not carry it.
+    pub fn delete_address(&self, name: &str, net: IpNet) -> Result<bool> {
+        const OP: &str = "removing address from";
+        let object = format!("{name} ({net})");
+        let index = self.index_for(OP, &object, name)?;
+        let req = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let msgs: Vec<_> = self.request(OP, &object, req.try_collect())?;
+        let found = msgs.into_iter().find(|msg| {
+            msg.header.index == index
+                && msg.header.prefix_len == net.prefix_len()
+                && msg.attributes.iter().any(|attr| {
+                    matches!(attr, AddressAttribute::Local(a) | AddressAttribute::Address(a)
+                        if *a == net.addr())
+                })
+        });
+        let Some(msg) = found else {
+            return Ok(false);
+        };
+        match self.request(OP, &object, self.handle.address().del(msg).execute()) {
+            Ok(()) => Ok(true),
+            Err(err) if err.is_not_found() => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Adds a route to `dst` (`0.0.0.0/0` for the default route) via `gateway`
     /// and/or out of link `dev`. Host bits of `dst` are ignored. Without a gateway
     /// the route has link scope, as `ip route add PREFIX dev DEV` gives.

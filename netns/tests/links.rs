@@ -110,6 +110,17 @@ fn addresses_and_routes() {
         nl.add_address(&x, "10.232.1.6".parse().unwrap(), 33)
             .is_err()
     );
+    nl.add_address(&x, "10.232.1.9".parse().unwrap(), 24)
+        .unwrap();
+    let nine: IpNet = "10.232.1.9/24".parse().unwrap();
+    assert!(nl.delete_address(&x, nine).unwrap());
+    assert!(!nl.delete_address(&x, nine).unwrap(), "already gone");
+    let left = nl.addresses(&x).unwrap();
+    assert!(!left.contains(&nine), "{left:?}");
+    assert!(
+        left.contains(&"10.232.1.5/24".parse().unwrap()),
+        "only that one went: {left:?}"
+    );
 
     let gw: IpAddr = "10.232.1.1".parse().unwrap();
     nl.add_route("0.0.0.0/0".parse().unwrap(), Some(gw), None)

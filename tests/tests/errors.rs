@@ -2,7 +2,8 @@
 //! is wrong, what to do, and its own exit status (README, "Exit status").
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use vswitch_e2e::{NetworkSpec, vswitch_lab};
 
@@ -58,6 +59,14 @@ fn each_mistake_says_what_to_do_with_its_own_exit_status() {
         &["no process 4000000", "PID of a process"],
     );
     expect(
+        &["attach", "/run/netns/vswitch-no-such-ns"],
+        6,
+        &[
+            "no network namespace at /run/netns/vswitch-no-such-ns",
+            "check the path",
+        ],
+    );
+    expect(
         &[
             "attach", &name, "--ifname", "eth1", "--id", "other", "--ip", &taken,
         ],
@@ -76,6 +85,20 @@ fn each_mistake_says_what_to_do_with_its_own_exit_status() {
         &["attach", &name, "--ifname", "eth2", "--id", "x2"],
         10,
         &["eth2 already exists", "choose another --ifname"],
+    );
+    // The refusal left the container's own device alone.
+    let eth2 = nl.link_info("eth2").unwrap().expect("eth2 is still there");
+    assert_eq!(eth2.kind.as_deref(), Some("veth"));
+    // Another container id on the interface this one holds: refused, naming the holder.
+    expect(
+        &["attach", &name, "--id", "x4"],
+        10,
+        &[
+            "eth0 in",
+            "is the interface of container",
+            &name,
+            "choose another --ifname",
+        ],
     );
     expect(
         &["attach", &name, "--ifname", "a/b", "--id", "x3"],
@@ -106,4 +129,72 @@ fn each_mistake_says_what_to_do_with_its_own_exit_status() {
 
     lab.stop_vswitchd(0, false).unwrap();
     expect(&["status"], 3, &["vswitchd is not running", "--socket"]);
+}
+
+/// The `CapEff` line of a process's status: its effective capabilities.
+fn effective_caps(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("a CapEff line");
+    u64::from_str_radix(line.trim(), 16).expect("hex")
+}
+
+#[test]
+fn a_daemon_without_privileges_says_what_it_needs() {
+    let mut lab = vswitch_lab("erp", 1, &[NetworkSpec::DEFAULT], "");
+    let c = lab.add_container(0, "default", None).unwrap();
+    let name = lab.containers[c].name.clone();
+    lab.stop_vswitchd(0, false).unwrap();
+    let host = &lab.hosts[0];
+    // Root, but with every capability dropped.
+    let mut child = host
+        .ns
+        .command("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(vswitch::lab::vswitchd_path())
+        .arg("--config")
+        .arg(&host.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let _daemon = Kill(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while vswitch::control::api::call(&host.socket, &vswitch::control::api::Request::Status)
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "vswitchd did not come up without capabilities"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(effective_caps(pid), 0);
+    let (status, stderr) = vswitch(
+        &host.socket,
+        &["attach", &name, "--ifname", "eth1", "--id", "nocaps"],
+    );
+    assert_eq!(status, 4, "{stderr}");
+    assert!(
+        stderr.contains("CAP_NET_ADMIN") && stderr.contains("CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+    // The container it could not re-open is kept, record and all.
+    let list = lab.dir().join(&host.name).join("state").join("ports.json");
+    let listed = std::fs::read_to_string(list).unwrap();
+    assert!(
+        listed.contains(&name) && !listed.contains("nocaps"),
+        "{listed}"
+    );
 }

@@ -4,15 +4,17 @@
 //!
 //! Everything here is mechanism: what to do with a frame is decided by the core.
 
+mod command;
 mod datapath;
 mod tap;
 mod udp;
 mod worker;
 
+pub use command::{Command, Reply};
 pub use datapath::{
     Datapath, DatapathStopped, FDB_LISTING_INTERVAL, FRESH_INTERVAL, FdbListing, SNAPSHOT_INTERVAL,
     TEST_PANIC_ENV, WorkerSnapshot, Workers,
 };
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};
-pub use worker::{IoCounters, PortError, SealingEvent, Worker};
+pub use worker::{IoCounters, PortError, SealingEvent};

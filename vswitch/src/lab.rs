@@ -3,6 +3,7 @@
 //! `vswitchd` or the Linux kernel's VXLAN on each host, and traffic generated from inside the
 //! containers. Nothing leaves the namespaces the lab creates.
 
+pub mod capture;
 mod cluster;
 pub mod traffic;
 

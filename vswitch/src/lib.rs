@@ -14,6 +14,7 @@
 pub mod cni;
 pub mod control;
 pub mod demo;
+pub mod docker;
 pub mod fdb;
 pub mod io;
 pub mod lab;

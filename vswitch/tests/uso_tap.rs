@@ -71,8 +71,21 @@ impl Container {
         nl.set_up(TAP).unwrap();
         nl.add_address(TAP, IpAddr::V4(TAP_V4), 24).unwrap();
         nl.add_address(TAP, IpAddr::V6(TAP_V6), 64).unwrap();
+        // An address can stay unusable for a moment after it is added (the link's carrier comes
+        // up after the address on a loaded machine): retry a bounded time.
         let bind = |ip: IpAddr| {
-            let s = ns.run(|| UdpSocket::bind((ip, PORT))).unwrap().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let s = loop {
+                match ns.run(|| UdpSocket::bind((ip, PORT))).unwrap() {
+                    Ok(s) => break s,
+                    Err(e)
+                        if e.kind() == ErrorKind::AddrNotAvailable && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("binding {ip}: {e}"),
+                }
+            };
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             s
         };

@@ -155,10 +155,16 @@ struct Live {
 }
 
 impl Live {
-    fn rekey_at(&self) -> Instant {
+    /// When this side starts the next handshake: the initiator at `rekey_after`, the responder
+    /// [`RESPONDER_REKEY_SLACK`] later (or half of a shortened `rekey_after`, whichever is less,
+    /// so that two nodes that are each the responder of their current session still rekey
+    /// soon).
+    fn rekey_at(&self, rekey_after: Duration) -> Instant {
         match self.role {
-            Role::Initiator => self.established_at + REKEY_AFTER_TIME,
-            Role::Responder => self.established_at + REKEY_AFTER_TIME + RESPONDER_REKEY_SLACK,
+            Role::Initiator => self.established_at + rekey_after,
+            Role::Responder => {
+                self.established_at + rekey_after + RESPONDER_REKEY_SLACK.min(rekey_after / 2)
+            }
         }
     }
 
@@ -190,6 +196,11 @@ pub struct Handshaker {
     /// Local indices of pending handshakes and live sessions.
     indices: HashMap<u32, PeerId>,
     limiter: ratelimit::RateLimiter,
+    /// Session age at which its initiator rekeys: [`REKEY_AFTER_TIME`] unless set shorter.
+    rekey_after: Duration,
+    /// Packets sent on a session after which a handshake starts: [`REKEY_AFTER_MESSAGES`]
+    /// unless set lower.
+    rekey_after_messages: u64,
     clock_base: Instant,
     unix_base: Duration,
     last_timestamp: [u8; TIMESTAMP_LEN],
@@ -216,6 +227,8 @@ impl Handshaker {
             by_key: HashMap::new(),
             indices: HashMap::new(),
             limiter: ratelimit::RateLimiter::new(now),
+            rekey_after: REKEY_AFTER_TIME,
+            rekey_after_messages: REKEY_AFTER_MESSAGES,
             clock_base: now,
             unix_base: unix_time,
             last_timestamp: [0; TIMESTAMP_LEN],
@@ -223,6 +236,27 @@ impl Handshaker {
             events: VecDeque::new(),
             stats: HandshakeStats::default(),
         })
+    }
+
+    /// Rekeys sessions after `after` instead of [`REKEY_AFTER_TIME`], for tests that want many
+    /// rekeys quickly. Only shorter is allowed (a longer time would let keys be retired at
+    /// [`REJECT_AFTER_TIME`] before their successor is made); zero is refused too.
+    pub fn set_rekey_after(&mut self, after: Duration) -> Result<(), Error> {
+        if after.is_zero() || after > REKEY_AFTER_TIME {
+            return Err(Error::RekeyTime);
+        }
+        self.rekey_after = after;
+        Ok(())
+    }
+
+    /// Rekeys sessions after `packets` sent instead of [`REKEY_AFTER_MESSAGES`], for tests
+    /// that want rekeys by count. Only lower is allowed, and not zero.
+    pub fn set_rekey_after_messages(&mut self, packets: u64) -> Result<(), Error> {
+        if packets == 0 || packets > REKEY_AFTER_MESSAGES {
+            return Err(Error::RekeyCount);
+        }
+        self.rekey_after_messages = packets;
+        Ok(())
     }
 
     /// This node's public key.
@@ -292,14 +326,18 @@ impl Handshaker {
         rng: &mut R,
     ) -> Result<(), Error> {
         let p = self.peers.get(peer.index()).ok_or(Error::NoSuchPeer)?;
-        if p.pending.is_some() || p.current.is_some_and(|c| now < c.rekey_at()) {
+        if p.pending.is_some()
+            || p.current
+                .is_some_and(|c| now < c.rekey_at(self.rekey_after))
+        {
             return Ok(());
         }
         self.initiate(peer, now, now, 0, rng)
     }
 
     /// Adds `packets` to the count of packets sent on the session `local_index` of `peer`;
-    /// starts a handshake once the current session reaches [`REKEY_AFTER_MESSAGES`].
+    /// starts a handshake once the current session reaches [`REKEY_AFTER_MESSAGES`] (or what
+    /// [`set_rekey_after_messages`](Self::set_rekey_after_messages) set).
     pub fn note_sent<R: CryptoRng + RngCore>(
         &mut self,
         peer: PeerId,
@@ -313,7 +351,7 @@ impl Handshaker {
             return Ok(());
         };
         current.sent = current.sent.saturating_add(packets);
-        if current.sent >= REKEY_AFTER_MESSAGES && p.pending.is_none() {
+        if current.sent >= self.rekey_after_messages && p.pending.is_none() {
             self.initiate(peer, now, now, 0, rng)?;
         }
         Ok(())
@@ -362,7 +400,7 @@ impl Handshaker {
                 let rekey = p
                     .current
                     .filter(|_| p.pending.is_none())
-                    .map(|c| c.rekey_at());
+                    .map(|c| c.rekey_at(self.rekey_after));
                 let expiry = [p.current, p.previous]
                     .into_iter()
                     .flatten()
@@ -385,7 +423,8 @@ impl Handshaker {
             let unanswered = p.pending.take_if(|h| now >= h.retransmit_at);
             let rekey_due = p.pending.is_none()
                 && unanswered.is_none()
-                && p.current.is_some_and(|c| now >= c.rekey_at());
+                && p.current
+                    .is_some_and(|c| now >= c.rekey_at(self.rekey_after));
             for live in expired.into_iter().flatten() {
                 self.indices.remove(&live.local_index);
                 self.events.push_back(Event::Retire {

@@ -341,6 +341,47 @@ fn rekey_by_time_keeps_previous_keys_until_rejected() {
 }
 
 #[test]
+fn a_shorter_rekey_time_rekeys_again_and_again() {
+    let mut p = pair(15, None);
+    for hs in [&mut p.a.hs, &mut p.b.hs] {
+        assert_eq!(hs.set_rekey_after(Duration::ZERO), Err(Error::RekeyTime));
+        assert_eq!(
+            hs.set_rekey_after(REKEY_AFTER_TIME + Duration::from_secs(1)),
+            Err(Error::RekeyTime)
+        );
+        hs.set_rekey_after(Duration::from_secs(2)).unwrap();
+    }
+    let (first, _) = handshake(&mut p.a, &mut p.b, p.ab, p.t0);
+    let mut now = p.t0;
+    let mut sessions = HashSet::from([first.local_index]);
+    for round in 1..=5u32 {
+        assert_eq!(p.a.hs.poll_timeout(), Some(now + Duration::from_secs(2)));
+        // The responder's slack is half the shortened time, not 10 s.
+        assert_eq!(p.b.hs.poll_timeout(), Some(now + Duration::from_secs(3)));
+        now += Duration::from_secs(2);
+        p.b.timeout(now);
+        assert!(p.b.hs.poll_transmit().is_none(), "the responder waits");
+        p.a.timeout(now);
+        let init = p.a.transmit();
+        let out = p.b.handle(now, p.a.addr, &init).unwrap();
+        let kb = out.established.unwrap();
+        let ka =
+            p.a.handle(now, p.b.addr, &out.reply.unwrap())
+                .unwrap()
+                .established
+                .unwrap();
+        assert_talk(&ka, &kb, 1);
+        assert!(
+            sessions.insert(ka.local_index),
+            "round {round}: a new session"
+        );
+        // Two live sessions at most: each new one retires the one before the previous.
+        let retired = p.a.events().len();
+        assert_eq!(retired, usize::from(round >= 2), "round {round}");
+    }
+}
+
+#[test]
 fn responder_rekeys_when_the_initiator_is_silent_and_keys_expire() {
     let mut p = pair(6, None);
     let (_, kb) = handshake(&mut p.a, &mut p.b, p.ab, p.t0);
@@ -387,6 +428,27 @@ fn rekey_by_count() {
         a.hs.note_sent(PeerId(9), 0, 1, now, &mut a.rng),
         Err(Error::NoSuchPeer)
     );
+}
+
+#[test]
+fn a_lower_rekey_count_rekeys_sooner() {
+    let mut p = pair(16, None);
+    let a = &mut p.a.hs;
+    assert_eq!(a.set_rekey_after_messages(0), Err(Error::RekeyCount));
+    assert_eq!(
+        a.set_rekey_after_messages(REKEY_AFTER_MESSAGES + 1),
+        Err(Error::RekeyCount)
+    );
+    a.set_rekey_after_messages(1000).unwrap();
+    let (ka, _) = handshake(&mut p.a, &mut p.b, p.ab, p.t0);
+    let now = p.t0 + Duration::from_secs(1);
+    let a = &mut p.a;
+    a.hs.note_sent(p.ab, ka.local_index, 999, now, &mut a.rng)
+        .unwrap();
+    assert!(a.hs.poll_transmit().is_none());
+    a.hs.note_sent(p.ab, ka.local_index, 1, now, &mut a.rng)
+        .unwrap();
+    assert_eq!(a.transmit()[0], TYPE_INITIATION);
 }
 
 #[test]

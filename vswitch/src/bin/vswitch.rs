@@ -10,8 +10,10 @@ use vswitch::control::api::{
     self, AttachRequest, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
 use vswitch::control::gateway::PortMapping;
+use vswitch::control::policy::{ExplainRequest, PolicyApply, PolicyDelete, QosRequest};
 use vswitch::control::render;
 use vswitch::control::sealing;
+use vswitch::policy::BitRate;
 use vswitch::wire::MacAddr;
 
 #[derive(Parser)]
@@ -48,6 +50,8 @@ enum Command {
     Fdb(Output),
     /// The peers and their traffic.
     Peers(Output),
+    /// Addresses reserved for Docker endpoints, and their TAPs.
+    Reservations(Output),
     /// Make the daemon re-read its config file and apply added or removed networks and peers
     /// (as SIGHUP does).
     Reload,
@@ -55,15 +59,24 @@ enum Command {
     /// it against the kernel's VXLAN, and remove everything.
     Demo(vswitch::demo::DemoOptions),
     /// Make this node's key pair for sealed networks: write the private key to FILE (mode 0600,
-    /// never over an existing file) and print the public key for the peers' configs.
+    /// never over an existing file) and print the public key for the peers' configs. With
+    /// --psk, write a new pre-shared key for a sealed network to FILE instead, printing nothing.
     Keygen {
-        /// Where to write the private key (`node.private_key` in the config).
-        #[arg(default_value = "/etc/vswitch/private.key")]
-        file: std::path::PathBuf,
+        /// Where to write the key: `node.private_key` (default /etc/vswitch/private.key), or
+        /// with --psk a network's `psk_file`.
+        file: Option<std::path::PathBuf>,
+        /// Write a pre-shared key (copy the file to every node of the network).
+        #[arg(long, requires = "file")]
+        psk: bool,
     },
     /// This node itself.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Network policies: apply, list, delete, explain.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Set the rate limit of an attached container's port; without --rate, remove it.
+    Qos(QosArgs),
     /// Print the public key that goes with a private key file.
     Pubkey {
         /// The private key file.
@@ -107,6 +120,62 @@ struct AttachArgs {
     /// host's port, on any of its addresses, reach the container's.
     #[arg(long = "publish", short = 'p')]
     publish: Vec<PortMapping>,
+    /// A rate limit on the port in bits per second, each direction, with SI suffixes: 800k,
+    /// 100M, 1.5G.
+    #[arg(long)]
+    rate: Option<BitRate>,
+    /// The rate limit's bucket in bytes (at least one MTU-sized frame); 50 ms at the rate by
+    /// default.
+    #[arg(long)]
+    burst: Option<u64>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Add the policies of FILE (TOML or JSON), replacing those of the same names; they are
+    /// kept across restarts.
+    Apply {
+        /// The policy file: TOML (`[[policy]]` tables) or JSON (`{"policy": [..]}`).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// The policies in force and each rule with its counters.
+    List(Output),
+    /// Remove a policy by name.
+    Delete {
+        /// The policy's name.
+        name: String,
+    },
+    /// Which rule decides a new connection from SRC to DST, and why.
+    Explain {
+        /// The source address.
+        src: IpAddr,
+        /// The destination address.
+        dst: IpAddr,
+        /// tcp, udp, icmp or an IP protocol number.
+        proto: String,
+        /// The destination port (for icmp, the message type: 8 for echo request).
+        port: u16,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Args)]
+struct QosArgs {
+    /// The container id (or the namespace argument given to attach).
+    container_id: String,
+    /// The interface name inside the container.
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    /// The limit in bits per second, each direction, with SI suffixes: 800k, 100M, 1.5G.
+    #[arg(long)]
+    rate: Option<BitRate>,
+    /// The bucket in bytes (at least one MTU-sized frame); 50 ms at the rate by default.
+    #[arg(long)]
+    burst: Option<u64>,
     #[command(flatten)]
     output: Output,
 }
@@ -175,6 +244,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mac: args.mac,
                 labels: args.labels.into_iter().collect(),
                 publish: args.publish,
+                rate: args.rate,
+                burst: args.burst,
             }))?;
             let Reply::Attached(a) = reply else {
                 anyhow::bail!("unexpected reply from vswitchd: {reply:?}");
@@ -212,6 +283,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Reply::Peers(p) => print(o.json, &p, |p| render::peers(p)),
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
+        Command::Reservations(o) => match call(Request::Reservations)? {
+            Reply::Reservations(r) => print(o.json, &r, |r| render::reservations(r)),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
         Command::Reload => match call(Request::Reload)? {
             Reply::Reloaded(summary) => {
                 println!("{summary}");
@@ -219,10 +294,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
         },
+        Command::Policy(command) => policy(&call, command),
+        Command::Qos(args) => match call(Request::Qos(QosRequest {
+            container_id: args.container_id,
+            ifname: Some(args.ifname),
+            rate: args.rate,
+            burst: args.burst,
+        }))? {
+            Reply::Attached(a) => print(args.output.json, &a, render::attachment),
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
         Command::Demo(options) => vswitch::demo::run(&options).context("demo failed"),
-        Command::Keygen { file } => {
+        Command::Keygen { file, psk: true } => {
             use rand::SeedableRng;
             let mut rng = rand::rngs::StdRng::from_os_rng();
+            let file = file.context("--psk needs the file to write")?;
+            sealing::write_psk(&file, &crypto::PresharedKey::generate(&mut rng))
+        }
+        Command::Keygen { file, psk: false } => {
+            use rand::SeedableRng;
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let file = file.unwrap_or_else(|| "/etc/vswitch/private.key".into());
             let secret = crypto::StaticSecret::generate(&mut rng);
             sealing::write_private_key(&file, &secret)?;
             println!("{}", secret.public_key());
@@ -243,6 +335,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn policy(
+    call: &dyn Fn(Request) -> Result<Reply, ClientError>,
+    command: PolicyCommand,
+) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let start = text.trim_start();
+            let json = match file.extension().and_then(|e| e.to_str()) {
+                Some("json") => true,
+                Some("toml") => false,
+                _ => start.starts_with('{') || (start.starts_with('[') && !start.starts_with("[[")),
+            };
+            let policies = if json {
+                vswitch::policy::parse_json(&text)
+            } else {
+                vswitch::policy::parse_toml(&text)
+            }
+            .with_context(|| format!("{}", file.display()))?;
+            match call(Request::PolicyApply(PolicyApply { policies }))? {
+                Reply::Policy(summary) => println!("{summary}"),
+                other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+            }
+        }
+        PolicyCommand::List(o) => match call(Request::PolicyList)? {
+            Reply::Policies(list) => print(o.json, &*list, vswitch::control::policy::render)?,
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+        PolicyCommand::Delete { name } => {
+            match call(Request::PolicyDelete(PolicyDelete { name }))? {
+                Reply::Policy(summary) => println!("{summary}"),
+                other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+            }
+        }
+        PolicyCommand::Explain {
+            src,
+            dst,
+            proto,
+            port,
+            output,
+        } => match call(Request::PolicyExplain(ExplainRequest {
+            src,
+            dst,
+            protocol: proto,
+            port,
+        }))? {
+            Reply::Explained(e) => print(output.json, &e, |e| format!("{}\n", e.text))?,
+            other => anyhow::bail!("unexpected reply from vswitchd: {other:?}"),
+        },
+    }
+    Ok(())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -308,6 +308,7 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         mac: requested_mac(conf, &args)?,
         labels: conf.runtime_config.labels.clone(),
         publish: requested_ports(conf)?,
+        ..Default::default()
     });
     let attachment = match api::call(socket, &request) {
         Ok(Reply::Attached(a)) => a,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::host_tap;
 use crate::wire::MacAddr;
 
 /// A request to the daemon.
@@ -31,6 +32,26 @@ pub enum Request {
     Peers,
     /// Re-read the config file and apply the difference in networks and peers.
     Reload,
+    /// Add network policies, or replace those of the same names; kept across restarts.
+    PolicyApply(super::policy::PolicyApply),
+    /// Remove a network policy by name.
+    PolicyDelete(super::policy::PolicyDelete),
+    /// The policies in force and their rules with counters.
+    PolicyList,
+    /// Which rule decides a flow, and why.
+    PolicyExplain(super::policy::ExplainRequest),
+    /// Set or clear the rate limit of an attached container's port.
+    Qos(super::policy::QosRequest),
+    /// Lease an address before any interface exists (a runtime's IPAM, see [`host_tap`]).
+    Reserve(host_tap::ReserveRequest),
+    /// Release a reservation, unplugging its TAP first.
+    Unreserve(host_tap::UnreserveRequest),
+    /// Create a reservation's TAP in the daemon's namespace and switch it.
+    PlugTap(host_tap::PlugTapRequest),
+    /// Take an endpoint's TAP off the switch and delete it.
+    UnplugTap(host_tap::UnplugTapRequest),
+    /// The reservations and their TAPs.
+    Reservations,
 }
 
 /// What `vswitch attach` asks for.
@@ -60,6 +81,12 @@ pub struct AttachRequest {
     /// Ports to publish on the host's addresses (`vswitch attach --publish 8080:80/tcp`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<super::gateway::PortMapping>,
+    /// A rate limit on the port, each direction: bits per second (`"100M"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<crate::policy::BitRate>,
+    /// The burst of that limit, in bytes (at least one MTU); 50 ms at the rate when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 /// What `vswitch detach` asks for.
@@ -103,6 +130,9 @@ pub struct Attachment {
     /// Its published ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<super::gateway::PortMapping>,
+    /// The port's rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<super::policy::QosSetting>,
 }
 
 #[cfg(test)]
@@ -122,6 +152,7 @@ impl Attachment {
             mtu: 1450,
             labels: BTreeMap::new(),
             published: Vec::new(),
+            qos: None,
         }
     }
 }
@@ -149,6 +180,12 @@ pub struct PortView {
     pub attachment: Attachment,
     /// Its traffic.
     pub traffic: Traffic,
+    /// Frames network policy denied, from it or to it.
+    #[serde(default)]
+    pub denied: u64,
+    /// Frames over a rate limit, from it or to it.
+    #[serde(default)]
+    pub limited: u64,
 }
 
 /// One peer and its traffic.
@@ -235,6 +272,21 @@ pub struct StatusView {
     /// Traffic of each datapath worker, in worker order: how evenly flows spread over cores.
     #[serde(default)]
     pub workers: Vec<Traffic>,
+    /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
+    #[serde(default)]
+    pub mtu: MtuView,
+}
+
+/// What the switch did about the MTU: "too big" errors sent (and held back by their rate
+/// limit), TCP SYNs whose MSS it lowered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtuView {
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent.
+    pub too_big_sent: u64,
+    /// Errors not sent because their port or peer was over the rate limit.
+    pub too_big_limited: u64,
+    /// TCP SYNs whose MSS option was lowered.
+    pub mss_clamped: u64,
 }
 
 /// A successful reply's payload.
@@ -255,6 +307,20 @@ pub enum Reply {
     Peers(Vec<PeerView>),
     /// The config was reloaded; what changed.
     Reloaded(String),
+    /// Policies were applied or deleted; what changed.
+    Policy(String),
+    /// The policies in force.
+    Policies(Box<super::policy::PolicyList>),
+    /// What policy decides for a flow.
+    Explained(super::policy::ExplainView),
+    /// An address was reserved (or plugged): the reservation.
+    Reserved(host_tap::Reservation),
+    /// A reservation was released; `false` when there was none.
+    Unreserved(bool),
+    /// An endpoint's TAP was unplugged; `false` when it had none.
+    Unplugged(bool),
+    /// The reservations.
+    Reservations(Vec<host_tap::Reservation>),
 }
 
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.

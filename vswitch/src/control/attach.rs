@@ -1,16 +1,21 @@
 //! Putting a container's interface in place and taking it away: a persistent TAP created in the
-//! daemon's namespace, moved into the container's, renamed, addressed and routed there.
+//! daemon's namespace under a staging name ([`create_staged`]), moved into the container's and
+//! renamed there ([`move_in`]), addressed and routed ([`configure`]); [`ensure_interface`] does
+//! it all, or re-opens the interface of a container attached before a restart.
 //!
-//! Every step is idempotent, so the same code finishes a half-done attach after a crash and
-//! re-adopts a container's interface after a daemon restart.
+//! [`undo_interface`] takes back what an attach that did not finish put in place, and only
+//! that: the TAP under its staging name, the container's interface when it is ours (a TAP with
+//! the attachment's MAC: never a device of the container's own that merely has the name), and
+//! `lo` down again when the attach found it down. Every step and the undo are idempotent.
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use netns::{NetNs, Netlink, Offloads, Tap, TapOptions};
+use netns::{LinkInfo, NetNs, Netlink, Offloads, Tap, TapOptions};
 
 use super::api::Attachment;
+use super::state::Intent;
 use crate::wire::MacAddr;
 
 /// Why an interface could not be put in place or removed.
@@ -20,7 +25,10 @@ pub enum AttachError {
     #[error(transparent)]
     Netns(#[from] netns::Error),
     /// The interface name is taken in the container by a device that is not ours.
-    #[error("{ifname} already exists in {netns} and is not a TAP device: choose another --ifname")]
+    #[error(
+        "{ifname} already exists in {netns} and is not an interface vswitch made for this \
+         container: choose another --ifname (or remove that device)"
+    )]
     NameTaken {
         /// The interface name.
         ifname: String,
@@ -55,7 +63,7 @@ pub(super) fn is_staging_name(name: &str) -> bool {
 
 /// Options for the container's TAP: always multi-queue, so that it can be re-adopted by a
 /// daemon running any number of workers, with `queues` queues.
-pub(super) fn tap_options(name: &str, offloads: bool, queues: usize) -> TapOptions {
+pub(crate) fn tap_options(name: &str, offloads: bool, queues: usize) -> TapOptions {
     let mut options = TapOptions::new(name);
     options.persist = true;
     options.multi_queue = true;
@@ -94,24 +102,90 @@ pub fn ensure_interface(
                 netns: a.netns.clone(),
             })?
     } else {
-        let here = Netlink::current()?;
-        let staging = staging_name(a);
-        // A leftover of an attach interrupted before the move.
-        here.delete_link(&staging)?;
-        let tap = Tap::create(&tap_options(&staging, offloads, queues))?;
-        here.set_mac(&staging, a.mac.0)?;
-        here.set_mtu(&staging, u32::from(a.mtu))?;
-        if let Err(e) = here.move_to_namespace_as(&staging, ns, &a.ifname) {
-            let _ = here.delete_link(&staging);
-            return Err(e.into());
-        }
+        let tap = create_staged(a, offloads, queues)?;
+        move_in(a, ns)?;
         tap
     };
     configure(&inside, a)?;
     Ok(tap)
 }
 
-fn configure(nl: &Netlink, a: &Attachment) -> Result<(), AttachError> {
+/// Creates the container's TAP in the daemon's namespace under its staging name, with the
+/// attachment's MAC and MTU, replacing a leftover of an attach that did not finish.
+pub fn create_staged(a: &Attachment, offloads: bool, queues: usize) -> Result<Tap, AttachError> {
+    let here = Netlink::current()?;
+    let staging = staging_name(a);
+    here.delete_link(&staging)?;
+    let tap = Tap::create(&tap_options(&staging, offloads, queues))?;
+    here.set_mac(&staging, a.mac.0)?;
+    here.set_mtu(&staging, u32::from(a.mtu))?;
+    Ok(tap)
+}
+
+/// Moves the staged TAP into the container's namespace under its interface name. The name must
+/// be free there, or held by a leftover of ours (which is replaced); a device of the
+/// container's own under that name is [`AttachError::NameTaken`].
+pub fn move_in(a: &Attachment, ns: &NetNs) -> Result<(), AttachError> {
+    let inside = Netlink::in_namespace(ns)?;
+    if let Some(link) = inside.link_info(&a.ifname)? {
+        if !is_ours(&link, a) {
+            return Err(AttachError::NameTaken {
+                ifname: a.ifname.clone(),
+                netns: a.netns.clone(),
+            });
+        }
+        inside.delete_link(&a.ifname)?;
+    }
+    Netlink::current()?.move_to_namespace_as(&staging_name(a), ns, &a.ifname)?;
+    Ok(())
+}
+
+/// Whether a link is the interface of attachment `a`: a TAP carrying its MAC.
+fn is_ours(link: &LinkInfo, a: &Attachment) -> bool {
+    link.kind.as_deref() == Some("tun") && link.mac == Some(a.mac.0)
+}
+
+/// How `lo` is in the namespace `nl` is bound to, for an attach to put it back so.
+pub fn loopback(nl: &Netlink) -> Result<Intent, AttachError> {
+    let up = nl.link_info("lo")?.is_some_and(|lo| lo.up);
+    Ok(Intent {
+        lo_was_up: up,
+        lo_addresses: if up { Vec::new() } else { nl.addresses("lo")? },
+    })
+}
+
+/// Takes back what an unfinished attach of `a` may have put in place: the staged TAP in the
+/// daemon's namespace, and in the container's namespace (when it is still there) the interface
+/// if it is ours, and `lo` as `before` says it was (down, with only the addresses it had).
+pub fn undo_interface(
+    a: &Attachment,
+    ns: Option<&NetNs>,
+    before: &Intent,
+) -> Result<(), AttachError> {
+    Netlink::current()?.delete_link(&staging_name(a))?;
+    let Some(ns) = ns else {
+        return Ok(());
+    };
+    let inside = Netlink::in_namespace(ns)?;
+    if let Some(link) = inside.link_info(&a.ifname)?
+        && is_ours(&link, a)
+    {
+        inside.delete_link(&a.ifname)?;
+    }
+    if !before.lo_was_up && inside.link_index("lo")?.is_some() {
+        inside.set_down("lo")?;
+        for address in inside.addresses("lo")? {
+            if !before.lo_addresses.contains(&address) {
+                inside.delete_address("lo", address)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives the container's interface its MAC, MTU, addresses and default route, and brings it
+/// and `lo` up.
+pub fn configure(nl: &Netlink, a: &Attachment) -> Result<(), AttachError> {
     nl.set_mac(&a.ifname, a.mac.0)?;
     nl.set_mtu(&a.ifname, u32::from(a.mtu))?;
     ignore_exists(nl.add_address(&a.ifname, a.address.addr(), a.address.prefix_len()))?;

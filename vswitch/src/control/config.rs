@@ -50,6 +50,10 @@ pub struct Config {
     /// Switching tables and their limits.
     #[serde(default)]
     pub switch: SwitchTuning,
+    /// Network policies in force from the start (the policy file's shape, see README); those
+    /// applied at run time are kept in the state directory beside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::policy::Policy>,
 }
 
 /// This node: its name, its underlay address and its local files.
@@ -98,6 +102,14 @@ pub struct NodeConfig {
     /// network is sealed.
     #[serde(default)]
     pub private_key: Option<PathBuf>,
+    /// Seconds after which a sealed session is rekeyed: 120 by default, and only shorter. For
+    /// tests that want many rekeys quickly; a deployment has no reason to set it.
+    #[serde(default)]
+    pub rekey_after_secs: Option<u64>,
+    /// Datagrams sent on a sealed session after which it is rekeyed: 2^40 by default, and only
+    /// fewer. For tests, like `rekey_after_secs`.
+    #[serde(default)]
+    pub rekey_after_messages: Option<u64>,
 }
 
 /// One overlay network: an L2 segment spanning every node, identified on the wire by its VNI.
@@ -130,6 +142,15 @@ pub struct NetworkConfig {
     /// from peers whose public keys are configured.
     #[serde(default)]
     pub encryption: bool,
+    /// Lower the MSS option of TCP SYNs to what the MTU allows (MTU - 40, IPv6 MTU - 60), so
+    /// containers whose interface MTU is larger never start connections the path cannot carry.
+    #[serde(default = "default_true")]
+    pub clamp_mss: bool,
+    /// A file holding the sealed network's pre-shared key (`vswitch keygen --psk` writes one,
+    /// mode 0600), mixed into the handshake with every peer of the network. Every sealed
+    /// network shared with one peer must name the same file, or none.
+    #[serde(default)]
+    pub psk_file: Option<PathBuf>,
     /// Seconds a released address rests before it is handed out again (while others are free),
     /// so stale ARP and conntrack entries elsewhere do not meet a new container.
     #[serde(default = "default_address_hold")]
@@ -330,6 +351,8 @@ impl NetworkConfig {
             subnet6: None,
             mtu_setting: None,
             encryption: false,
+            clamp_mss: true,
+            psk_file: None,
             address_hold_secs: default_address_hold(),
             host_port_setting: None,
             masquerade: false,
@@ -425,6 +448,14 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: String, reason: String| Err((key, reason));
         validate_name(&self.node.name).or_else(|r| err("node.name".into(), r))?;
+        for (i, p) in self.policies.iter().enumerate() {
+            if self.policies[..i].iter().any(|q| q.name == p.name) {
+                return err(
+                    format!("policies[{i}].name"),
+                    format!("policy {:?} is defined twice", p.name),
+                );
+            }
+        }
         if self.node.port == 0 {
             return err("node.port".into(), "must not be 0".into());
         }
@@ -590,6 +621,7 @@ impl Config {
                 }
             }
         }
+        super::sealing::validate(self).or_else(|(key, reason)| err(key, reason))?;
         if self.networks.iter().any(|n| n.encryption) && self.node.private_key.is_none() {
             return err(
                 "node.private_key".into(),

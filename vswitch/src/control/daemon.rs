@@ -14,7 +14,8 @@
 //!   the question is asked again at the next sweep;
 //! - the list is saved before anything is forgotten: a detach whose save fails (a full disk)
 //!   changes nothing and says so; a lease is released only once no saved record holds it, and
-//!   a release that fails is retried by the sweep.
+//!   a release that fails is retried by the sweep;
+//! - an attach is done whole or not at all, a daemon killed midway included (`transaction`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,8 +29,8 @@ use netns::{NetNs, NsRef, Offloads};
 use tracing::{info, warn};
 
 use super::api::{
-    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, NetworkView, PeerView,
-    PortView, Reply, Request, Response, StatusView, Traffic,
+    ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, MtuView, NetworkView,
+    PeerView, PortView, Reply, Request, Response, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
@@ -37,10 +38,14 @@ use super::gateway::{GatewayNetwork, Gateways, Published};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
-use crate::io::{Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
+use crate::io::{Command, Datapath, DatapathStopped, IoCounters, TapQueue, WorkerSnapshot};
 use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Site, SwitchConfig};
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
+
+mod reservations;
+mod transaction;
+pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
 
 /// A network as the daemon runs it.
 struct Network {
@@ -76,9 +81,14 @@ struct State {
     waiting: Vec<PortRecord>,
     /// Leases no saved record holds any more whose release failed; the sweep tries again.
     unreleased: Vec<Owner>,
+    /// Attaches that did not finish, saved with their intent, whose undo could not finish yet
+    /// (their lease is held); the sweep tries again.
+    undoing: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
     gateways: Gateways,
+    /// Addresses reserved for runtimes that move interfaces themselves, and their TAPs.
+    reservations: reservations::Reservations,
 }
 
 impl State {
@@ -88,6 +98,7 @@ impl State {
             .iter()
             .map(|p| p.record.clone())
             .chain(self.waiting.iter().cloned())
+            .chain(self.undoing.iter().cloned())
             .collect()
     }
 }
@@ -113,6 +124,7 @@ pub struct Daemon {
     sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
+    policy: super::policy::PolicyPlane,
 }
 
 fn switch_config(config: &Config) -> SwitchConfig {
@@ -153,6 +165,7 @@ impl Daemon {
         .with_context(|| format!("binding the VXLAN socket on {local}"))?;
         let store = PortStore::open(&config.node.state_dir)?;
         let leases = Leases::open(&config).context("opening the address store")?;
+        let policy = super::policy::PolicyPlane::open(&config.node.state_dir, &config.policies)?;
         let daemon = Arc::new(Self {
             config_path: config_path.to_owned(),
             started: Instant::now(),
@@ -165,11 +178,16 @@ impl Daemon {
                 ports: Vec::new(),
                 waiting: Vec::new(),
                 unreleased: Vec::new(),
+                undoing: Vec::new(),
                 store,
                 leases,
                 gateways: Gateways::default(),
+                reservations: reservations::Reservations::new(
+                    super::host_tap::ReservationStore::new(&config.node.state_dir),
+                ),
             }),
             view: Mutex::default(),
+            policy,
         });
         {
             let mut state = daemon.lock();
@@ -181,6 +199,9 @@ impl Daemon {
             }
             state.gateways.remove_leftovers();
             daemon.sync_gateway(&mut state, true)?;
+            // Policies in force before any container is back: each stays closed until the
+            // compilation that knows it arrives.
+            daemon.publish_view(&state);
             daemon.restore(&mut state)?;
             daemon.sync_gateway(&mut state, false)?;
             daemon.publish_view(&state);
@@ -214,6 +235,35 @@ impl Daemon {
             Request::Ports => Ok(Reply::Ports(self.ports())),
             Request::Fdb => Ok(Reply::Fdb(self.fdb())),
             Request::Peers => Ok(Reply::Peers(self.peers())),
+            Request::PolicyApply(r) => self
+                .change(|_| self.policy.apply(&self.datapath, r.policies))
+                .map(Reply::Policy),
+            Request::PolicyDelete(r) => self.change(|_| {
+                let deleted = self.policy.delete(&self.datapath, &r.name)?;
+                Ok(Reply::Policy(if deleted {
+                    format!("deleted {}", r.name)
+                } else {
+                    format!("no policy is named {:?}", r.name)
+                }))
+            }),
+            Request::PolicyList => Ok(Reply::Policies(Box::new(self.policy.list()))),
+            Request::PolicyExplain(r) => self
+                .policy
+                .explain(&r)
+                .map(Reply::Explained)
+                .map_err(anyhow::Error::new),
+            Request::Qos(r) => self.change(|state| self.set_qos(state, &r).map(Reply::Attached)),
+            Request::Reserve(r) => self.change(|state| self.reserve(state, r).map(Reply::Reserved)),
+            Request::Unreserve(r) => {
+                self.change(|state| self.unreserve(state, &r).map(Reply::Unreserved))
+            }
+            Request::PlugTap(r) => {
+                self.change(|state| self.plug_reserved_tap(state, r).map(Reply::Reserved))
+            }
+            Request::UnplugTap(r) => {
+                self.change(|state| self.unplug_reserved_tap(state, &r).map(Reply::Unplugged))
+            }
+            Request::Reservations => Ok(Reply::Reservations(self.lock().reservations.list())),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -247,7 +297,8 @@ impl Daemon {
                         .ports
                         .iter()
                         .filter(|p| p.record.attachment.network == n.config.name)
-                        .count(),
+                        .count()
+                        + state.reservations.plugged_on(&n.config.name),
                 })
                 .collect(),
             peers: state
@@ -259,12 +310,54 @@ impl Daemon {
                 .ports
                 .iter()
                 .map(|p| (p.id, p.record.attachment.clone()))
+                .chain(state.reservations.attachments())
                 .collect(),
         };
         *self
             .view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(view);
+        let ports: Vec<_> = state
+            .ports
+            .iter()
+            .map(|p| (p.id, &p.record.attachment))
+            .collect();
+        if let Err(e) = self
+            .policy
+            .sync(&self.datapath, &state.config.policies, &ports)
+        {
+            warn!("putting policies and rate limits in force: {e:#}");
+        }
+    }
+
+    /// Sets or clears the rate limit of an attached container's port, and saves it.
+    fn set_qos(
+        &self,
+        state: &mut State,
+        r: &super::policy::QosRequest,
+    ) -> anyhow::Result<Attachment> {
+        let ifname = r.ifname.as_deref().unwrap_or("eth0");
+        let Some(i) = state.ports.iter().position(|p| {
+            p.record.attachment.container_id == r.container_id
+                && p.record.attachment.ifname == ifname
+        }) else {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{} {ifname} is not attached here", r.container_id),
+            )
+            .field("container_id")
+            .into());
+        };
+        let mtu = state.ports[i].record.attachment.mtu;
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        let mut records = state.records();
+        records[i].attachment.qos = qos;
+        state
+            .store
+            .save(&records)
+            .context("saving the attachment list")?;
+        state.ports[i].record.attachment.qos = qos;
+        Ok(state.ports[i].record.attachment.clone())
     }
 
     fn view(&self) -> Arc<View> {
@@ -341,7 +434,10 @@ impl Daemon {
                 warn!("detaching a vanished container: {e:#}");
             }
         }
+        self.sweep_reservations(&mut state);
+        self.retry_undos(&mut state);
         self.retry_releases(&mut state);
+        self.policy.sweep();
         self.publish_view(&state);
     }
 
@@ -380,11 +476,12 @@ impl Daemon {
                 mac: mac_for(gateway),
             }),
             sealed: config.encryption,
+            clamp_mss: config.clamp_mss,
         };
-        agreed(
-            self.datapath
-                .run(move |w| w.switch().add_network(switch_network.clone()))?,
-        )?;
+        agreed(self.datapath.ask(|reply| Command::AddNetwork {
+            config: switch_network.clone(),
+            reply,
+        })?)?;
         info!(network = %config.name, %vni, %node_subnet, %gateway, "network up");
         state.networks.insert(
             config.name.clone(),
@@ -408,8 +505,11 @@ impl Daemon {
             .iter()
             .filter_map(|n| state.networks.get(n).map(|n| n.vni))
             .collect();
-        self.datapath
-            .run(move |w| w.switch().add_peer(endpoint, &vnis))?;
+        self.datapath.ask(|reply| Command::AddPeer {
+            addr: endpoint,
+            vnis: vnis.clone(),
+            reply,
+        })?;
         state
             .peers
             .insert(peer.name.clone(), Peer { endpoint, networks });
@@ -421,9 +521,21 @@ impl Daemon {
     /// cannot be looked at now, or whose port cannot be plugged now, is kept (record and lease)
     /// and tried again by the sweep.
     fn restore(&self, state: &mut State) -> anyhow::Result<()> {
+        self.restore_reservations(state)?;
         let records = state.store.load()?;
         for record in records {
             let a = &record.attachment;
+            if record.intent.is_some() {
+                // An attach the daemon died in: undone, and its lease released below.
+                match transaction::undo_setup(&record) {
+                    Ok(()) => info!(container = %a.container_id, "unfinished attach undone"),
+                    Err(e) => {
+                        warn!(container = %a.container_id, "undoing an unfinished attach, retrying: {e:#}");
+                        state.undoing.push(record);
+                    }
+                }
+                continue;
+            }
             let ns = match open_recorded(&record) {
                 Recorded::Present(ns) => ns,
                 Recorded::Gone(why) => {
@@ -460,6 +572,7 @@ impl Daemon {
                 let a = &r.attachment;
                 (a.network.clone(), a.container_id.clone(), a.ifname.clone())
             })
+            .chain(state.reservations.owners())
             .collect();
         let released = state.leases.retain(&live)?;
         if released > 0 {
@@ -474,12 +587,38 @@ impl Daemon {
     /// Puts the interface in place and hands its TAP to the datapath.
     fn plug(&self, state: &State, record: &PortRecord, ns: &NetNs) -> anyhow::Result<PortId> {
         let a = &record.attachment;
+        let tap =
+            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
+        self.plug_tap(state, record, tap)
+    }
+
+    /// Hands an attachment's TAP to the datapath.
+    fn plug_tap(
+        &self,
+        state: &State,
+        record: &PortRecord,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
+        let a = &record.attachment;
         let network = state
             .networks
             .get(&a.network)
             .with_context(|| format!("network {:?} is no longer configured", a.network))?;
-        let tap =
-            attach::ensure_interface(a, ns, state.config.node.offloads, self.datapath.workers())?;
+        let ips = [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.add_port(network.vni, a.mac, ips, tap)
+    }
+
+    /// Hands an open TAP to the datapath as a port of network `vni`.
+    fn add_port(
+        &self,
+        vni: Vni,
+        mac: crate::wire::MacAddr,
+        ips: Vec<IpAddr>,
+        tap: netns::Tap,
+    ) -> anyhow::Result<PortId> {
         let vnet_hdr = tap.vnet_hdr_len() > 0;
         let uso = tap.offloads().contains(Offloads::USO4);
         let queues: Arc<[Arc<TapQueue>]> = tap
@@ -488,17 +627,16 @@ impl Daemon {
             .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr).with_uso(uso)))
             .collect();
         let port = PortConfig {
-            vni: network.vni,
-            mac: a.mac,
-            ips: [Some(a.address.addr()), a.address6.map(|v6| v6.addr())]
-                .into_iter()
-                .flatten()
-                .collect(),
+            vni,
+            mac,
+            ips,
             port_security: true,
         };
-        let added = self
-            .datapath
-            .run(move |w| w.add_port(&queues, port.clone()))?;
+        let added = self.datapath.ask(|reply| Command::AddPort {
+            queues: Arc::clone(&queues),
+            config: port.clone(),
+            reply,
+        })?;
         let ids: Vec<PortId> = added
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -508,7 +646,8 @@ impl Daemon {
             Err(e) => {
                 // Take back what the workers that succeeded added.
                 if let Some(&id) = ids.first() {
-                    self.datapath.run(move |w| w.remove_port(id))?;
+                    self.datapath
+                        .ask(|reply| Command::RemovePort { id, reply })?;
                 }
                 Err(e)
             }
@@ -526,19 +665,9 @@ impl Daemon {
             )
             .field("ifname")
         })?;
-        let Some(network) = state.networks.get(&network_name) else {
-            let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
-            return Err(ApiError::new(
-                ErrorKind::UnknownNetwork,
-                format!(
-                    "no network is named {network_name:?}; this node carries: {} (add it to \
-                     [[networks]] in the config and run vswitch reload, or pick one of those)",
-                    known.join(", ")
-                ),
-            )
-            .field("network")
-            .into());
-        };
+        if !state.networks.contains_key(&network_name) {
+            return Err(unknown_network(state, &network_name).into());
+        }
         if let Some(existing) = state
             .ports
             .iter()
@@ -563,7 +692,12 @@ impl Daemon {
             return Ok(a.clone());
         }
         check_labels(&r.labels)?;
-        if !r.publish.is_empty() && !network.config.host_port() {
+        if !r.publish.is_empty()
+            && !state
+                .networks
+                .get(&network_name)
+                .is_some_and(|n| n.config.host_port())
+        {
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!(
@@ -576,78 +710,27 @@ impl Daemon {
         }
         check_published(state, &container_id, &r.publish)?;
         let ns = open_namespace(&r.netns)?;
-        let (network_vni, mtu, gateway) = (network.vni, network.config.mtu(), network.gateway);
-        let addresses = state
-            .leases
-            .allocate(&network_name, &container_id, &ifname, r.ip)?;
-        let IpAddr::V4(v4) = addresses.v4.addr() else {
-            anyhow::bail!("IPv4 address expected from the pool, got {}", addresses.v4);
-        };
-        let attachment = Attachment {
-            container_id: container_id.clone(),
-            netns: r.netns.clone(),
-            ifname: ifname.clone(),
-            network: network_name.clone(),
-            vni: network_vni.get(),
-            mac: r.mac.unwrap_or_else(|| mac_for(v4)),
-            address: addresses.v4,
-            address6: addresses.v6,
-            gateway: IpAddr::V4(gateway),
-            mtu,
-            labels: r.labels.clone(),
-            published: r.publish.clone(),
-        };
-        let id = ns.id();
-        let record = PortRecord {
-            attachment: attachment.clone(),
-            netns_id: (id.dev, id.ino),
-        };
-        // Recorded before the interface exists: a crash from here on is finished (or undone)
-        // by the next start, never left half done.
-        let mut records = state.records();
-        records.push(record.clone());
-        let owner = (network_name.clone(), container_id.clone(), ifname.clone());
-        if let Err(e) = state.store.save(&records) {
-            let e = anyhow::Error::new(e).context("saving the attachment list");
-            return Err(self.release_or_keep(state, owner, e));
-        }
-        let plugged = self.plug(state, &record, &ns).and_then(|id| {
-            state.ports.push(Port {
-                record: record.clone(),
-                id,
-            });
-            if record.attachment.published.is_empty() {
-                return Ok(id);
-            }
-            if let Err(e) = self.sync_gateway(state, false) {
-                state.ports.pop();
-                let _ = self.datapath.run(move |w| w.remove_port(id));
-                let _ = self.sync_gateway(state, false);
-                return Err(e.context("publishing its ports"));
-            }
-            Ok(id)
-        });
-        match plugged {
-            Ok(_) => {
-                info!(container = %container_id, %ifname, address = %attachment.address, "attached");
-                Ok(attachment)
-            }
-            Err(e) => {
-                let e = e.context(format!("attaching {container_id} to {network_name}"));
-                let _ = attach::remove_interface(&attachment, &ns);
-                // The record goes before the lease. If it cannot go (a full disk), both stay,
-                // and the sweep plugs the container after all, as the next start would.
-                if let Err(save) = state.store.save(&state.records()) {
-                    warn!(container = %container_id, "rolling back an attach: {save}");
-                    state.waiting.push(record);
-                    return Err(e.context(format!(
-                        "and the attachment could not be removed from the list ({save}): it is \
-                         kept with its address and set up again once the port can be plugged"
-                    )));
-                }
-                Err(self.release_or_keep(state, owner, e))
-            }
-        }
+        let mtu = state
+            .networks
+            .get(&network_name)
+            .map(|n| n.config.mtu())
+            .unwrap_or_default();
+        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
+        self.attach_in_steps(
+            state,
+            transaction::Plan {
+                container_id,
+                netns: r.netns,
+                ns,
+                ifname,
+                network: network_name,
+                ip: r.ip,
+                mac: r.mac,
+                labels: r.labels,
+                qos,
+                published: r.publish,
+            },
+        )
     }
 
     /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
@@ -700,7 +783,8 @@ impl Daemon {
         })?;
         if let Some(i) = port_index {
             let id = state.ports.remove(i).id;
-            self.datapath.run(move |w| w.remove_port(id))?;
+            self.datapath
+                .ask(|reply| Command::RemovePort { id, reply })?;
             if !a.published.is_empty() {
                 self.sync_gateway(state, false)?;
             }
@@ -751,6 +835,7 @@ impl Daemon {
         {
             changes.push("node settings changed: restart vswitchd to apply them".to_owned());
         }
+        changes.extend(super::sealing::reload_changes(&state.config, &config));
         // Networks: removed ones take their containers with them; changed ones are updated.
         let removed: Vec<String> = state
             .networks
@@ -782,7 +867,8 @@ impl Daemon {
             state.gateways.remove_host_port(&self.datapath, &name)?;
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
-                self.datapath.run(move |w| w.switch().remove_network(vni))?;
+                self.datapath
+                    .ask(|reply| Command::RemoveNetwork { vni, reply })?;
             }
             changes.push(format!("network {name} removed"));
         }
@@ -801,7 +887,10 @@ impl Daemon {
                         network.name
                     ));
                 }
-                Some(current) if current.config.mtu() != network.mtu() => {
+                Some(current)
+                    if current.config.mtu() != network.mtu()
+                        || current.config.clamp_mss != network.clamp_mss =>
+                {
                     let update = switch::NetworkConfig {
                         vni: current.vni,
                         mtu: network.mtu(),
@@ -810,15 +899,22 @@ impl Daemon {
                             mac: mac_for(current.gateway),
                         }),
                         sealed: network.encryption,
+                        clamp_mss: network.clamp_mss,
                     };
-                    agreed(
-                        self.datapath
-                            .run(move |w| w.switch().add_network(update.clone()))?,
-                    )?;
+                    agreed(self.datapath.ask(|reply| Command::AddNetwork {
+                        config: update.clone(),
+                        reply,
+                    })?)?;
                     if let Some(current) = state.networks.get_mut(&network.name) {
                         current.config.mtu_setting = network.mtu_setting;
+                        current.config.clamp_mss = network.clamp_mss;
                     }
-                    changes.push(format!("network {}: MTU {}", network.name, network.mtu()));
+                    changes.push(format!(
+                        "network {}: MTU {}, MSS clamping {}",
+                        network.name,
+                        network.mtu(),
+                        if network.clamp_mss { "on" } else { "off" }
+                    ));
                 }
                 Some(_) => {}
             }
@@ -838,9 +934,9 @@ impl Daemon {
             if !same {
                 if let Some(peer) = state.peers.remove(&name) {
                     let endpoint = peer.endpoint;
-                    self.datapath.run(move |w| {
-                        let id = w.switch().peer_id(endpoint);
-                        id.is_some_and(|id| w.switch().remove_peer(id))
+                    self.datapath.ask(|reply| Command::RemovePeer {
+                        addr: endpoint,
+                        reply,
                     })?;
                 }
                 if wanted.is_none() {
@@ -956,6 +1052,11 @@ impl Daemon {
             udp_send_errors: io.udp_send_errors,
             offload_errors: io.offload_errors,
             workers,
+            mtu: MtuView {
+                too_big_sent: counters.too_big_sent,
+                too_big_limited: counters.too_big_limited,
+                mss_clamped: counters.mss_clamped,
+            },
         }
     }
 
@@ -979,6 +1080,8 @@ impl Daemon {
                         tx_bytes: s.tx_bytes,
                         drops: s.drops,
                     },
+                    denied: s.denied,
+                    limited: s.limited,
                 }
             })
             .collect()
@@ -1067,7 +1170,14 @@ impl Daemon {
     }
 
     fn peers(&self) -> Vec<PeerView> {
-        let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        self.with_sessions(Self::peers_of(
+            &self.view(),
+            &self.datapath.fresh_snapshots(),
+        ))
+    }
+
+    /// `peers` with each sealed peer's session filled in.
+    fn with_sessions(&self, mut peers: Vec<PeerView>) -> Vec<PeerView> {
         if let Some(sealing) = self.sealing.get() {
             let sessions = sealing.status();
             for peer in &mut peers {
@@ -1087,8 +1197,9 @@ impl Daemon {
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers: Self::peers_of(&view, &snapshots),
+            peers: self.with_sessions(Self::peers_of(&view, &snapshots)),
             workers: totals.workers,
+            policy: self.policy.list(),
         }
     }
 
@@ -1149,6 +1260,20 @@ enum Recorded {
     /// It could not be looked at (descriptors exhausted, no memory, no permission, ...): that
     /// says nothing about the container.
     Unknown(anyhow::Error),
+}
+
+/// The error for a network this node does not carry, naming those it does.
+fn unknown_network(state: &State, name: &str) -> ApiError {
+    let known: Vec<&str> = state.networks.keys().map(String::as_str).collect();
+    ApiError::new(
+        ErrorKind::UnknownNetwork,
+        format!(
+            "no network is named {name:?}; this node carries: {} (add it to [[networks]] in the \
+             config and run vswitch reload, or pick one of those)",
+            known.join(", ")
+        ),
+    )
+    .field("network")
 }
 
 /// Opens the namespace a record was made in, telling "gone" apart from "cannot tell now".

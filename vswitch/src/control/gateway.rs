@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::attach::{mac_for, tap_options};
 use super::config::NetworkConfig;
-use crate::io::{Datapath, TapQueue};
+use crate::io::{Command, Datapath, TapQueue};
 use crate::switch::{PortId, Route};
 use crate::wire::Vni;
 
@@ -205,10 +205,10 @@ impl Gateways {
                 (from.vni, to)
             })
             .collect();
-        let results = datapath.run(move |w| {
-            routes
-                .iter()
-                .try_for_each(|(vni, routes)| w.switch().set_routes(*vni, routes.clone()))
+        let routes: Arc<[(Vni, Vec<Route>)]> = routes.into();
+        let results = datapath.ask(|reply| Command::SetRoutes {
+            routes: routes.clone(),
+            reply,
         })?;
         for result in results {
             result.context("setting routes between networks")?;
@@ -219,7 +219,7 @@ impl Gateways {
     /// Takes a network's host port off the switch and removes its interface.
     pub fn remove_host_port(&mut self, datapath: &Datapath, network: &str) -> anyhow::Result<()> {
         if let Some(id) = self.host_ports.remove(network) {
-            datapath.run(move |w| w.remove_port(id))?;
+            datapath.ask(|reply| Command::RemovePort { id, reply })?;
         }
         let ifname = host_ifname(network);
         Netlink::current()?
@@ -328,7 +328,11 @@ fn add_host_port(
         .map(|fd| Arc::new(TapQueue::new(fd, vnet_hdr).with_uso(uso)))
         .collect();
     let vni = net.vni;
-    let added = datapath.run(move |w| w.add_host_port(&queues, vni))?;
+    let added = datapath.ask(|reply| Command::AddHostPort {
+        queues: queues.clone(),
+        vni,
+        reply,
+    })?;
     let mut id = None;
     for result in added {
         let got = result.with_context(|| format!("adding the host port {ifname} to the switch"));
@@ -338,7 +342,7 @@ fn add_host_port(
             }
             Err(e) => {
                 if let Some(id) = id {
-                    datapath.run(move |w| w.remove_port(id))?;
+                    datapath.ask(|reply| Command::RemovePort { id, reply })?;
                 }
                 return Err(e);
             }

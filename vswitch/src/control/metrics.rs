@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::api::{PeerView, PortView, Traffic};
+use super::policy::PolicyList;
 use crate::io::IoCounters;
 use crate::switch::Counters;
 
@@ -32,6 +33,8 @@ pub struct Scrape {
     pub peers: Vec<PeerView>,
     /// Each datapath worker's traffic, in worker order.
     pub workers: Vec<Traffic>,
+    /// The policies in force, their rules' counters and the connection table's.
+    pub policy: PolicyList,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -70,11 +73,58 @@ fn counters(
     registry.register(name, help, family);
 }
 
+/// Reads one count of a session.
+type SessionCount = fn(&super::sealing::SessionStatus) -> u64;
+
+/// Each sealed peer's session: up or not, sessions made, rekeys, refused handshake messages.
+fn sessions(registry: &mut Registry, peers: &[PeerView]) {
+    let sealed = || {
+        peers
+            .iter()
+            .filter_map(|p| Some((vec![("peer", label(&p.name))], p.session.as_ref()?)))
+    };
+    let up = Family::<Labels, Gauge>::default();
+    for (labels, session) in sealed() {
+        up.get_or_create(&labels)
+            .set(i64::from(session.state == "up"));
+    }
+    registry.register(
+        "vswitch_peer_session_up",
+        "1 when the sealed session with the peer is up, 0 while handshaking",
+        up,
+    );
+    let per_peer: [(&str, &str, SessionCount); 3] = [
+        (
+            "vswitch_peer_handshakes",
+            "Sealed sessions made with the peer (the first and every rekey)",
+            |s| s.handshakes,
+        ),
+        (
+            "vswitch_peer_rekeys",
+            "Sealed sessions made with the peer while one was up",
+            |s| s.rekeys,
+        ),
+        (
+            "vswitch_peer_handshakes_refused",
+            "Handshake messages from the peer's address refused (a wrong key, stale, unknown)",
+            |s| s.refused,
+        ),
+    ];
+    for (name, help, value) in per_peer {
+        counters(
+            registry,
+            name,
+            help,
+            sealed().map(|(labels, session)| (labels, value(session))),
+        );
+    }
+}
+
 /// Renders a scrape. Counter names get their `_total` suffix from the encoder.
 pub fn render(s: &Scrape) -> String {
     let mut registry = Registry::default();
     let c = &s.counters;
-    let totals: [(&str, &str, u64); 8] = [
+    let totals: [(&str, &str, u64); 11] = [
         (
             "vswitch_port_rx_frames",
             "Frames received from containers",
@@ -114,6 +164,21 @@ pub fn render(s: &Scrape) -> String {
             "vswitch_peer_tx_bytes",
             "VXLAN bytes sent to peers",
             c.peer_tx_bytes,
+        ),
+        (
+            "vswitch_icmp_too_big",
+            "ICMP fragmentation-needed and ICMPv6 packet-too-big errors sent for frames over the MTU",
+            c.too_big_sent,
+        ),
+        (
+            "vswitch_icmp_too_big_limited",
+            "Such errors not sent: their port or peer was over the rate limit",
+            c.too_big_limited,
+        ),
+        (
+            "vswitch_mss_clamped",
+            "TCP SYNs whose MSS option was lowered to what the MTU allows",
+            c.mss_clamped,
         ),
     ];
     for (name, help, value) in totals {
@@ -216,10 +281,80 @@ pub fn render(s: &Scrape) -> String {
             })
         }),
     );
+    policy(&mut registry, s);
+    sessions(&mut registry, &s.peers);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// Per-rule counters, each container's policy and rate-limit drops, the connection table.
+fn policy(registry: &mut Registry, s: &Scrape) {
+    counters(
+        registry,
+        "vswitch_container_policy_drops",
+        "Frames from or to each container dropped by policy (denied) or a rate limit (limited)",
+        s.ports.iter().flat_map(|p| {
+            let a = &p.attachment;
+            [("denied", p.denied), ("limited", p.limited)].map(|(reason, value)| {
+                (
+                    vec![
+                        ("container", label(&a.container_id)),
+                        ("ifname", label(&a.ifname)),
+                        ("reason", reason.to_owned()),
+                    ],
+                    value,
+                )
+            })
+        }),
+    );
+    let rule = |r: &super::policy::RuleRow| {
+        vec![
+            ("policy", label(&r.policy)),
+            ("direction", r.direction.clone()),
+            ("rule", r.index.to_string()),
+        ]
+    };
+    let rules = &s.policy.rules;
+    type Field = fn(&super::policy::RuleRow) -> u64;
+    let families: [(&str, &str, Field); 3] = [
+        (
+            "vswitch_policy_rule_frames",
+            "Frames each policy rule decided or logged",
+            |r| r.hits,
+        ),
+        (
+            "vswitch_policy_rule_bytes",
+            "Bytes of the frames each policy rule decided or logged",
+            |r| r.bytes,
+        ),
+        (
+            "vswitch_policy_rule_limited",
+            "Frames over the rate of each limit(rate) rule",
+            |r| r.limited,
+        ),
+    ];
+    for (name, help, value) in families {
+        counters(
+            registry,
+            name,
+            help,
+            rules.iter().map(|r| (rule(r), value(r))),
+        );
+    }
+    gauge(
+        registry,
+        "vswitch_conntrack_entries",
+        "Connections tracked now",
+        usize::try_from(s.policy.connections).unwrap_or(usize::MAX),
+    );
+    counter(
+        registry,
+        "vswitch_conntrack_opened",
+        "Connections policy allowed and the table tracked",
+        s.policy.opened,
+    );
 }
 
 #[cfg(test)]
@@ -240,15 +375,61 @@ mod tests {
                 tx_bytes: 200,
                 ..Traffic::default()
             },
+            denied: 4,
+            limited: 0,
         }];
+        let policy = PolicyList {
+            rules: vec![super::super::policy::RuleRow {
+                id: 0,
+                policy: "db".into(),
+                direction: "ingress".into(),
+                index: 1,
+                priority: 0,
+                rule: "allow tcp".into(),
+                endpoints: 1,
+                hits: 9,
+                bytes: 900,
+                limited: 0,
+            }],
+            connections: 2,
+            ..PolicyList::default()
+        };
         let text = render(&Scrape {
             counters,
             io: IoCounters::default(),
             fdb_entries: 3,
             ports,
-            peers: Vec::new(),
+            peers: vec![PeerView {
+                name: "h1".into(),
+                endpoint: "192.0.2.2:4789".parse().unwrap(),
+                networks: vec!["sealed".into()],
+                macs: 0,
+                traffic: Traffic::default(),
+                session: Some(crate::control::sealing::SessionStatus {
+                    state: "up".into(),
+                    last_handshake_secs: Some(3),
+                    handshakes: 4,
+                    rekeys: 3,
+                    refused: 1,
+                }),
+            }],
             workers: vec![Traffic::default(), Traffic::default()],
+            policy,
         });
+        assert!(text.contains(
+            "vswitch_policy_rule_frames_total{policy=\"db\",direction=\"ingress\",rule=\"1\"} 9\n"
+        ), "{text}");
+        assert!(text.contains("reason=\"denied\"} 4\n"), "{text}");
+        assert!(text.contains("vswitch_conntrack_entries 2\n"), "{text}");
+        assert!(text.contains("vswitch_drops_total{reason=\"policy_denied\"} 0\n"));
+        for sample in [
+            "vswitch_peer_session_up{peer=\"h1\"} 1\n",
+            "vswitch_peer_handshakes_total{peer=\"h1\"} 4\n",
+            "vswitch_peer_rekeys_total{peer=\"h1\"} 3\n",
+            "vswitch_peer_handshakes_refused_total{peer=\"h1\"} 1\n",
+        ] {
+            assert!(text.contains(sample), "{sample} in {text}");
+        }
         assert!(
             text.contains("vswitch_worker_frames_total{worker=\"1\",direction=\"rx\"} 0\n"),
             "{text}"

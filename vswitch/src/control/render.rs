@@ -101,6 +101,11 @@ pub fn status(s: &StatusView) -> String {
          refused  by TAPs {}  by the underlay {}  unsegmentable super-frames {}\n",
         s.tap_write_errors, s.udp_send_errors, s.offload_errors
     );
+    let _ = writeln!(
+        text,
+        "mtu      too-big errors sent {} (rate-limited {})  MSS clamped {}",
+        s.mtu.too_big_sent, s.mtu.too_big_limited, s.mtu.mss_clamped
+    );
     if s.workers.len() > 1 {
         let spread: Vec<String> = s.workers.iter().map(|w| w.rx_frames.to_string()).collect();
         let _ = writeln!(text, "per worker  rx frames {}", spread.join(" / "));
@@ -117,6 +122,28 @@ pub fn status(s: &StatusView) -> String {
     text
 }
 
+/// `vswitch reservations`: network, address, MAC, endpoint, TAP and where it was handed.
+pub fn reservations(list: &[super::host_tap::Reservation]) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.network.clone(),
+                r.address.to_string(),
+                r.mac.to_string(),
+                or_dash(&r.endpoint),
+                or_dash(&r.tap),
+                or_dash(&r.sandbox),
+            ]
+        })
+        .collect();
+    table(
+        &["NETWORK", "ADDRESS", "MAC", "ENDPOINT", "TAP", "SANDBOX"],
+        &rows,
+    )
+}
+
 /// `vswitch ports`.
 pub fn ports(ports: &[PortView]) -> String {
     let rows: Vec<Vec<String>> = ports
@@ -131,6 +158,9 @@ pub fn ports(ports: &[PortView]) -> String {
                 a.mac.to_string(),
             ];
             row.extend(traffic_cells(&p.traffic));
+            row.push(p.denied.to_string());
+            row.push(p.limited.to_string());
+            row.push(a.qos.map_or_else(|| "-".into(), |q| q.rate.to_string()));
             row
         })
         .collect();
@@ -146,6 +176,9 @@ pub fn ports(ports: &[PortView]) -> String {
             "TX",
             "TX BYTES",
             "DROPS",
+            "DENIED",
+            "LIMITED",
+            "RATE",
         ],
         &rows,
     )
@@ -187,12 +220,7 @@ pub fn peers(peers: &[PeerView]) -> String {
             row.extend(traffic_cells(&p.traffic));
             row.push(match &p.session {
                 None => "-".into(),
-                Some(s) => match s.last_handshake_secs {
-                    Some(age) => {
-                        format!("{} ({} handshakes, last {age}s ago)", s.state, s.handshakes)
-                    }
-                    None => s.state.clone(),
-                },
+                Some(s) => session_cell(s),
             });
             row
         })
@@ -204,6 +232,22 @@ pub fn peers(peers: &[PeerView]) -> String {
         ],
         &rows,
     )
+}
+
+/// A sealed peer's session: state, handshakes, rekeys, age of the last, refused messages.
+fn session_cell(s: &super::sealing::SessionStatus) -> String {
+    let mut cell = s.state.clone();
+    if let Some(age) = s.last_handshake_secs {
+        let _ = write!(
+            cell,
+            " ({} handshakes, {} rekeys, last {age}s ago)",
+            s.handshakes, s.rekeys
+        );
+    }
+    if s.refused > 0 {
+        let _ = write!(cell, ", {} refused", s.refused);
+    }
+    cell
 }
 
 /// `vswitch attach`: what a person needs to use the interface.

@@ -1,6 +1,8 @@
-//! What the daemon must remember across restarts: the containers it attached. One JSON file in
-//! the state directory, replaced atomically (write, fsync, rename, fsync the directory) so a
-//! crash leaves either the old or the new list, never a torn one.
+//! What the daemon must remember across restarts: the containers it attached, and the attach
+//! in progress, if any (a record with an [`Intent`], saved before the attach changes anything
+//! outside the daemon, so that the next start can undo it). One JSON file in the state
+//! directory, replaced atomically (write, fsync, rename, fsync the directory) so a crash leaves
+//! either the old or the new list, never a torn one.
 //!
 //! The state directory is the daemon's own: created mode 0700, and refused when it is not a
 //! directory, belongs to another user, or is writable by group or others (anyone who can write
@@ -13,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::api::Attachment;
@@ -25,6 +28,21 @@ pub struct PortRecord {
     pub attachment: Attachment,
     /// The namespace's (device, inode).
     pub netns_id: (u64, u64),
+    /// Present while the attach is in progress: it was not answered, and is undone (not
+    /// finished) if the daemon stops before it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+}
+
+/// What undoing an attach in progress needs beyond its attachment: how `lo` was in the
+/// container before (the attach brings it up, and the kernel gives it addresses then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Whether `lo` was up.
+    pub lo_was_up: bool,
+    /// The addresses `lo` had.
+    #[serde(default)]
+    pub lo_addresses: Vec<IpNet>,
 }
 
 /// Why the attachment list could not be read or written.
@@ -116,46 +134,54 @@ impl PortStore {
 
     /// Replaces the list, durably.
     pub fn save(&self, records: &[PortRecord]) -> Result<(), StateError> {
-        let io = |op, path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io { op, path, source }
-        };
-        let tmp = self.path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(records).map_err(|source| StateError::Corrupt {
             path: self.path.clone(),
             source,
         })?;
-        // A fresh file: never one left behind, never through a symlink put in its place.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("removing", &tmp)(e));
-            }
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        let written = file
-            .write_all(&json)
-            .map_err(io("writing", &tmp))
-            .and_then(|()| file.sync_all().map_err(io("syncing", &tmp)))
-            .and_then(|()| fs::rename(&tmp, &self.path).map_err(io("renaming", &tmp)));
-        if let Err(e) = written {
-            // Leave no half-written file holding the space that ran out.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("syncing", dir))?;
-        }
-        Ok(())
+        write_private(&self.path, &json)
     }
+}
+
+/// Replaces the file at `path` (in the state directory) with `bytes`, durably and atomically:
+/// a fresh private temporary file, fsync, rename over the old one, fsync the directory.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Io { op, path, source }
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A fresh file: never one left behind, never through a symlink put in its place.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("removing", &tmp)(e));
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    let written = file
+        .write_all(bytes)
+        .map_err(io("writing", &tmp))
+        .and_then(|()| file.sync_all().map_err(io("syncing", &tmp)))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io("renaming", &tmp)));
+    if let Err(e) = written {
+        // Leave no half-written file holding the space that ran out.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing", dir))?;
+    }
+    Ok(())
 }
 
 /// Creates the state directory (mode 0700) or checks the one there: a directory (a symlink to
@@ -216,6 +242,7 @@ mod tests {
         PortRecord {
             attachment: Attachment::example(id),
             netns_id: (4, 4026532000),
+            intent: None,
         }
     }
 
@@ -229,6 +256,16 @@ mod tests {
         assert_eq!(store.load().unwrap(), records);
         store.save(&records[..1]).unwrap();
         assert_eq!(store.load().unwrap(), records[..1]);
+        // An attach in progress keeps its intent; a record without one reads as done.
+        let mut pending = record("c");
+        pending.intent = Some(Intent {
+            lo_was_up: false,
+            lo_addresses: Vec::new(),
+        });
+        store.save(&[pending.clone()]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![pending]);
+        let text = fs::read_to_string(dir.path().join("ports.json")).unwrap();
+        assert!(!text.contains("\"intent\": null"), "{text}");
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! multi-queue TAP. The kernel keeps each flow on one TAP queue and one socket of the group, so
 //! each flow stays on one worker and nothing is reordered.
 //!
-//! The control plane never shares a core: it sends the same jobs to every worker, in the same
-//! order, and waits for their answers, so the per-frame path takes no lock and the replicas
-//! agree on ports and configured peers.
+//! The control plane never shares a core: it sends the same [`Command`]s to every worker, in
+//! the same order, and waits for their answers, so the per-frame path takes no lock and the
+//! replicas agree on ports and configured peers.
 //!
 //! Queries (status, ports, peers, the MAC table, metrics) never run on a worker: each worker
 //! publishes a [`WorkerSnapshot`] of its counters and tables from its own loop, at most every
 //! [`SNAPSHOT_INTERVAL`] and only when something changed (the MAC table listing at most every
-//! [`FDB_LISTING_INTERVAL`]), and right after every control job; queries read the latest ones.
+//! [`FDB_LISTING_INTERVAL`]), and right after every command; queries read the latest ones.
 //! A query that wants figures newer than that ([`Datapath::fresh_snapshots`]) may ask the
 //! workers to publish at once, but such asks are granted at most once per
 //! [`FRESH_INTERVAL`] for all queries together: however many queries arrive, a worker does
@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 use mio::{Poll, Waker};
 use tokio::sync::watch;
 
+use super::command::{Command, Reply};
 use super::udp::Underlay;
-use super::worker::{IoCounters, Job, Sibling, WAKER, Worker, WorkerParts};
+use super::worker::{IoCounters, Sibling, WAKER, Worker, WorkerParts};
 use crate::fdb::FdbEntry;
 use crate::switch::{Counters, PeerStats, PortId, PortStats, Site, Switch, SwitchConfig};
 
@@ -104,40 +105,36 @@ pub(super) struct SnapshotSlot {
     pub(super) wanted: AtomicBool,
 }
 
-/// The datapath has stopped (it failed or was shut down), so a job could not run.
+/// The datapath has stopped (it failed or was shut down), so a command could not be applied.
 #[derive(Debug, thiserror::Error)]
 #[error("the datapath is not running")]
 pub struct DatapathStopped;
 
 /// How the control plane reaches one worker.
 struct Handle {
-    jobs: mpsc::Sender<Job>,
+    commands: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
-/// Sends jobs to the workers, from any thread; cheap to clone.
+/// Sends commands to the workers, from any thread; cheap to clone.
 #[derive(Clone)]
 pub struct Workers {
-    lanes: Arc<[(mpsc::Sender<Job>, Arc<Waker>)]>,
+    lanes: Arc<[(mpsc::Sender<Command>, Arc<Waker>)]>,
 }
 
 impl Workers {
-    /// Runs `job` on every worker, in worker order, and waits for all the results.
-    pub fn run<R, F>(&self, job: F) -> Result<Vec<R>, DatapathStopped>
-    where
-        R: Send + 'static,
-        F: Fn(&mut Worker) -> R + Send + Sync + 'static,
-    {
-        let job = Arc::new(job);
+    /// Sends every worker the command `command` builds around a reply, in worker order, and
+    /// waits for all the answers. Commands sent one after another reach every worker in that
+    /// order.
+    pub fn ask<T: Send + 'static>(
+        &self,
+        mut command: impl FnMut(Reply<T>) -> Command,
+    ) -> Result<Vec<T>, DatapathStopped> {
         let mut answers = Vec::with_capacity(self.lanes.len());
-        for (jobs, waker) in self.lanes.iter() {
-            let (reply, answer) = mpsc::sync_channel(1);
-            let job = Arc::clone(&job);
-            jobs.send(Box::new(move |w: &mut Worker| {
-                let _ = reply.send(job(w));
-            }))
-            .map_err(|_| DatapathStopped)?;
+        for (commands, waker) in self.lanes.iter() {
+            let (reply, answer) = Reply::channel();
+            commands.send(command(reply)).map_err(|_| DatapathStopped)?;
             waker.wake().map_err(|_| DatapathStopped)?;
             answers.push(answer);
         }
@@ -147,13 +144,10 @@ impl Workers {
             .collect()
     }
 
-    /// Runs `job` on the first worker only, without waiting for it.
-    pub fn run_on_first(
-        &self,
-        job: impl FnOnce(&mut Worker) + Send + 'static,
-    ) -> Result<(), DatapathStopped> {
-        let (jobs, waker) = self.lanes.first().ok_or(DatapathStopped)?;
-        jobs.send(Box::new(job)).map_err(|_| DatapathStopped)?;
+    /// Sends `command` to the first worker only, without waiting for it.
+    pub fn tell_first(&self, command: Command) -> Result<(), DatapathStopped> {
+        let (commands, waker) = self.lanes.first().ok_or(DatapathStopped)?;
+        commands.send(command).map_err(|_| DatapathStopped)?;
         waker.wake().map_err(|_| DatapathStopped)
     }
 
@@ -218,7 +212,7 @@ impl Datapath {
                     waker: Arc::clone(&wakers[i]),
                 })
                 .collect();
-            let (jobs, inbox) = mpsc::channel();
+            let (commands, inbox) = mpsc::channel();
             let snapshot = Arc::new(SnapshotSlot::default());
             snapshots.push(Arc::clone(&snapshot));
             let worker = Worker::new(WorkerParts {
@@ -253,7 +247,7 @@ impl Datapath {
                     }
                 })?;
             handles.push(Handle {
-                jobs,
+                commands,
                 waker: Arc::clone(&wakers[index]),
                 thread: Some(thread),
             });
@@ -279,20 +273,12 @@ impl Datapath {
         tracing::warn!(
             "{TEST_PANIC_ENV} is set: datapath worker 0 will panic in {delay:?} (test only)"
         );
-        let (Some(jobs), Some(waker)) = (
-            self.workers.first().map(|w| w.jobs.clone()),
-            self.workers.first().map(|w| Arc::clone(&w.waker)),
-        ) else {
-            return;
-        };
+        let workers = self.remote();
         let _ = std::thread::Builder::new()
             .name("test-panic".into())
             .spawn(move || {
                 std::thread::sleep(delay);
-                let job: Job = Box::new(|_| panic!("{TEST_PANIC_ENV}: the forced test panic"));
-                if jobs.send(job).is_ok() {
-                    let _ = waker.wake();
-                }
+                let _ = workers.tell_first(Command::Panic);
             });
     }
 
@@ -356,23 +342,23 @@ impl Datapath {
         self.workers.len()
     }
 
-    /// Runs `job` on every worker, in worker order, and waits for all the results. Jobs sent
-    /// one after another reach every worker in that order.
-    pub fn run<R, F>(&self, job: F) -> Result<Vec<R>, DatapathStopped>
-    where
-        R: Send + 'static,
-        F: Fn(&mut Worker) -> R + Send + Sync + 'static,
-    {
-        self.remote().run(job)
+    /// Sends every worker the command `command` builds around a reply, in worker order, and
+    /// waits for all the answers. Commands sent one after another reach every worker in that
+    /// order.
+    pub fn ask<T: Send + 'static>(
+        &self,
+        command: impl FnMut(Reply<T>) -> Command,
+    ) -> Result<Vec<T>, DatapathStopped> {
+        self.remote().ask(command)
     }
 
-    /// A handle that sends jobs to the workers from another thread.
+    /// A handle that sends commands to the workers from another thread.
     pub fn remote(&self) -> Workers {
         Workers {
             lanes: self
                 .workers
                 .iter()
-                .map(|w| (w.jobs.clone(), Arc::clone(&w.waker)))
+                .map(|w| (w.commands.clone(), Arc::clone(&w.waker)))
                 .collect(),
         }
     }
@@ -384,9 +370,7 @@ impl Datapath {
 
     fn shutdown(&mut self) -> io::Result<()> {
         for worker in &self.workers {
-            let _ = worker
-                .jobs
-                .send(Box::new(|w: &mut Worker| w.running = false));
+            let _ = worker.commands.send(Command::Stop);
             let _ = worker.waker.wake();
         }
         let mut result = Ok(());

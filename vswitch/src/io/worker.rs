@@ -2,8 +2,8 @@
 //! and one queue of every TAP, waits on them with epoll (mio), and feeds the core in bounded
 //! batches.
 //!
-//! Workers share nothing on the per-frame path. The control plane reaches them with jobs
-//! (closures run between batches); what a worker's switch learns from traffic reaches its
+//! Workers share nothing on the per-frame path. The control plane reaches them with typed
+//! [`Command`]s applied between batches; what a worker's switch learns from traffic reaches its
 //! siblings as [`Update`] messages, applied between their batches.
 
 use std::io::{self, IoSliceMut};
@@ -17,6 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::RecvMeta;
 use rustc_hash::FxHashMap;
 
+use super::command::Command;
 use super::datapath::{
     FDB_LISTING_INTERVAL, FdbListing, SNAPSHOT_INTERVAL, SnapshotSlot, WorkerSnapshot,
 };
@@ -47,9 +48,6 @@ const DATAGRAM_BUFFER: usize = 65_536;
 /// coalesced and written to a TAP. Four 64 KB GRO datagrams a call gave 12% more single-stream
 /// TCP than thirty-two; small datagrams still come thirty-two a call.
 const RECV_BYTES: usize = 4 * DATAGRAM_BUFFER;
-
-/// A unit of control-plane work, run on a worker between batches.
-pub(super) type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
 /// What a worker tells the control plane about sealed networks.
 #[derive(Debug)]
@@ -125,13 +123,13 @@ struct PortSlot {
     pending: bool,
 }
 
-/// The state a datapath thread owns. Jobs get `&mut Worker`.
+/// The state a datapath thread owns; the control plane changes it only by [`Command`]s.
 pub struct Worker {
     index: usize,
     switch: Switch,
     underlay: Underlay,
     poll: Poll,
-    inbox: mpsc::Receiver<Job>,
+    inbox: mpsc::Receiver<Command>,
     updates: mpsc::Receiver<Arc<[Update]>>,
     siblings: Vec<Sibling>,
     published: Vec<Update>,
@@ -152,7 +150,7 @@ pub struct Worker {
     /// What the last snapshot showed, to tell whether anything changed since.
     snapshot_counters: (Counters, IoCounters),
     snapshot_taken: Instant,
-    /// A control job ran: publish at once.
+    /// A command was applied: publish at once.
     snapshot_stale: bool,
     fdb_listing: Arc<FdbListing>,
     /// The MAC table changed after its last listing (listings are rate-limited).
@@ -165,7 +163,7 @@ pub(super) struct WorkerParts {
     pub(super) switch: Switch,
     pub(super) underlay: Underlay,
     pub(super) poll: Poll,
-    pub(super) inbox: mpsc::Receiver<Job>,
+    pub(super) inbox: mpsc::Receiver<Command>,
     pub(super) updates: mpsc::Receiver<Arc<[Update]>>,
     pub(super) siblings: Vec<Sibling>,
     pub(super) snapshot: Arc<SnapshotSlot>,
@@ -218,28 +216,18 @@ impl Worker {
     }
 
     /// This worker's position among the datapath's workers, from 0.
-    pub fn index(&self) -> usize {
+    pub(super) fn index(&self) -> usize {
         self.index
     }
 
-    /// The switch core, for control-plane changes and inspection.
-    pub fn switch(&mut self) -> &mut Switch {
+    /// The switch core, for control-plane changes.
+    pub(super) fn switch(&mut self) -> &mut Switch {
         &mut self.switch
-    }
-
-    /// Counters of the I/O shell.
-    pub fn io_counters(&self) -> IoCounters {
-        self.counters
-    }
-
-    /// The source ports this worker sends VXLAN from.
-    pub fn source_ports(&self) -> Vec<u16> {
-        self.underlay.source_ports()
     }
 
     /// Adds a port to the core and starts serving the TAP: this worker reads the queue with its
     /// own index, if there is one, and writes to queue `index % queues.len()`.
-    pub fn add_port(
+    pub(super) fn add_port(
         &mut self,
         queues: &[Arc<TapQueue>],
         config: PortConfig,
@@ -302,7 +290,7 @@ impl Worker {
     }
 
     /// Removes a port from the core and stops serving its TAP.
-    pub fn remove_port(&mut self, id: PortId) -> bool {
+    pub(super) fn remove_port(&mut self, id: PortId) -> bool {
         let removed = self.switch.remove_port(id);
         if let Some(slot) = self.slots.remove(&id)
             && let Some(port) = self.ports[slot].take()
@@ -352,8 +340,8 @@ impl Worker {
                     }
                 }
             }
-            while let Ok(job) = self.inbox.try_recv() {
-                job(&mut self);
+            while let Ok(command) = self.inbox.try_recv() {
+                self.execute(command);
                 self.snapshot_stale = true;
             }
 
@@ -374,6 +362,7 @@ impl Worker {
             }
             self.flush();
             self.sealing_housekeeping();
+            self.log_denied();
 
             if next_tick.is_none_or(|t| t <= now) {
                 self.switch.handle_timeout(now);
@@ -386,7 +375,7 @@ impl Worker {
     }
 
     /// Publishes a snapshot for queries when something changed and the last one is at least
-    /// [`SNAPSHOT_INTERVAL`] old (at once after a control job); otherwise returns when to try
+    /// [`SNAPSHOT_INTERVAL`] old (at once after a command); otherwise returns when to try
     /// again, `None` when nothing waits to be published.
     fn publish_snapshot(&mut self, now: Instant) -> Option<Instant> {
         if self
@@ -527,6 +516,7 @@ impl Worker {
                     }
                     self.switch
                         .handle_datagram(now, meta.addr, datagram, &mut self.out);
+                    self.send_peer_reply();
                     if self.out.ports().is_empty() {
                         continue;
                     }
@@ -614,7 +604,7 @@ impl Worker {
             } else {
                 self.switch.handle_frame(now, id, &buf[..n], &mut self.out);
             }
-            // A routed frame is patched in place (MACs, TTL) before it goes anywhere.
+            // Routed (MACs, TTL) or clamped (MSS), the frame is patched before it goes anywhere.
             self.out.rewrite(buf);
             let range = self.out.frame_range();
             let frame = &buf[range.clone()];
@@ -766,8 +756,56 @@ impl Worker {
         }
     }
 
+    /// Logs the denied flows the core kept (as many as the shared log limiter allowed).
+    fn log_denied(&mut self) {
+        if !self.switch.has_denied() {
+            return;
+        }
+        let Some(compiled) = self.switch.policy().cloned() else {
+            return;
+        };
+        for d in self.switch.take_denied() {
+            let rule = d.rule.map_or_else(
+                || "default deny (selected, no rule allows it)".to_owned(),
+                |r| format!("rule #{} {}", r.0, compiled.describe(r)),
+            );
+            let f = &d.flow;
+            tracing::info!(
+                src = %f.src, dst = %f.dst, proto = f.proto.0, sport = f.src_port,
+                dport = f.dst_port, direction = %d.direction, suppressed = d.suppressed,
+                "policy denied a flow: {rule}"
+            );
+        }
+    }
+
+    /// Sends the frame the switch generated for a peer (an ICMP error answering its frame), if
+    /// any: sealed on a sealed network (dropped while the session is not up: it only answers).
+    fn send_peer_reply(&mut self) {
+        let Self {
+            out,
+            switch,
+            underlay,
+            ..
+        } = self;
+        let Some((transmit, reply)) = out.peer_reply() else {
+            return;
+        };
+        if !out.sealed() {
+            underlay.queue(transmit.addr, out.flow_hash(), out.vxlan_header(), reply);
+        } else if switch.has_session(transmit.peer) {
+            let datagram = underlay.queue_with_room(
+                transmit.addr,
+                out.flow_hash(),
+                &[0; SEALED_HEADER_LEN],
+                reply,
+                SEALED_TAG_LEN,
+            );
+            let _ = switch.seal(transmit.peer, out.vni(), datagram);
+        }
+    }
+
     /// Sends handshake messages and requests for sessions to `events` from now on.
-    pub fn set_sealing_events(&mut self, events: mpsc::Sender<SealingEvent>) {
+    pub(super) fn set_sealing_events(&mut self, events: mpsc::Sender<SealingEvent>) {
         self.sealing = Some(events);
     }
 
@@ -789,7 +827,7 @@ impl Worker {
     }
 
     /// Seals and sends what the switch held for the peer at `addr` while its session came up.
-    pub fn send_held(&mut self, addr: SocketAddr) {
+    fn send_held(&mut self, addr: SocketAddr) {
         let Some(peer) = self.switch.peer_id(addr) else {
             return;
         };
@@ -808,7 +846,7 @@ impl Worker {
     }
 
     /// Sends one datagram as it is (a handshake message) to `addr`.
-    pub fn send_raw(&mut self, addr: SocketAddr, bytes: &[u8]) {
+    pub(super) fn send_raw(&mut self, addr: SocketAddr, bytes: &[u8]) {
         self.underlay.queue(addr, 0, &[], bytes);
         self.flush();
     }
@@ -816,7 +854,7 @@ impl Worker {
     /// Installs a session on this worker's switch and sends what waited for it. The first
     /// worker of the side that sends at once also sends a keepalive, so that the peer (which
     /// sends on a new session only once something arrived on it) can answer at once.
-    pub fn install_session(&mut self, install: SessionInstall) {
+    pub(super) fn install_session(&mut self, install: SessionInstall) {
         let addr = install.peer;
         let send_now = install.send_now;
         if self.switch.install_session(install) && send_now {

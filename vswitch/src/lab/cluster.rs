@@ -195,6 +195,9 @@ pub struct Lab {
     pub ipv6_underlay: bool,
     /// Name the underlay by interface (`node.interface = "eth0"`) rather than by address.
     pub underlay_by_interface: bool,
+    /// TOML lines added to every `[[networks]]` table of the configs written from now on (for
+    /// example `mtu = 1400`), so hosts may differ.
+    pub network_extra: String,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -231,6 +234,7 @@ impl Lab {
             claim_node_subnets: false,
             ipv6_underlay: false,
             underlay_by_interface: false,
+            network_extra: String::new(),
         })
     }
 
@@ -395,7 +399,7 @@ impl Lab {
             if !self.claim_node_subnets {
                 let _ = writeln!(config, "node_subnet = \"{a}.{b}.{}.0/24\"", index + 1);
             }
-            config.push('\n');
+            let _ = writeln!(config, "{}", self.network_extra);
         }
         for peer in self.hosts.iter().filter(|h| h.index != index) {
             let _ = write!(
@@ -533,32 +537,17 @@ impl Lab {
         let index = self.containers.len();
         let (name, ns) = self.create_ns(&format!("c{index}"))?;
         let container = match self.hosts[host].kind {
-            HostKind::Vswitch => {
-                let reply = self.call(
-                    host,
-                    &Request::Attach(AttachRequest {
-                        netns: name.clone(),
-                        network: Some(network.to_owned()),
-                        ip: ip.map(IpAddr::V4),
-                        mac,
-                        ..Default::default()
-                    }),
-                )?;
-                let Reply::Attached(attachment) = reply else {
-                    return Err(LabError::Daemon(format!("unexpected reply {reply:?}")));
-                };
-                let IpAddr::V4(ip) = attachment.address.addr() else {
-                    return Err(LabError::Daemon("attached without an IPv4 address".into()));
-                };
-                Container {
-                    name,
-                    ns,
-                    host,
-                    ip,
-                    mac: attachment.mac,
-                    attachment: Some(attachment),
-                }
-            }
+            HostKind::Vswitch => self.attach(
+                host,
+                name,
+                ns,
+                AttachRequest {
+                    network: Some(network.to_owned()),
+                    ip: ip.map(IpAddr::V4),
+                    mac,
+                    ..Default::default()
+                },
+            )?,
             HostKind::Kernel { .. } => {
                 let ip = ip.ok_or_else(|| {
                     LabError::Daemon("a container on a kernel host needs an address".into())
@@ -584,6 +573,50 @@ impl Lab {
         };
         self.containers.push(container);
         Ok(index)
+    }
+
+    /// A new container on `vswitchd` host `host`, attached with `request` (labels, a rate
+    /// limit, ...); its `netns` is the container's new namespace.
+    pub fn add_container_attached(
+        &mut self,
+        host: usize,
+        request: AttachRequest,
+    ) -> Result<usize, LabError> {
+        let index = self.containers.len();
+        let (name, ns) = self.create_ns(&format!("c{index}"))?;
+        let container = self.attach(host, name, ns, request)?;
+        self.containers.push(container);
+        Ok(index)
+    }
+
+    fn attach(
+        &self,
+        host: usize,
+        name: String,
+        ns: NetNs,
+        request: AttachRequest,
+    ) -> Result<Container, LabError> {
+        let reply = self.call(
+            host,
+            &Request::Attach(AttachRequest {
+                netns: name.clone(),
+                ..request
+            }),
+        )?;
+        let Reply::Attached(attachment) = reply else {
+            return Err(LabError::Daemon(format!("unexpected reply {reply:?}")));
+        };
+        let IpAddr::V4(ip) = attachment.address.addr() else {
+            return Err(LabError::Daemon("attached without an IPv4 address".into()));
+        };
+        Ok(Container {
+            name,
+            ns,
+            host,
+            ip,
+            mac: attachment.mac,
+            attachment: Some(attachment),
+        })
     }
 
     /// A veth from a container namespace into `bridge` on host `host`, addressed `address`.

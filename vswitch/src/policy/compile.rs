@@ -615,15 +615,25 @@ pub struct Explanation {
 
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} -> {} proto {} port {}: {}",
-            self.key.src,
-            self.key.dst,
-            self.key.proto.0,
-            self.key.dst_port,
-            if self.allowed { "allowed" } else { "denied" }
-        )?;
+        let k = &self.key;
+        let verdict = if self.allowed { "allowed" } else { "denied" };
+        if k.is_icmp() {
+            writeln!(
+                f,
+                "{} -> {} proto {} type {} code {}: {verdict}",
+                k.src,
+                k.dst,
+                k.proto.0,
+                k.icmp_type(),
+                k.dst_port & 0xff
+            )?;
+        } else {
+            writeln!(
+                f,
+                "{} -> {} proto {} port {}: {verdict}",
+                k.src, k.dst, k.proto.0, k.dst_port
+            )?;
+        }
         writeln!(f, "  egress:  {}", self.egress.why)?;
         write!(f, "  ingress: {}", self.ingress.why)
     }

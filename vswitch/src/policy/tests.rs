@@ -791,3 +791,63 @@ fn tracking_holds_across_workers() {
     assert_eq!(replies, 2000);
     assert_eq!(ct.stats().entries, 2000);
 }
+
+mod replies {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HOSTS: [&str; 5] = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.9", "192.0.2.7"];
+
+    /// The local port of an address among [`endpoints`], if it is local.
+    fn local(ip: &str) -> Option<PortId> {
+        endpoints()
+            .into_iter()
+            .find(|e| e.ips.contains(&super::ip(ip)))
+            .and_then(|e| e.local)
+    }
+
+    proptest! {
+        /// Whatever the flow, the ports it crosses and the packets before it: once its opening
+        /// packet is allowed, its reply passes (over a policy set with deny and log rules and
+        /// defaults in both directions).
+        #[test]
+        fn a_reply_of_an_allowed_flow_always_passes(
+            flows in prop::collection::vec(
+                (0usize..5, 0usize..5, 0u8..3, 1u16..65535, prop::sample::select(vec![25u16, 53, 80, 5432, 8080])),
+                1..40,
+            ),
+        ) {
+            let c = compiled(POLICIES);
+            let ct = Conntrack::default();
+            let mut cache = FlowCache::new(64);
+            let t0 = Instant::now();
+            for (n, (s, d, proto, sport, dport)) in flows.into_iter().enumerate() {
+                if s == d {
+                    continue;
+                }
+                let (src, dst) = (HOSTS[s], HOSTS[d]);
+                let (key, flags) = match proto {
+                    0 => (tcp(src, dst, sport, dport), SYN),
+                    1 => (udp(src, dst, sport, dport), 0),
+                    _ => (FlowKey::new(ip(src), ip(dst), IpProtocol::ICMP, sport, 8 << 8), 0),
+                };
+                let ports = Ports { from: local(src), to: local(dst) };
+                let now = t0 + Duration::from_millis(n as u64);
+                let open = c.check(now, &mut cache, &ct, &info(key, flags), ports, 100);
+                if !open.passes() {
+                    continue;
+                }
+                let reply_key = if proto == 2 {
+                    FlowKey::new(ip(dst), ip(src), IpProtocol::ICMP, sport, 0)
+                } else {
+                    key.reversed()
+                };
+                let back = Ports { from: ports.to, to: ports.from };
+                let reply_flags = if proto == 0 { SYNACK } else { 0 };
+                let reply = c.check(now, &mut cache, &ct, &info(reply_key, reply_flags), back, 100);
+                prop_assert!(reply.passes(), "{key:?} allowed, its reply {:?}", reply.outcome);
+            }
+        }
+    }
+}

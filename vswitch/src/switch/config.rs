@@ -57,14 +57,19 @@ impl Default for SwitchConfig {
 pub struct NetworkConfig {
     /// The network's VNI.
     pub vni: Vni,
-    /// Inner IP MTU: frames from ports longer than the Ethernet header plus this are dropped
-    /// (`OverMtu`). Default 1450, which fits VXLAN over IPv4 on a 1500-byte underlay.
+    /// Inner IP MTU: frames longer than the Ethernet header plus this are dropped (`OverMtu`)
+    /// and answered with ICMP "too big" errors. Default 1450, which fits VXLAN over IPv4 on a
+    /// 1500-byte underlay.
     pub mtu: u16,
-    /// The address the switch answers for (ARP and ICMP echo), if any.
+    /// The address the switch answers for (ARP and ICMP echo), if any, and sends ICMP errors
+    /// from; a network without one sends none.
     pub gateway: Option<Gateway>,
     /// Frames on this network cross the underlay only sealed, and only sealed datagrams that
     /// authenticate are accepted for it. Default false.
     pub sealed: bool,
+    /// Lower the MSS option of TCP SYNs (from ports and peers) to what the MTU allows: MTU - 40
+    /// for IPv4, MTU - 60 for IPv6. Default true.
+    pub clamp_mss: bool,
 }
 
 impl NetworkConfig {
@@ -80,6 +85,7 @@ impl NetworkConfig {
             mtu: Self::DEFAULT_MTU,
             gateway: None,
             sealed: false,
+            clamp_mss: true,
         }
     }
 }

@@ -61,11 +61,15 @@ pub enum DropReason {
     Replayed,
     /// A frame routed to a network that has no gateway, or is gone.
     NoRoute,
+    /// Network policy denies it: a deny rule, or an endpoint selected with no rule allowing it.
+    PolicyDenied,
+    /// Over a rate limit: the QoS of a port, or a policy's `limit(rate)` rule.
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Runt,
         DropReason::Malformed,
         DropReason::UnknownVni,
@@ -90,6 +94,8 @@ impl DropReason {
         DropReason::Unauthentic,
         DropReason::Replayed,
         DropReason::NoRoute,
+        DropReason::PolicyDenied,
+        DropReason::RateLimited,
     ];
 
     /// Number of reasons.
@@ -122,6 +128,8 @@ impl DropReason {
             DropReason::Unauthentic => "unauthentic",
             DropReason::Replayed => "replayed",
             DropReason::NoRoute => "no_route",
+            DropReason::PolicyDenied => "policy_denied",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 
@@ -218,6 +226,13 @@ pub struct Counters {
     pub route_resolves: u64,
     /// Routed frames whose TTL ran out, answered with ICMP time exceeded.
     pub ttl_exceeded: u64,
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent, answering frames
+    /// over the MTU.
+    pub too_big_sent: u64,
+    /// Such errors not sent because the port or peer was over its rate.
+    pub too_big_limited: u64,
+    /// TCP SYNs whose MSS option was lowered to what the MTU allows.
+    pub mss_clamped: u64,
     /// Drops, by reason.
     pub drops: DropCounters,
 }
@@ -235,6 +250,10 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames from the port that were dropped.
     pub drops: u64,
+    /// Frames network policy denied: from the port, or from a peer to it.
+    pub denied: u64,
+    /// Frames over a rate limit: from the port, or from a peer to it.
+    pub limited: u64,
 }
 
 /// Counters of one peer.
@@ -278,6 +297,9 @@ impl Counters {
         self.routed += other.routed;
         self.route_resolves += other.route_resolves;
         self.ttl_exceeded += other.ttl_exceeded;
+        self.too_big_sent += other.too_big_sent;
+        self.too_big_limited += other.too_big_limited;
+        self.mss_clamped += other.mss_clamped;
         self.drops.add(&other.drops);
     }
 }
@@ -290,6 +312,8 @@ impl PortStats {
         self.tx_frames += other.tx_frames;
         self.tx_bytes += other.tx_bytes;
         self.drops += other.drops;
+        self.denied += other.denied;
+        self.limited += other.limited;
     }
 }
 

@@ -16,9 +16,11 @@
 mod bucket;
 mod config;
 mod counters;
+mod mtu;
 mod neigh;
 mod output;
 mod path;
+mod policy;
 mod replica;
 mod route;
 mod sealing;
@@ -40,8 +42,10 @@ use crate::wire::Vni;
 pub use bucket::TokenBucket;
 pub use config::{Gateway, NetworkConfig, PortConfig, SwitchConfig, SwitchError};
 pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
+pub use mtu::{TOO_BIG_BURST, TOO_BIG_RATE};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
+pub use policy::{DeniedFlow, PolicyInstall};
 pub use replica::{Site, Update};
 pub use route::Route;
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
@@ -125,6 +129,8 @@ struct Port {
     ipv6: Vec<Ipv6Addr>,
     /// The link-local address the interface forms from its MAC.
     link_local: Ipv6Addr,
+    /// "Too big" errors the port may still draw.
+    too_big: TokenBucket,
     /// Floods and ARP requests the port may still send.
     floods: TokenBucket,
     stats: PortStats,
@@ -136,6 +142,8 @@ struct Peer {
     vnis: Vec<Vni>,
     dynamic: bool,
     last_seen: Option<Instant>,
+    /// "Too big" errors the peer may still draw.
+    too_big: TokenBucket,
     stats: PeerStats,
     sealing: sealing::PeerSealing,
 }
@@ -172,6 +180,7 @@ pub struct Switch {
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
     router: route::Router,
+    enforcement: policy::Enforcement,
 }
 
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -200,6 +209,7 @@ impl Switch {
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
             router: route::Router::default(),
+            enforcement: policy::Enforcement::default(),
         }
     }
 
@@ -335,6 +345,7 @@ impl Switch {
             ipv4,
             ipv6,
             link_local: mac.link_local(),
+            too_big: TokenBucket::new(mtu::TOO_BIG_RATE, mtu::TOO_BIG_BURST),
             floods: TokenBucket::new(self.config.flood_rate, self.config.flood_burst),
             stats: PortStats::default(),
         };
@@ -356,6 +367,7 @@ impl Switch {
         }
         self.fdb.remove_port(port);
         self.router.remove_port(port);
+        self.forget_port_qos(port);
         self.neighbours.remove_location(Location::Port(port));
         for &ip in &removed.ipv4 {
             self.neighbours.remove_static(vni, ip, removed.config.mac);
@@ -490,6 +502,7 @@ impl Switch {
             vnis,
             dynamic,
             last_seen: now,
+            too_big: TokenBucket::new(mtu::TOO_BIG_RATE, mtu::TOO_BIG_BURST),
             stats: PeerStats::default(),
             sealing: sealing::PeerSealing::default(),
         };

@@ -7,6 +7,8 @@ use crate::offload::Offload;
 use crate::tunnel::{self, VXLAN_HEADER_LEN};
 use crate::wire::Vni;
 
+use super::mtu::MssRewrite;
+use super::route::RouteRewrite;
 use super::{DropReason, PeerId, PortId};
 
 /// One destination VTEP of a frame.
@@ -37,11 +39,22 @@ pub struct Output {
     pub(super) frame: Range<usize>,
     pub(super) reply: Vec<u8>,
     pub(super) reply_port: Option<PortId>,
+    pub(super) reply_peer: Option<Transmit>,
+    pub(super) rewrite: Rewrite,
     pub(super) dropped: Option<DropReason>,
     pub(super) offload: Offload,
     pub(super) vni: Vni,
     pub(super) sealed: bool,
-    pub(super) rewrite: super::route::Rewrite,
+}
+
+/// The changes the switch decided for the frame it was given, which the caller makes with
+/// [`Output::rewrite`]: the switch core never writes into its input. A routed SYN carries both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Rewrite {
+    /// A routed frame: its new MACs and TTL, or the ARP request forwarded in its place.
+    pub(super) route: Option<RouteRewrite>,
+    /// A TCP SYN's MSS option lowered to the MTU, with its checksum.
+    pub(super) mss: Option<MssRewrite>,
 }
 
 impl Output {
@@ -59,11 +72,12 @@ impl Output {
         self.frame = 0..0;
         self.reply.clear();
         self.reply_port = None;
+        self.reply_peer = None;
+        self.rewrite = Rewrite::default();
         self.dropped = None;
         self.offload = Offload::plain(0);
         self.vni = Vni::default();
         self.sealed = false;
-        self.rewrite = super::route::Rewrite::None;
     }
 
     /// Local ports to write the frame to.
@@ -120,9 +134,41 @@ impl Output {
         tunnel::encap_into(&self.header, self.frame(input), buf);
     }
 
-    /// A frame the switch generated (ARP reply, gateway echo reply) and the port to write it to.
+    /// A frame the switch generated (ARP reply, gateway echo reply, ICMP error) and the port to
+    /// write it to.
     pub fn reply(&self) -> Option<(PortId, &[u8])> {
         self.reply_port.map(|port| (port, self.reply.as_slice()))
+    }
+
+    /// A frame the switch generated for a peer (an ICMP error answering the peer's frame) and
+    /// the peer: send it like a transmit, behind [`vxlan_header`](Output::vxlan_header) or
+    /// sealed when [`sealed`](Output::sealed), on network [`vni`](Output::vni).
+    pub fn peer_reply(&self) -> Option<(Transmit, &[u8])> {
+        self.reply_peer
+            .map(|transmit| (transmit, self.reply.as_slice()))
+    }
+
+    /// Makes the changes the switch decided for the frame in `input[frame_range()]`, where
+    /// `input` is the buffer passed to `handle_frame` or `handle_tap_read`, with room to its
+    /// end: a routed frame gets its MACs set and its TTL decremented, or is replaced by the ARP
+    /// request that resolves its destination (then [`frame_range`](Output::frame_range) and
+    /// [`offload`](Output::offload) change); a TCP SYN gets its MSS option lowered to the MTU,
+    /// and its checksum. Call it once after every such call, before the frame goes anywhere; it
+    /// does nothing when there is nothing to change. `handle_datagram` makes its changes in
+    /// place itself.
+    pub fn rewrite(&mut self, input: &mut [u8]) {
+        let Rewrite { route, mss } = std::mem::take(&mut self.rewrite);
+        if let Some(route) = route
+            && !self.apply_route(route, input)
+        {
+            // The frame was replaced: nothing of it is left to change.
+            return;
+        }
+        if let Some(mss) = mss
+            && let Some(frame) = input.get_mut(self.frame.clone())
+        {
+            mss.apply(frame);
+        }
     }
 
     /// What the frame from a TAP still needs: its validated, rebuilt virtio-net header (the one
@@ -139,6 +185,9 @@ impl Output {
 
     /// True when there is nothing to send or write.
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty() && self.transmits.is_empty() && self.reply_port.is_none()
+        self.ports.is_empty()
+            && self.transmits.is_empty()
+            && self.reply_port.is_none()
+            && self.reply_peer.is_none()
     }
 }

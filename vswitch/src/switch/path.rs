@@ -65,11 +65,17 @@ impl Switch {
             self.frame_from_port(now, port, frame, out)
         });
         match result {
-            Ok(()) => self.count_output(len, out),
+            Ok(()) => {
+                self.clamp_mss_from_port(port, frame, out);
+                self.count_output(len, out);
+            }
             Err(reason) => {
                 self.drop_output(reason, out);
                 if let Some(p) = self.ports.get_mut(port.0 as usize).and_then(Option::as_mut) {
                     p.stats.drops += 1;
+                }
+                if reason == DropReason::OverMtu {
+                    self.answer_too_big_from_port(now, port, frame, out);
                 }
             }
         }
@@ -98,6 +104,7 @@ impl Switch {
         let result = self.datagram_from_peer(now, from, &mut peer, datagram, out);
         match result {
             Ok(()) => {
+                self.clamp_mss_from_peer(datagram, out);
                 let inner_len = out.frame.len() as u64;
                 self.count_output(inner_len, out);
             }
@@ -107,6 +114,9 @@ impl Switch {
                     && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
                 {
                     p.stats.drops += 1;
+                }
+                if reason == DropReason::OverMtu {
+                    self.answer_too_big_from_peer(now, peer, datagram, out);
                 }
             }
         }
@@ -317,6 +327,7 @@ impl Switch {
                 self.counters.flooded += 1;
             }
         }
+        self.enforce(now, Some(port), frame, out)?;
         if !out.transmits.is_empty() {
             let Some(net) = self.networks.get(&vni) else {
                 return Err(DropReason::UnknownVni);
@@ -354,6 +365,7 @@ impl Switch {
             (vni, range, false)
         };
         out.frame = range.clone();
+        out.vni = vni;
         let Some(net) = self.networks.get(&vni) else {
             return Err(DropReason::UnknownVni);
         };
@@ -442,7 +454,7 @@ impl Switch {
                 self.counters.flooded += 1;
             }
         }
-        Ok(())
+        self.enforce(now, None, inner, out)
     }
 }
 

@@ -37,13 +37,9 @@ pub struct Route {
     pub subnet: Ipv4Net,
 }
 
-/// What the caller must do to the frame before forwarding it: the switch core does not write
-/// into the caller's input, so a routed frame is patched by [`Output::rewrite`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) enum Rewrite {
-    /// Forward the frame as it came.
-    #[default]
-    None,
+/// What the caller must do to a routed frame before forwarding it, with [`Output::rewrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RouteRewrite {
     /// Set the MACs, decrement the TTL and patch the IPv4 header checksum.
     Route {
         /// New source MAC.
@@ -231,10 +227,10 @@ impl Switch {
         out.flow_hash = wire::flow_hash(frame);
         let Some(mac) = self.neighbours.lookup(route.vni, dst) else {
             // Ask, in the destination network, who has the address.
-            out.rewrite = Rewrite::Resolve {
+            out.rewrite.route = Some(RouteRewrite::Resolve {
                 gateway: target_gw,
                 target: dst,
-            };
+            });
             out.ports.extend_from_slice(&target.ports);
             out.transmits.extend_from_slice(&target.transmits);
             let dynamic = target.dynamic.iter().take(self.config.flood_dynamic_peers);
@@ -264,44 +260,36 @@ impl Switch {
                 }
             }
         }
-        out.rewrite = Rewrite::Route {
+        out.rewrite.route = Some(RouteRewrite::Route {
             src: target_gw.mac,
             dst: mac,
-        };
+        });
         self.counters.routed += 1;
         Ok(true)
     }
 }
 
 impl Output {
-    /// Makes `input[self.frame_range()]` the frame to forward, when the switch routed it: sets
-    /// its MACs and decrements its TTL (a routed frame), or writes over it the ARP request that
-    /// resolves its destination (then [`frame_range`](Output::frame_range) and
-    /// [`offload`](Output::offload) change). `input` is the buffer passed to `handle_*`, with
-    /// room to its end: an ARP request may be longer than a small frame.
-    ///
-    /// Call it after every `handle_frame` or `handle_tap_read`, before reading the frame. It
-    /// does nothing for a frame that was not routed.
-    pub fn rewrite(&mut self, input: &mut [u8]) {
-        match self.rewrite {
-            Rewrite::None => {}
-            Rewrite::Route { src, dst } => {
-                let Some(frame) = input.get_mut(self.frame.clone()) else {
-                    return;
-                };
-                decrement_ttl(frame, src, dst);
+    /// Makes `input[self.frame_range()]` the routed frame to forward; false when it was
+    /// replaced by an ARP request (then the frame range and offload are the request's).
+    pub(super) fn apply_route(&mut self, route: RouteRewrite, input: &mut [u8]) -> bool {
+        match route {
+            RouteRewrite::Route { src, dst } => {
+                if let Some(frame) = input.get_mut(self.frame.clone()) {
+                    decrement_ttl(frame, src, dst);
+                }
+                true
             }
-            Rewrite::Resolve { gateway, target } => {
+            RouteRewrite::Resolve { gateway, target } => {
                 let start = self.frame.start;
-                let Some(buf) = input.get_mut(start..start + ARP_FRAME_LEN) else {
-                    return;
-                };
-                write_arp_request(buf, gateway, target);
-                self.frame = start..start + ARP_FRAME_LEN;
-                self.offload = crate::offload::Offload::plain(ARP_FRAME_LEN);
+                if let Some(buf) = input.get_mut(start..start + ARP_FRAME_LEN) {
+                    write_arp_request(buf, gateway, target);
+                    self.frame = start..start + ARP_FRAME_LEN;
+                    self.offload = crate::offload::Offload::plain(ARP_FRAME_LEN);
+                }
+                false
             }
         }
-        self.rewrite = Rewrite::None;
     }
 }
 

@@ -50,6 +50,19 @@ pub(super) struct SendSession {
     local_index: u32,
     remote_index: u32,
     sealer: Sealer,
+    /// The sealer's first counter: how far it got since is what this replica sent.
+    first_counter: u64,
+}
+
+impl SendSession {
+    fn new(local_index: u32, remote_index: u32, sealer: Sealer) -> Self {
+        Self {
+            local_index,
+            remote_index,
+            first_counter: sealer.next_counter(),
+            sealer,
+        }
+    }
 }
 
 /// What a replica opens with, by local index.
@@ -127,11 +140,7 @@ impl Switch {
             && let Some(p) = self.peer_mut(id)
             && let Some((remote_index, sealer)) = pending_send.take()
         {
-            p.sealing.send = Some(SendSession {
-                local_index: install.local_index,
-                remote_index,
-                sealer,
-            });
+            p.sealing.send = Some(SendSession::new(install.local_index, remote_index, sealer));
             p.sealing.wanted = false;
         }
         let recv = RecvSession {
@@ -157,6 +166,17 @@ impl Switch {
                 peer.sealing.send = None;
             }
         }
+    }
+
+    /// Datagrams this replica sealed under the session `local_index`, for the count-based
+    /// rekey; 0 when it does not send on that session.
+    pub fn sealed_on(&self, local_index: u32) -> u64 {
+        self.peers
+            .iter()
+            .flatten()
+            .filter_map(|p| p.sealing.send.as_ref())
+            .find(|s| s.local_index == local_index)
+            .map_or(0, |s| s.sealer.next_counter() - s.first_counter)
     }
 
     /// Whether frames to `peer` can be sealed now.
@@ -288,11 +308,7 @@ impl Switch {
         };
         let peer = recv.peer;
         if let Some(p) = self.peer_mut(peer) {
-            p.sealing.send = Some(SendSession {
-                local_index,
-                remote_index,
-                sealer,
-            });
+            p.sealing.send = Some(SendSession::new(local_index, remote_index, sealer));
             p.sealing.wanted = false;
             let addr = p.addr;
             self.sessions.ready.push(addr);

@@ -51,6 +51,15 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     checksum(data, 0)
 }
 
+/// The checksum field after one 16-bit word it covers changed from `old` to `new`, without
+/// summing the packet again (RFC 1624, equation 3: `HC' = ~(~HC + ~m + m')`). A checksum that
+/// did not verify before still does not after. For a value at an odd offset from the start of
+/// what the checksum covers, pass both values byte-swapped: a word straddling two aligned words
+/// adds its bytes the other way round.
+pub fn update_checksum(checksum: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!checksum) + u32::from(!old) + u32::from(new))
+}
+
 /// Folds a sum to 16 bits with end-around carry.
 pub fn fold(sum: u32) -> u16 {
     let s = (sum & 0xffff) + (sum >> 16);
@@ -156,6 +165,25 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn incremental_update_matches_a_full_sum(
+            data in proptest::collection::vec(any::<u8>(), 2..200),
+            at in 0usize..199,
+            new in any::<u16>(),
+        ) {
+            let at = at.min(data.len() - 2);
+            let before = checksum(&data, 0);
+            let old = u16::from_be_bytes([data[at], data[at + 1]]);
+            let mut changed = data.clone();
+            changed[at..at + 2].copy_from_slice(&new.to_be_bytes());
+            let (o, n) = if at % 2 == 0 { (old, new) } else { (old.swap_bytes(), new.swap_bytes()) };
+            let updated = update_checksum(before, o, n);
+            // 0x0000 and 0xffff are the same one's-complement number.
+            let full = checksum(&changed, 0);
+            prop_assert!(updated == full || (updated, full) == (0xffff, 0) || (updated, full) == (0, 0xffff),
+                "{updated:#06x} != {full:#06x}");
+        }
+
         #[test]
         fn matches_reference(data in proptest::collection::vec(any::<u8>(), 0..2000),
                              skip in 0usize..8, initial in any::<u32>()) {

@@ -112,6 +112,16 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         read_u16(self.buffer.as_ref(), field::FLAGS_FRAG) & 0x3fff != 0
     }
 
+    /// True when "don't fragment" is set.
+    pub fn dont_fragment(&self) -> bool {
+        read_u16(self.buffer.as_ref(), field::FLAGS_FRAG) & 0x4000 != 0
+    }
+
+    /// The fragment offset, in bytes: not zero for every fragment but the first.
+    pub fn fragment_offset(&self) -> usize {
+        usize::from(read_u16(self.buffer.as_ref(), field::FLAGS_FRAG) & 0x1fff) * 8
+    }
+
     /// Time to live.
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]

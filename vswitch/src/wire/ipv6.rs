@@ -2,7 +2,7 @@
 
 use core::net::Ipv6Addr;
 
-use super::{Error, IpProtocol, Result, read_u16};
+use super::{Error, IpProtocol, Result, read_u16, write_u16};
 
 mod field {
     pub const VER: usize = 0;
@@ -106,6 +106,45 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             protocol = next;
         }
         Err(Error::Malformed)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    /// Sets version 6, traffic class 0 and flow label 0.
+    pub fn set_version(&mut self) {
+        self.buffer.as_mut()[field::VER..field::VER + 4].copy_from_slice(&[0x60, 0, 0, 0]);
+    }
+
+    /// Sets the payload length.
+    pub fn set_payload_len(&mut self, len: u16) {
+        write_u16(self.buffer.as_mut(), field::PAYLOAD_LEN, len);
+    }
+
+    /// Sets the next header.
+    pub fn set_next_header(&mut self, protocol: IpProtocol) {
+        self.buffer.as_mut()[field::NEXT_HEADER] = protocol.0;
+    }
+
+    /// Sets the hop limit.
+    pub fn set_hop_limit(&mut self, hop_limit: u8) {
+        self.buffer.as_mut()[field::HOP_LIMIT] = hop_limit;
+    }
+
+    /// Sets the source address.
+    pub fn set_src_addr(&mut self, addr: Ipv6Addr) {
+        self.buffer.as_mut()[field::SRC..field::SRC + 16].copy_from_slice(&addr.octets());
+    }
+
+    /// Sets the destination address.
+    pub fn set_dst_addr(&mut self, addr: Ipv6Addr) {
+        self.buffer.as_mut()[field::DST..field::DST + 16].copy_from_slice(&addr.octets());
+    }
+
+    /// The payload, bounded by both the payload length and the buffer, mutable.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let end =
+            (IPV6_HEADER_LEN + usize::from(self.payload_len())).min(self.buffer.as_ref().len());
+        &mut self.buffer.as_mut()[IPV6_HEADER_LEN..end]
     }
 }
 

@@ -29,17 +29,21 @@ mod vxlan;
 pub use arp::{ArpOperation, ArpPacket};
 pub use checksum::{
     checksum, fold, internet_checksum, partial_sum, pseudo_header_v4, pseudo_header_v6,
+    update_checksum,
 };
 pub(crate) use checksum::{pseudo_header_v4_raw, pseudo_header_v6_raw};
 pub use ethernet::{ETHERNET_HEADER_LEN, EtherType, EthernetFrame, VLAN_TAG_LEN};
 pub use flow::flow_hash;
 pub use headers::{IpHeaders, MAX_VLAN_TAGS, VLAN_TPIDS, ethertype_past_tags};
-pub use icmpv4::{ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, Icmpv4Packet};
-pub use icmpv6::{Icmpv6Packet, icmpv6_type};
+pub use icmpv4::{
+    ICMPV4_DEST_UNREACHABLE, ICMPV4_ECHO_REPLY, ICMPV4_ECHO_REQUEST, ICMPV4_FRAG_NEEDED,
+    Icmpv4Packet,
+};
+pub use icmpv6::{ICMPV6_ERROR_HEADER_LEN, Icmpv6Packet, icmpv6_type};
 pub use ipv4::{IPV4_MIN_HEADER_LEN, IpProtocol, Ipv4Packet};
 pub use ipv6::{IPV6_HEADER_LEN, Ipv6Packet, MAX_EXTENSION_HEADERS, UpperLayer};
 pub use mac::{MacAddr, ParseMacError};
-pub use tcp::{TCP_MIN_HEADER_LEN, TcpPacket};
+pub use tcp::{TCP_CHECKSUM_AT, TCP_MIN_HEADER_LEN, TcpPacket};
 pub use udp::{UDP_HEADER_LEN, UdpPacket};
 pub use vni::{Vni, VniError};
 pub use vxlan::{VXLAN_FLAG_I, VxlanHeader};

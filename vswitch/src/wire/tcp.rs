@@ -1,6 +1,6 @@
-//! TCP headers (RFC 9293): ports, sequence numbers, flags.
+//! TCP headers (RFC 9293): ports, sequence numbers, flags, the checksum and the MSS option.
 
-use super::{Error, Result, read_u16, read_u32};
+use super::{Error, Result, read_u16, read_u32, write_u16};
 
 mod field {
     pub const SRC_PORT: usize = 0;
@@ -9,7 +9,19 @@ mod field {
     pub const ACK: usize = 8;
     pub const OFFSET: usize = 12;
     pub const FLAGS: usize = 13;
+    pub const CHECKSUM: usize = 16;
 }
+
+/// Option kinds (RFC 9293 section 3.2).
+mod option {
+    pub const END: u8 = 0;
+    pub const NOP: u8 = 1;
+    pub const MSS: u8 = 2;
+    pub const MSS_LEN: u8 = 4;
+}
+
+/// Offset of the checksum field in a TCP header.
+pub const TCP_CHECKSUM_AT: usize = field::CHECKSUM;
 
 /// Length of a TCP header without options.
 pub const TCP_MIN_HEADER_LEN: usize = 20;
@@ -90,6 +102,48 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
+
+    /// Checksum field.
+    pub fn checksum(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+
+    /// The Maximum Segment Size option: where its 16-bit value sits (from the start of the
+    /// header) and the value. `None` when the options hold no well-formed MSS option, or are
+    /// themselves malformed (an option running past the header, a length below 2).
+    pub fn mss(&self) -> Option<(usize, u16)> {
+        let data = self.buffer.as_ref();
+        let options = data.get(TCP_MIN_HEADER_LEN..self.header_len())?;
+        let mut at = 0;
+        while let Some(&kind) = options.get(at) {
+            match kind {
+                option::END => return None,
+                option::NOP => at += 1,
+                _ => {
+                    let len = usize::from(*options.get(at + 1)?);
+                    if len < 2 || at + len > options.len() {
+                        return None;
+                    }
+                    if kind == option::MSS {
+                        if len != usize::from(option::MSS_LEN) {
+                            return None;
+                        }
+                        let value_at = TCP_MIN_HEADER_LEN + at + 2;
+                        return Some((value_at, read_u16(data, value_at)));
+                    }
+                    at += len;
+                }
+            }
+        }
+        None
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    /// Sets the checksum field.
+    pub fn set_checksum(&mut self, checksum: u16) {
+        write_u16(self.buffer.as_mut(), field::CHECKSUM, checksum);
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +168,33 @@ mod tests {
         assert_eq!(p.header_len(), 40);
         assert_eq!(p.flags(), TcpPacket::<&[u8]>::SYN);
         assert!(p.payload().is_empty());
+    }
+
+    #[test]
+    fn mss_option() {
+        let p = TcpPacket::new_checked(&SYN[..]).unwrap();
+        assert_eq!(p.mss(), Some((22, 1410)));
+        // Behind a NOP, at an odd offset.
+        let mut nop = SYN;
+        nop[20..26].copy_from_slice(&[1, 2, 4, 0x05, 0xb4, 1]);
+        let p = TcpPacket::new_checked(&nop[..]).unwrap();
+        assert_eq!(p.mss(), Some((23, 1460)));
+        // Past the end-of-options mark, with a wrong length, or with no options at all: none.
+        let mut end = SYN;
+        end[20] = 0;
+        assert_eq!(TcpPacket::new_checked(&end[..]).unwrap().mss(), None);
+        let mut bad_len = SYN;
+        bad_len[21] = 3;
+        assert_eq!(TcpPacket::new_checked(&bad_len[..]).unwrap().mss(), None);
+        let mut bare = SYN;
+        bare[12] = 0x50;
+        assert_eq!(TcpPacket::new_checked(&bare[..]).unwrap().mss(), None);
+        // An option whose length runs past the header.
+        let mut long = SYN;
+        long[36..40].copy_from_slice(&[1, 1, 8, 10]);
+        long[20..24].copy_from_slice(&[1, 1, 1, 1]);
+        long[24..36].fill(1);
+        assert_eq!(TcpPacket::new_checked(&long[..]).unwrap().mss(), None);
     }
 
     #[test]

@@ -265,3 +265,52 @@ fn ttl_decrement_patches_the_checksum_for_every_header() {
         }
     }
 }
+
+#[test]
+fn a_routed_syn_gets_new_macs_and_ttl_and_the_mss_both_networks_allow() {
+    let (mut sw, a1, b1, _) = two_networks();
+    sw.add_network(NetworkConfig {
+        gateway: Some(Gateway {
+            ip: b_ip(1, 1),
+            mac: GW_B,
+        }),
+        mtu: 1400,
+        ..NetworkConfig::new(v(2))
+    })
+    .unwrap();
+    let mut syn = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(1, 1).0, GW_A.0)
+        .ipv4(a_ip(1, 2).octets(), b_ip(1, 2).octets(), 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .options_raw(&[2, 4, 0x23, 0x00, 1, 1, 1, 1])
+        .unwrap()
+        .write(&mut syn, &[])
+        .unwrap();
+    let mut out = Output::new();
+    let routed = send(&mut sw, a1, &syn, &mut out);
+    assert_eq!(out.dropped(), None);
+    assert_eq!(out.ports(), &[b1]);
+    let eth = EthernetFrame::new_checked(&routed[..]).unwrap();
+    assert_eq!(eth.src_addr(), GW_B);
+    assert_eq!(eth.dst_addr(), mac(1, 2));
+    let ip = ipv4(&routed);
+    assert_eq!(ip.ttl(), 63);
+    assert!(ip.verify_checksum());
+    // The MSS fits the smaller MTU of the two (1400 - 40), with a valid TCP checksum.
+    let parsed = SlicedPacket::from_ethernet(&routed).unwrap();
+    let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else {
+        panic!("not TCP");
+    };
+    assert_eq!(&tcp.options()[..4], &[2, 4, 0x05, 0x50]);
+    let Some(etherparse::NetSlice::Ipv4(v4)) = parsed.net else {
+        panic!("not IPv4");
+    };
+    let expected = tcp
+        .to_header()
+        .calc_checksum_ipv4(&v4.header().to_header(), tcp.payload())
+        .unwrap();
+    assert_eq!(tcp.checksum(), expected);
+    assert_eq!(sw.counters().routed, 1);
+    assert_eq!(sw.counters().mss_clamped, 1);
+}

@@ -83,7 +83,12 @@ fn dropped(sw: &mut Switch, port: PortId, t: Instant, bytes: &[u8]) -> Option<Dr
     let mut out = Output::new();
     sw.handle_tap_read(t, port, bytes, &mut out);
     if out.dropped().is_some() {
-        assert!(out.is_empty(), "a dropped frame has no outputs");
+        assert!(
+            out.ports().is_empty() && out.transmits().is_empty(),
+            "a dropped frame goes nowhere"
+        );
+        // The one answer a drop may have: the "too big" error to the sender.
+        assert!(out.reply().is_none() || out.dropped() == Some(DropReason::OverMtu));
     }
     out.dropped()
 }

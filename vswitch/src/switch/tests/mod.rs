@@ -5,6 +5,7 @@
 
 mod fuzz;
 mod hostile;
+mod policy;
 mod replica;
 mod sealed;
 mod sim;

@@ -283,3 +283,73 @@ pub(super) fn sealing_drops() -> Vec<DropReason> {
         })
         .collect()
 }
+
+#[test]
+fn too_big_errors_go_back_sealed() {
+    let Pair {
+        mut a,
+        a_port,
+        b_at_a,
+        mut b,
+        a_at_b,
+        ..
+    } = sealed_pair(5, 1);
+    // B's network is smaller than A's and has a gateway to answer from.
+    b.add_network(NetworkConfig {
+        sealed: true,
+        mtu: 1400,
+        gateway: Some(gateway(2)),
+        ..NetworkConfig::new(Vni::DEFAULT)
+    })
+    .unwrap();
+    let t = Instant::now();
+    let mut out = Output::new();
+    let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 1422);
+    a.handle_frame(t, a_port, &frame, &mut out);
+    assert_eq!(out.transmits().len(), 1, "fits A's MTU");
+    let mut d = sealed_datagram(&mut a, b_at_a, &frame).unwrap();
+    b.handle_datagram(t, peer_addr(1), &mut d, &mut out);
+    assert_eq!(out.dropped(), Some(DropReason::OverMtu));
+    let (transmit, error) = out.peer_reply().unwrap();
+    assert_eq!(transmit.peer, a_at_b);
+    assert!(out.sealed(), "the error leaves sealed");
+    assert_eq!(out.vni(), Vni::DEFAULT);
+    // Sealed as the worker does, it opens at A and reaches the sender's port.
+    let error = error.to_vec();
+    let mut back = sealed_datagram(&mut b, a_at_b, &error).unwrap();
+    a.handle_datagram(t, peer_addr(2), &mut back, &mut out);
+    assert_eq!(out.ports(), &[a_port]);
+    let delivered = &back[out.frame_range()];
+    assert_eq!(delivered, &error[..]);
+    let ip4 = Ipv4Packet::new_checked(&delivered[14..]).unwrap();
+    assert_eq!(ip4.src_addr(), gateway(2).ip);
+    let icmp = Icmpv4Packet::new_checked(ip4.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(
+        (icmp.msg_type(), icmp.code(), icmp.next_hop_mtu()),
+        (3, 4, 1400)
+    );
+}
+
+#[test]
+fn a_replica_counts_what_it_sealed_per_session() {
+    let Pair {
+        mut a,
+        b_at_a,
+        a_keys,
+        b_keys,
+        ..
+    } = sealed_pair(4, 3);
+    let frame = udp(mac(1, 1), mac(2, 1), ip(1, 10), ip(2, 10), 100);
+    for _ in 0..5 {
+        sealed_datagram(&mut a, b_at_a, &frame).unwrap();
+    }
+    assert_eq!(a.sealed_on(a_keys.local_index), 5);
+    assert_eq!(
+        a.sealed_on(b_keys.local_index),
+        0,
+        "not a session A sends on"
+    );
+    a.retire_session(a_keys.local_index);
+    assert_eq!(a.sealed_on(a_keys.local_index), 0);
+}

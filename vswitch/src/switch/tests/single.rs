@@ -862,10 +862,12 @@ fn every_drop_reason_is_counted() {
             DropReason::Replayed
         ]
     ); // the rest
+    let policy = super::policy::policy_drops();
+    assert_eq!(policy, [DropReason::PolicyDenied, DropReason::RateLimited]);
 
     let mut expected: Vec<_> = DropReason::ALL
         .into_iter()
-        .filter(|r| !sealing.contains(r))
+        .filter(|r| !sealing.contains(r) && !policy.contains(r))
         .collect();
     expected.push(DropReason::OverMtu);
     expected.sort_unstable();
@@ -875,14 +877,14 @@ fn every_drop_reason_is_counted() {
     for reason in DropReason::ALL {
         let want = match reason {
             DropReason::OverMtu => 2,
-            r if sealing.contains(&r) => 0,
+            r if sealing.contains(&r) || policy.contains(&r) => 0,
             _ => 1,
         };
         assert_eq!(sw.counters().drops.get(reason), want, "{reason}");
     }
     assert_eq!(
         sw.counters().drops.total(),
-        (DropReason::COUNT - sealing.len()) as u64 + 1
+        (DropReason::COUNT - sealing.len() - policy.len()) as u64 + 1
     );
 }
 
