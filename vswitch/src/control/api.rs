@@ -275,6 +275,9 @@ pub struct StatusView {
     /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
     #[serde(default)]
     pub mtu: MtuView,
+    /// Frames routed between networks.
+    #[serde(default)]
+    pub routing: RoutingView,
 }
 
 /// What the switch did about the MTU: "too big" errors sent (and held back by their rate
@@ -287,6 +290,17 @@ pub struct MtuView {
     pub too_big_limited: u64,
     /// TCP SYNs whose MSS option was lowered.
     pub mss_clamped: u64,
+}
+
+/// What the switch did routing between networks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingView {
+    /// Frames routed from one network to another.
+    pub routed: u64,
+    /// ARP requests the gateway sent to resolve a routed frame's destination.
+    pub route_resolves: u64,
+    /// Routed frames whose TTL ran out, answered with ICMP time exceeded.
+    pub ttl_exceeded: u64,
 }
 
 /// A successful reply's payload.

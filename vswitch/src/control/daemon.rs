@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::api::{
     ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, MtuView, NetworkView,
-    PeerView, PortView, Reply, Request, Response, StatusView, Traffic,
+    PeerView, PortView, Reply, Request, Response, RoutingView, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
@@ -1056,6 +1056,11 @@ impl Daemon {
                 too_big_sent: counters.too_big_sent,
                 too_big_limited: counters.too_big_limited,
                 mss_clamped: counters.mss_clamped,
+            },
+            routing: RoutingView {
+                routed: counters.routed,
+                route_resolves: counters.route_resolves,
+                ttl_exceeded: counters.ttl_exceeded,
             },
         }
     }
