@@ -59,6 +59,8 @@ impl Control for StandIn {
                 udp_send_errors: 0,
                 offload_errors: 0,
                 workers: Vec::new(),
+                mtu: Default::default(),
+                routing: Default::default(),
             })),
             Request::Reserve(r) => Reply::Reserved(reservation(r.ip)),
             Request::PlugTap(_) => Reply::Reserved(reservation(None)),
