@@ -350,6 +350,11 @@ def control_request():
         "response-reserved": '{"ok":{"reserved":{"network":"app","vni":42,"address":"10.244.1.9/16",'
                              '"gateway":"10.244.1.1","mtu":1450,"mac":"0a:58:0a:f4:01:09","owner":"reserved-1",'
                              '"endpoint":"e1","tap":"vswe1","sandbox":"/var/run/docker/netns/1"}}}',
+        "helper-reserve": '{"op":"helper_reserve","attach":{"netns":"c1","ifname":"eth0"},"netns_id":[4,4026532000],'
+                   '"before":{"lo_was_up":false,"lo_addresses":["127.0.0.1/8"]}}',
+        "plug": '{"op":"plug","offloads":99}',
+        "response-helper-reserved": '{"ok":{"helper_reserved":{"attachment":' + attachment + ',"send_queues":true,'
+                             '"queues":2,"offloads":true}}}',
         "response-error": '{"error":"no network is named \\"red\\""}',
         "response-detached": '{"ok":{"detached":false}}',
         "response-attached": '{"ok":{"attached":' + attachment + '}}',

@@ -1,6 +1,6 @@
 //! Network namespaces, links and TAP devices for the vswitch daemon and its tests.
 //!
-//! Three pieces, all synchronous (blocking) so that async callers can run them on
+//! Four pieces, all synchronous (blocking) so that async callers can run them on
 //! `spawn_blocking`:
 //!
 //! - [`NetNs`]: create, open and delete network namespaces the way `ip netns` does
@@ -12,6 +12,8 @@
 //!   over netlink.
 //! - [`Tap`]: TAP devices opened through `/dev/net/tun` ioctls, with the virtio-net
 //!   header, several queues and the segmentation offloads the kernel accepts.
+//! - [`send_with_fds`] / [`recv_with_fds`]: descriptors (a TAP's queues) handed from one
+//!   process to another over a Unix socket.
 //!
 //! Putting a container on the network, as the daemon does (from `spawn_blocking`):
 //!
@@ -42,6 +44,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod error;
+mod fds;
 mod name;
 mod netlink;
 pub mod nft;
@@ -50,6 +53,7 @@ mod sys;
 mod tap;
 
 pub use error::{Error, Result};
+pub use fds::{MAX_FDS, borrow_all, recv_with_fds, send_with_fds};
 pub use name::{IFNAME_MAX, validate_ifname};
 pub use netlink::{LinkInfo, Netlink, RouteInfo, VXLAN_PORT, VxlanSpec};
 pub use ns::{NETNS_RUN_DIR, NetNs, NsId, NsRef};

@@ -317,6 +317,61 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Takes the queues of a TAP opened elsewhere (received from another process): each must
+    /// be a queue of the same TAP device, with the virtio-net header of this crate or none.
+    /// `offloads` are the ones to enable (with the vnet header only), probed as by
+    /// [`Tap::create`]; setting them needs no privilege on a queue one holds.
+    pub fn from_queues(queues: Vec<OwnedFd>, offloads: Offloads) -> Result<Tap> {
+        const OP: &str = "taking the queues of";
+        let mut name = None;
+        let mut vnet_hdr = None;
+        for fd in &queues {
+            let req = sys::tun_get_iff(fd.as_fd())
+                .map_err(|e| Error::os(OP, "a received descriptor", e))?;
+            let flags = c_int::from(req.flags);
+            if flags & consts::IFF_TAP == 0 || flags & consts::IFF_NO_PI == 0 {
+                return Err(Error::invalid(
+                    OP,
+                    req.name(),
+                    "not a TAP without packet info",
+                ));
+            }
+            let has_vnet_hdr = flags & consts::IFF_VNET_HDR != 0;
+            let this = req.name();
+            if name.get_or_insert_with(|| this.clone()) != &this
+                || *vnet_hdr.get_or_insert(has_vnet_hdr) != has_vnet_hdr
+            {
+                return Err(Error::invalid(OP, this, "queues of different devices"));
+            }
+        }
+        let Some(name) = name else {
+            return Err(Error::invalid(OP, "", "no queue was given"));
+        };
+        if queues.len() > MAX_QUEUES {
+            return Err(Error::invalid(OP, name, "more than 256 queues"));
+        }
+        let mut tap = Tap {
+            name,
+            queues,
+            vnet_hdr_len: 0,
+            offloads: Offloads::NONE,
+        };
+        if vnet_hdr == Some(true) {
+            let len = sys::tun_get_vnet_hdr_sz(tap.first())
+                .map_err(|e| Error::os(OP, tap.name.clone(), e))?;
+            if usize::try_from(len).ok() != Some(VNET_HDR_LEN) {
+                return Err(Error::invalid(
+                    OP,
+                    tap.name.clone(),
+                    "vnet header is not 12 bytes",
+                ));
+            }
+            tap.vnet_hdr_len = VNET_HDR_LEN;
+            tap.offloads = tap.probe_offloads(offloads)?;
+        }
+        Ok(tap)
+    }
+
     fn first(&self) -> BorrowedFd<'_> {
         // `open` never builds a Tap without queues; an empty Tap has been taken
         // apart by `into_queues` and cannot be reached.

@@ -10,6 +10,7 @@ use vswitch::control::api::{
     self, AttachRequest, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
 use vswitch::control::gateway::PortMapping;
+use vswitch::control::handoff;
 use vswitch::control::policy::{ExplainRequest, PolicyApply, PolicyDelete, QosRequest};
 use vswitch::control::render;
 use vswitch::control::sealing;
@@ -128,6 +129,10 @@ struct AttachArgs {
     /// default.
     #[arg(long)]
     burst: Option<u64>,
+    /// Set the interface up here and hand its queues to vswitchd (for a daemon that runs
+    /// without privileges; this command needs CAP_NET_ADMIN and CAP_SYS_ADMIN).
+    #[arg(long)]
+    helper: bool,
     #[command(flatten)]
     output: Output,
 }
@@ -187,6 +192,9 @@ struct DetachArgs {
     /// The interface name inside the container.
     #[arg(long, default_value = "eth0")]
     ifname: String,
+    /// Remove the interface here, once vswitchd let it go (it was attached with --helper).
+    #[arg(long)]
+    helper: bool,
 }
 
 #[derive(Args)]
@@ -231,11 +239,19 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// A helper's failure, with the daemon's refusal kept as a [`ClientError`] for the exit status.
+fn helper_error(e: handoff::HelperError) -> anyhow::Error {
+    match e {
+        handoff::HelperError::Daemon(e) => e.into(),
+        other => other.into(),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let call = |request: Request| api::call(&cli.socket, &request);
     match cli.command {
         Command::Attach(args) => {
-            let reply = call(Request::Attach(AttachRequest {
+            let request = AttachRequest {
                 netns: args.netns,
                 network: Some(args.network),
                 ifname: Some(args.ifname),
@@ -246,17 +262,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 publish: args.publish,
                 rate: args.rate,
                 burst: args.burst,
-            }))?;
+            };
+            let reply = if args.helper {
+                Reply::Attached(handoff::attach(&cli.socket, request).map_err(helper_error)?)
+            } else {
+                call(Request::Attach(request))?
+            };
             let Reply::Attached(a) = reply else {
                 anyhow::bail!("unexpected reply from vswitchd: {reply:?}");
             };
             print(args.output.json, &a, render::attachment)
         }
         Command::Detach(args) => {
-            let reply = call(Request::Detach(DetachRequest {
+            let request = DetachRequest {
                 container_id: args.container_id.clone(),
                 ifname: Some(args.ifname.clone()),
-            }))?;
+            };
+            let reply = if args.helper {
+                Reply::Detached(handoff::detach(&cli.socket, request).map_err(helper_error)?)
+            } else {
+                call(Request::Detach(request))?
+            };
             match reply {
                 Reply::Detached(true) => println!("detached {} {}", args.container_id, args.ifname),
                 Reply::Detached(false) => println!(

@@ -62,6 +62,9 @@ struct Args {
     /// The TOML config file.
     #[arg(long, short)]
     config: PathBuf,
+    /// Run as the queue keeper of the daemon of that config (the daemon starts it itself).
+    #[arg(long, hide = true)]
+    keep_queues: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.keep_queues {
+        let socket = vswitch::control::keeper::socket_path(&config.node.state_dir);
+        return match vswitch::control::keeper::run(&socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vswitchd queue keeper: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let control_group = match resolve_group(&args.config, &config) {
         Ok(group) => group,
         Err(e) => {
@@ -381,6 +394,12 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream, access: Access) {
             return;
         }
         let response = match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::HelperReserve(r)) => {
+                if handoff(&daemon, r, &mut reader, &mut write).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(request) => {
                 let daemon = Arc::clone(&daemon);
                 off_runtime(move || daemon.handle(request))
@@ -401,6 +420,98 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream, access: Access) {
             return;
         }
     }
+}
+
+/// An attach by a privileged helper (`vswitch::control::handoff`): the reservation is
+/// answered, then the plug, with the TAP's queues, is read from the socket itself (the queues
+/// travel as `SCM_RIGHTS` with its bytes). A plug that does not come in [`CONTROL_IDLE`], or
+/// comes malformed, drops the reservation. `Err` when the connection is done with.
+async fn handoff(
+    daemon: &Arc<Daemon>,
+    request: vswitch::control::handoff::ReserveRequest,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<(), ()> {
+    use std::os::fd::AsFd;
+    let reserved = {
+        let daemon = Arc::clone(daemon);
+        off_runtime(move || daemon.reserve_for_helper(request)).await
+    };
+    let reservation = match reserved {
+        Some(Ok(reservation)) => reservation,
+        Some(Err(e)) => return reply(write, &Response::Error(e)).await.map_err(drop),
+        None => return Err(()),
+    };
+    let key = (
+        reservation.attachment.container_id.clone(),
+        reservation.attachment.ifname.clone(),
+    );
+    let send_queues = reservation.send_queues;
+    let answer = Response::Ok(vswitch::control::api::Reply::HelperReserved(reservation));
+    let answered = reply(write, &answer).await;
+    if !send_queues {
+        return answered.map_err(drop);
+    }
+    let abandon = |daemon: &Arc<Daemon>| {
+        let daemon = Arc::clone(daemon);
+        let key = key.clone();
+        off_runtime(move || daemon.abandon(&key))
+    };
+    // The helper sends nothing before the answer: nothing of the plug can be buffered.
+    if answered.is_err() || !reader.buffer().is_empty() {
+        abandon(daemon).await;
+        return Err(());
+    }
+    let socket = reader.get_ref().as_ref();
+    let mut buf = vec![0u8; MAX_REQUEST_LINE];
+    let received = tokio::time::timeout(CONTROL_IDLE, async {
+        loop {
+            socket.readable().await?;
+            let got = socket.try_io(tokio::io::Interest::READABLE, || {
+                netns::recv_with_fds(socket.as_fd(), &mut buf, netns::MAX_FDS).map_err(|e| {
+                    e.errno().map_or_else(
+                        || std::io::Error::other(e.to_string()),
+                        std::io::Error::from_raw_os_error,
+                    )
+                })
+            });
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let (n, fds) = match received {
+        Ok(Ok((n, fds))) if n > 0 => (n, fds),
+        _ => {
+            abandon(daemon).await;
+            return Err(());
+        }
+    };
+    let line = buf.get(..n).unwrap_or_default();
+    let plug = match serde_json::from_slice::<Request>(line) {
+        Ok(Request::Plug(plug)) if line.ends_with(b"\n") => plug,
+        _ => {
+            abandon(daemon).await;
+            let refusal = Response::Error(ApiError::new(
+                ErrorKind::BadRequest,
+                "after reserve, a plug request with the queues was expected",
+            ));
+            let _ = reply(write, &refusal).await;
+            return Err(());
+        }
+    };
+    let plugged = {
+        let daemon = Arc::clone(daemon);
+        let key = key.clone();
+        off_runtime(move || daemon.plug_handed(&key, plug, fds)).await
+    };
+    let Some(response) = plugged else {
+        abandon(daemon).await;
+        return Err(());
+    };
+    reply(write, &response).await.map_err(drop)
 }
 
 /// Runs blocking control-plane work (netlink, the address store) on a plain thread, outside the

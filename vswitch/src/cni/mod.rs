@@ -23,8 +23,11 @@ use serde_json::Value;
 
 use self::codes::error;
 use self::types::{CniError, CniResult, Interface, IpConfig, NetConf, Route};
-use crate::control::api::{self, AttachRequest, Attachment, DetachRequest, Reply, Request};
+use crate::control::api::{
+    self, AttachRequest, Attachment, ClientError, DetachRequest, ErrorKind, Reply, Request,
+};
 use crate::control::gateway::PortMapping;
+use crate::control::handoff::{self, HelperError};
 use crate::wire::MacAddr;
 
 /// Spec versions this plugin speaks.
@@ -299,7 +302,7 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         ));
     }
     let args = parse_args(v, env.args.as_deref())?;
-    let request = Request::Attach(AttachRequest {
+    let request = AttachRequest {
         netns: netns.to_owned(),
         network: Some(network.to_owned()),
         ifname: Some(ifname.to_owned()),
@@ -309,10 +312,18 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         labels: conf.runtime_config.labels.clone(),
         publish: requested_ports(conf)?,
         ..Default::default()
-    });
-    let attachment = match api::call(socket, &request) {
+    };
+    let attachment = match api::call(socket, &Request::Attach(request.clone())) {
         Ok(Reply::Attached(a)) => a,
         Ok(other) => return Err(unexpected(v, &other)),
+        // A daemon without privileges: the plugin sets the interface up itself and hands its
+        // queues over.
+        Err(ClientError::Refused(e)) if e.kind == ErrorKind::PermissionDenied => {
+            match handoff::attach(socket, request) {
+                Ok(a) => a,
+                Err(e) => return Err(helper_error(v, e)),
+            }
+        }
         Err(e) => return Err(codes::from_client(v, &e)),
     };
     let previous = prev_result(conf)?.unwrap_or_default();
@@ -411,21 +422,35 @@ fn del(env: &Env, conf: &NetConf, socket: &Path) -> Result<(), CniError> {
     let v = &conf.cni_version;
     let container_id = required(v, &env.container_id, "CNI_CONTAINERID")?;
     let ifname = required(v, &env.ifname, "CNI_IFNAME")?;
-    let request = Request::Detach(DetachRequest {
+    let request = DetachRequest {
         container_id: container_id.to_owned(),
         ifname: Some(ifname.to_owned()),
-    });
-    match api::call(socket, &request) {
-        Ok(Reply::Detached(_)) => Ok(()),
-        Ok(other) => Err(unexpected(v, &other)),
+    };
+    // As a helper: the interface of a container attached by one (for a daemon without
+    // privileges) is removed here; one the daemon made, it removes itself.
+    match handoff::detach(socket, request) {
+        Ok(_) => Ok(()),
         // With the daemon down and the namespace gone, nothing is left to undo here: the
         // daemon forgets the container and releases its address when it starts. With the
         // namespace still there the interface would stay: the runtime must try again.
-        Err(e) if e.is_daemon_missing() => match env.netns.as_deref() {
+        Err(HelperError::Daemon(e)) if e.is_daemon_missing() => match env.netns.as_deref() {
             Some(netns) if Path::new(netns).exists() => Err(codes::from_client(v, &e)),
             _ => Ok(()),
         },
-        Err(e) => Err(codes::from_client(v, &e)),
+        Err(e) => Err(helper_error(v, e)),
+    }
+}
+
+/// A helper's failure in the spec's form.
+fn helper_error(version: &str, e: HelperError) -> CniError {
+    match e {
+        HelperError::Daemon(e) => codes::from_client(version, &e),
+        HelperError::Attach(e) => error(
+            version,
+            codes::IO_FAILURE,
+            "cannot set up the container's interface",
+            e.to_string(),
+        ),
     }
 }
 

@@ -165,9 +165,14 @@ fn del_succeeds_when_everything_is_already_gone() {
     present.netns = Some("/proc/self/ns/net".into());
     let e = run(&present, &conf("1.0.0", &socket, "")).unwrap_err();
     assert_eq!(e.code, codes::DAEMON_NOT_RUNNING);
-    // The daemon has no record: success.
-    let (_dir, socket, requests) = daemon(vec![Response::Ok(Reply::Detached(false))]);
+    // The daemon has no record: success (the plugin looks for the attachment first, to
+    // remove an interface a helper made).
+    let (_dir, socket, requests) = daemon(vec![
+        Response::Ok(Reply::Ports(Vec::new())),
+        Response::Ok(Reply::Detached(false)),
+    ]);
     assert_eq!(run(&env("DEL"), &conf("1.0.0", &socket, "")), Ok(None));
+    assert!(matches!(requests.recv().unwrap(), Request::Ports));
     assert!(matches!(requests.recv().unwrap(), Request::Detach(d) if d.container_id == "ctr1"));
 }
 

@@ -52,6 +52,12 @@ pub enum Request {
     UnplugTap(host_tap::UnplugTapRequest),
     /// The reservations and their TAPs.
     Reservations,
+    /// The first half of an attach made by a privileged helper (`vswitch attach --helper`):
+    /// lease and record; the helper sets up the interface and sends [`Request::Plug`] on the
+    /// same connection (see [`super::handoff`]).
+    HelperReserve(super::handoff::ReserveRequest),
+    /// The second half: plug the TAP whose queues come with this message (`SCM_RIGHTS`).
+    Plug(super::handoff::PlugRequest),
 }
 
 /// What `vswitch attach` asks for.
@@ -335,6 +341,8 @@ pub enum Reply {
     Unplugged(bool),
     /// The reservations.
     Reservations(Vec<host_tap::Reservation>),
+    /// An attach was reserved for a helper: what to set up, and whether to send the queues.
+    HelperReserved(super::handoff::Reservation),
 }
 
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.

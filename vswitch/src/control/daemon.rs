@@ -43,6 +43,7 @@ use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Sit
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
+mod handoff;
 mod reservations;
 mod transaction;
 pub use transaction::{AttachStep, FAIL_ATTACH_ENV, KILL_ATTACH_ENV};
@@ -67,6 +68,15 @@ struct Port {
     id: PortId,
 }
 
+/// An attach request that may proceed: its names resolved, and the container's record when it
+/// is attached already.
+struct Admitted {
+    container_id: String,
+    ifname: String,
+    network: String,
+    existing: Option<PortRecord>,
+}
+
 /// A lease's owner: network, container id, interface.
 type Owner = (String, String, String);
 
@@ -84,6 +94,9 @@ struct State {
     /// Attaches that did not finish, saved with their intent, whose undo could not finish yet
     /// (their lease is held); the sweep tries again.
     undoing: Vec<PortRecord>,
+    /// Attaches reserved for a helper (saved with their intent, their lease held), waiting
+    /// for its queues (`handoff`).
+    reserved: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
     gateways: Gateways,
@@ -99,6 +112,7 @@ impl State {
             .map(|p| p.record.clone())
             .chain(self.waiting.iter().cloned())
             .chain(self.undoing.iter().cloned())
+            .chain(self.reserved.iter().cloned())
             .collect()
     }
 }
@@ -179,6 +193,7 @@ impl Daemon {
                 waiting: Vec::new(),
                 unreleased: Vec::new(),
                 undoing: Vec::new(),
+                reserved: Vec::new(),
                 store,
                 leases,
                 gateways: Gateways::default(),
@@ -264,6 +279,12 @@ impl Daemon {
                 self.change(|state| self.unplug_reserved_tap(state, &r).map(Reply::Unplugged))
             }
             Request::Reservations => Ok(Reply::Reservations(self.lock().reservations.list())),
+            Request::HelperReserve(_) | Request::Plug(_) => Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "reserve and plug are one exchange on one control connection (vswitch attach \
+                 --helper)",
+            )
+            .into()),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -401,6 +422,8 @@ impl Daemon {
         for record in waiting {
             let a = &record.attachment;
             match open_recorded(&record) {
+                // Its helper re-sends the queues; the daemon does not open them itself.
+                Recorded::Present(_) if record.by_helper => state.waiting.push(record),
                 Recorded::Present(ns) => match self.plug(&state, &record, &ns) {
                     Ok(id) => {
                         info!(container = %a.container_id, ifname = %a.ifname, "port restored");
@@ -523,8 +546,17 @@ impl Daemon {
     fn restore(&self, state: &mut State) -> anyhow::Result<()> {
         self.restore_reservations(state)?;
         let records = state.store.load()?;
+        let mut kept = self.kept_queues(state);
         for record in records {
             let a = &record.attachment;
+            if record.intent.is_some() && record.by_helper {
+                // Its helper undoes the interface (it was never answered); the lease goes below.
+                if let Err(e) = transaction::undo_setup(&record) {
+                    info!(container = %a.container_id, "an unfinished attach by a helper dropped; its interface is the helper's to remove: {e:#}");
+                }
+                self.forget_kept(state, &record);
+                continue;
+            }
             if record.intent.is_some() {
                 // An attach the daemon died in: undone, and its lease released below.
                 match transaction::undo_setup(&record) {
@@ -556,6 +588,16 @@ impl Daemon {
                 let _ = attach::remove_interface(a, &ns);
                 continue;
             }
+            if record.by_helper {
+                match self.readopt_kept(state, &record, &mut kept) {
+                    Ok(id) => state.ports.push(Port { record, id }),
+                    Err(e) => {
+                        info!(container = %a.container_id, "waiting for its helper to send the queues again: {e:#}");
+                        state.waiting.push(record);
+                    }
+                }
+                continue;
+            }
             match self.plug(state, &record, &ns) {
                 Ok(id) => state.ports.push(Port { record, id }),
                 Err(e) => {
@@ -564,6 +606,7 @@ impl Daemon {
                 }
             }
         }
+        self.forget_unclaimed(state, kept);
         let kept = state.records();
         state.store.save(&kept)?;
         let live: Vec<Owner> = kept
@@ -655,6 +698,35 @@ impl Daemon {
     }
 
     fn attach(&self, state: &mut State, r: AttachRequest) -> anyhow::Result<Attachment> {
+        let admitted = self.admit(state, &r)?;
+        if let Some(existing) = admitted.existing {
+            return Ok(existing.attachment);
+        }
+        let ns = open_namespace(&r.netns)?;
+        let qos = qos_of(state, &admitted.network, r.rate, r.burst)?;
+        self.attach_in_steps(
+            state,
+            transaction::Plan {
+                wanted: transaction::Wanted {
+                    container_id: admitted.container_id,
+                    netns: r.netns,
+                    ifname: admitted.ifname,
+                    network: admitted.network,
+                    ip: r.ip,
+                    mac: r.mac,
+                    labels: r.labels,
+                    qos,
+                    published: r.publish,
+                },
+                ns,
+            },
+        )
+    }
+
+    /// Checks an attach request against the configuration and the attachments: its names, its
+    /// network, its labels, and whether the container is attached already (to that network:
+    /// then its record is returned; to another: refused).
+    fn admit(&self, state: &State, r: &AttachRequest) -> anyhow::Result<Admitted> {
         let network_name = r.network.clone().unwrap_or_else(|| "default".into());
         let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".into());
         let container_id = r.container_id.clone().unwrap_or_else(|| r.netns.clone());
@@ -689,7 +761,12 @@ impl Daemon {
                 .field("container_id")
                 .into());
             }
-            return Ok(a.clone());
+            return Ok(Admitted {
+                container_id,
+                ifname,
+                network: network_name,
+                existing: Some(existing.clone()),
+            });
         }
         check_labels(&r.labels)?;
         if !r.publish.is_empty()
@@ -709,28 +786,12 @@ impl Daemon {
             .into());
         }
         check_published(state, &container_id, &r.publish)?;
-        let ns = open_namespace(&r.netns)?;
-        let mtu = state
-            .networks
-            .get(&network_name)
-            .map(|n| n.config.mtu())
-            .unwrap_or_default();
-        let qos = super::policy::qos_setting(r.rate, r.burst, mtu)?;
-        self.attach_in_steps(
-            state,
-            transaction::Plan {
-                container_id,
-                netns: r.netns,
-                ns,
-                ifname,
-                network: network_name,
-                ip: r.ip,
-                mac: r.mac,
-                labels: r.labels,
-                qos,
-                published: r.publish,
-            },
-        )
+        Ok(Admitted {
+            container_id,
+            ifname,
+            network: network_name,
+            existing: None,
+        })
     }
 
     /// Releases the lease of an owner no saved record holds; if that fails, remembers it for
@@ -792,6 +853,8 @@ impl Daemon {
             state.waiting.remove(i);
         }
         let removed = match open_recorded(&record) {
+            // The helper that made the interface removes it.
+            _ if record.by_helper => Ok(()),
             Recorded::Present(ns) => attach::remove_interface(a, &ns)
                 .map(drop)
                 .map_err(anyhow::Error::new),
@@ -816,6 +879,9 @@ impl Daemon {
                 a.ifname,
                 SWEEP_INTERVAL.as_secs()
             )));
+        }
+        if record.by_helper {
+            self.forget_kept(state, &record);
         }
         info!(container = %a.container_id, ifname = %a.ifname, "detached");
         Ok(true)
@@ -1401,6 +1467,7 @@ fn check_published(
             .iter()
             .map(|p| &p.record)
             .chain(&state.waiting)
+            .chain(&state.reserved)
             .map(|r| &r.attachment)
             .find(|a| a.container_id != container_id && a.published.iter().any(same));
         if let Some(holder) = holder {
@@ -1481,7 +1548,8 @@ fn open_namespace(netns: &str) -> Result<NetNs, ApiError> {
                 ErrorKind::PermissionDenied,
                 format!(
                     "vswitchd may not open {path} ({e}): run vswitchd as root (it needs \
-                     CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+                     CAP_SYS_ADMIN and CAP_NET_ADMIN), or attach as root with vswitch attach \
+                     --helper"
                 ),
             ),
             _ => (
@@ -1504,7 +1572,8 @@ fn api_error(e: &anyhow::Error) -> ApiError {
             .unwrap_or((ErrorKind::Internal, None, false));
     if kind == ErrorKind::PermissionDenied && !raised {
         message.push_str(
-            " (vswitchd needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, to set up interfaces)",
+            " (vswitchd needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, to set up interfaces; \
+             without them, attach as root with vswitch attach --helper)",
         );
     }
     ApiError {
@@ -1559,6 +1628,21 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<(ErrorKind, Option<S
         return permission(e.kind() == std::io::ErrorKind::PermissionDenied);
     }
     None
+}
+
+/// The rate limit an attach asks for, checked against the network's MTU.
+fn qos_of(
+    state: &State,
+    network: &str,
+    rate: Option<crate::policy::BitRate>,
+    burst: Option<u64>,
+) -> Result<Option<super::policy::QosSetting>, ApiError> {
+    let mtu = state
+        .networks
+        .get(network)
+        .map(|n| n.config.mtu())
+        .unwrap_or_default();
+    super::policy::qos_setting(rate, burst, mtu)
 }
 
 #[cfg(test)]

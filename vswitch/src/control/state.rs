@@ -32,6 +32,11 @@ pub struct PortRecord {
     /// finished) if the daemon stops before it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<Intent>,
+    /// The interface was set up by a privileged helper, which handed its queues over: the
+    /// daemon never sets it up, re-opens or removes it itself (it may lack the privilege);
+    /// only the helper does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_helper: bool,
 }
 
 /// What undoing an attach in progress needs beyond its attachment: how `lo` was in the
@@ -243,6 +248,7 @@ mod tests {
             attachment: Attachment::example(id),
             netns_id: (4, 4026532000),
             intent: None,
+            by_helper: false,
         }
     }
 

@@ -124,7 +124,7 @@ impl FromStr for AttachStep {
 
 /// Where the tests want an attach to fail or the daemon to die.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Hooks {
+pub(super) struct Hooks {
     fail_at: Option<AttachStep>,
     kill_at: Option<AttachStep>,
 }
@@ -162,7 +162,7 @@ impl Hooks {
     }
 
     /// Called as an attach reaches `step`: dies or fails there when asked to.
-    fn reach(&self, step: AttachStep) -> anyhow::Result<()> {
+    pub(super) fn reach(&self, step: AttachStep) -> anyhow::Result<()> {
         if self.kill_at == Some(step) {
             warn!("{KILL_ATTACH_ENV}: killing the daemon at attach step {step}");
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
@@ -174,16 +174,29 @@ impl Hooks {
     }
 }
 
-fn hooks() -> &'static Hooks {
+pub(super) fn hooks() -> &'static Hooks {
     static HOOKS: OnceLock<Hooks> = OnceLock::new();
     HOOKS.get_or_init(Hooks::from_env)
 }
 
-/// A validated attach request, for a container not attached yet.
+/// A validated attach request, for a container not attached yet, and its namespace.
 pub(super) struct Plan {
+    pub(super) wanted: Wanted,
+    pub(super) ns: NetNs,
+}
+
+impl std::ops::Deref for Plan {
+    type Target = Wanted;
+
+    fn deref(&self) -> &Wanted {
+        &self.wanted
+    }
+}
+
+/// What a validated attach request asks for.
+pub(super) struct Wanted {
     pub(super) container_id: String,
     pub(super) netns: String,
-    pub(super) ns: NetNs,
     pub(super) ifname: String,
     pub(super) network: String,
     pub(super) ip: Option<IpAddr>,
@@ -290,34 +303,14 @@ impl Daemon {
         done: &mut Done,
     ) -> anyhow::Result<Attachment> {
         let hooks = hooks();
-        let network = state
-            .networks
-            .get(&plan.network)
-            .ok_or_else(|| anyhow::anyhow!("network {:?} went away", plan.network))?;
-        let IpAddr::V4(v4) = addresses.v4.addr() else {
-            anyhow::bail!("IPv4 address expected from the pool, got {}", addresses.v4);
-        };
-        let attachment = Attachment {
-            container_id: plan.container_id.clone(),
-            netns: plan.netns.clone(),
-            ifname: plan.ifname.clone(),
-            network: plan.network.clone(),
-            vni: network.vni.get(),
-            mac: plan.mac.unwrap_or_else(|| mac_for(v4)),
-            address: addresses.v4,
-            address6: addresses.v6,
-            gateway: IpAddr::V4(network.gateway),
-            mtu: network.config.mtu(),
-            labels: plan.labels.clone(),
-            qos: plan.qos,
-            published: plan.published.clone(),
-        };
+        let attachment = new_attachment(state, plan, &addresses)?;
         let inside = Netlink::in_namespace(&plan.ns)?;
         let id = plan.ns.id();
         let mut record = PortRecord {
             attachment: attachment.clone(),
             netns_id: (id.dev, id.ino),
             intent: Some(attach::loopback(&inside)?),
+            by_helper: false,
         };
 
         hooks.reach(AttachStep::Intent)?;
@@ -348,13 +341,7 @@ impl Daemon {
             // that, and joins for good at the commit. A start undoes an unfinished attach
             // before it makes the rules, so a daemon killed from here on leaves none for it.
             done.published = true;
-            state.ports.push(Port {
-                record: record.clone(),
-                id,
-            });
-            let synced = self.sync_gateway(state, false);
-            state.ports.pop();
-            synced.context("publishing its ports")?;
+            self.publish_uncommitted(state, &record, id)?;
         }
 
         hooks.reach(AttachStep::Commit)?;
@@ -369,6 +356,26 @@ impl Daemon {
             state.ports.push(Port { record, id });
         }
         Ok(attachment)
+    }
+
+    /// Makes the NAT rules publish the ports of `record`, plugged as `id` and not committed
+    /// yet. The rules are made from the ports in the state: the port is there only for that,
+    /// and joins for good at the commit. A start undoes an unfinished attach before it makes
+    /// the rules, so a daemon killed before the commit leaves none for it; whoever undoes the
+    /// attach calls [`Daemon::sync_gateway`] again.
+    pub(super) fn publish_uncommitted(
+        &self,
+        state: &mut State,
+        record: &PortRecord,
+        id: PortId,
+    ) -> anyhow::Result<()> {
+        state.ports.push(Port {
+            record: record.clone(),
+            id,
+        });
+        let synced = self.sync_gateway(state, false);
+        state.ports.pop();
+        synced.context("publishing its ports")
     }
 
     /// Undoes what `done` says was done, in reverse, and returns `error` with what could not be
@@ -447,6 +454,36 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The attachment `wanted` gets with the leased `addresses`.
+pub(super) fn new_attachment(
+    state: &State,
+    wanted: &Wanted,
+    addresses: &Addresses,
+) -> anyhow::Result<Attachment> {
+    let network = state
+        .networks
+        .get(&wanted.network)
+        .ok_or_else(|| anyhow::anyhow!("network {:?} went away", wanted.network))?;
+    let IpAddr::V4(v4) = addresses.v4.addr() else {
+        anyhow::bail!("IPv4 address expected from the pool, got {}", addresses.v4);
+    };
+    Ok(Attachment {
+        container_id: wanted.container_id.clone(),
+        netns: wanted.netns.clone(),
+        ifname: wanted.ifname.clone(),
+        network: wanted.network.clone(),
+        vni: network.vni.get(),
+        mac: wanted.mac.unwrap_or_else(|| mac_for(v4)),
+        address: addresses.v4,
+        address6: addresses.v6,
+        gateway: IpAddr::V4(network.gateway),
+        mtu: network.config.mtu(),
+        labels: wanted.labels.clone(),
+        qos: wanted.qos,
+        published: wanted.published.clone(),
+    })
 }
 
 /// The intent of a record; one without (never undone) leaves `lo` as it is.
