@@ -281,6 +281,13 @@ impl Fdb {
         })
     }
 
+    /// Whether `mac` on `vni` has a static entry.
+    pub fn is_static(&self, vni: Vni, mac: MacAddr) -> bool {
+        self.entries
+            .get(&Key::new(vni, mac))
+            .is_some_and(|e| e.last_seen.is_none())
+    }
+
     /// Removes the entry for `mac` on `vni`, static or learned, and returns its location.
     pub fn remove(&mut self, vni: Vni, mac: MacAddr) -> Option<Location> {
         let old = self.entries.remove(&Key::new(vni, mac))?;

@@ -10,11 +10,11 @@ mod tap;
 mod udp;
 mod worker;
 
-pub use command::{Command, Reply};
+pub use command::{Command, FleetChange, Reply};
 pub use datapath::{
     Datapath, DatapathStopped, FDB_LISTING_INTERVAL, FRESH_INTERVAL, FdbListing, SNAPSHOT_INTERVAL,
     TEST_PANIC_ENV, WorkerSnapshot, Workers,
 };
 pub use tap::TapQueue;
 pub use udp::{FlushStats, Underlay};
-pub use worker::{IoCounters, PortError, SealingEvent};
+pub use worker::{IoCounters, PortError, SealingEvent, ServiceRequest};

@@ -5,6 +5,7 @@
 
 pub mod capture;
 mod cluster;
+pub mod etcd;
 pub mod traffic;
 
 pub use cluster::{

@@ -16,6 +16,7 @@ pub mod control;
 pub mod demo;
 pub mod docker;
 pub mod fdb;
+pub mod fleet;
 pub mod io;
 pub mod lab;
 pub mod offload;

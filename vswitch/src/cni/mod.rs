@@ -10,7 +10,8 @@
 //! The conflist's `name` is the `vswitchd` network unless the configuration names one
 //! (`"network"`); `"socket"` names the control socket. The daemon's answer maps to the result:
 //! one interface in the sandbox, its addresses with the gateway, a default route, and the
-//! configuration's `dns`; a `prevResult` from plugins before this one is kept, ours appended.
+//! configuration's `dns` (else the daemon's name server on the gateway, when it runs one); a
+//! `prevResult` from plugins before this one is kept, ours appended.
 
 pub mod codes;
 pub mod types;
@@ -22,12 +23,13 @@ use netns::{NetNs, Netlink, NsRef};
 use serde_json::Value;
 
 use self::codes::error;
-use self::types::{CniError, CniResult, Interface, IpConfig, NetConf, Route};
+use self::types::{CniError, CniResult, Dns, Interface, IpConfig, NetConf, Route};
 use crate::control::api::{
     self, AttachRequest, Attachment, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
 use crate::control::gateway::PortMapping;
 use crate::control::handoff::{self, HelperError};
+use crate::policy::BitRate;
 use crate::wire::MacAddr;
 
 /// Spec versions this plugin speaks.
@@ -287,20 +289,41 @@ fn requested_ports(conf: &NetConf) -> Result<Vec<PortMapping>, CniError> {
         .collect()
 }
 
+/// The rate limit the `bandwidth` capability asks for: one rate for both directions (the
+/// larger burst, in bytes), or an error when the two directions ask for different rates.
+fn requested_bandwidth(conf: &NetConf) -> Result<(Option<BitRate>, Option<u64>), CniError> {
+    let Some(b) = conf.runtime_config.bandwidth else {
+        return Ok((None, None));
+    };
+    let rate = match (b.ingress_rate, b.egress_rate) {
+        (Some(i), Some(e)) if i != e => {
+            return Err(error(
+                &conf.cni_version,
+                codes::UNSUPPORTED_FIELD,
+                "different ingress and egress rates",
+                format!(
+                    "runtimeConfig.bandwidth: vswitch limits both directions of a port at one \
+                     rate; ingressRate {i} and egressRate {e} differ (give one, or both the same)"
+                ),
+            ));
+        }
+        (Some(r), _) | (None, Some(r)) => r,
+        (None, None) => return Ok((None, None)),
+    };
+    let burst = b
+        .ingress_burst
+        .max(b.egress_burst)
+        .filter(|&bits| bits > 0)
+        .map(|bits| bits.div_ceil(8));
+    Ok((BitRate::new(rate), burst))
+}
+
 fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String, CniError> {
     let v = &conf.cni_version;
     let container_id = required(v, &env.container_id, "CNI_CONTAINERID")?;
     let ifname = required(v, &env.ifname, "CNI_IFNAME")?;
     let netns = required(v, &env.netns, "CNI_NETNS")?;
-    if conf.runtime_config.bandwidth.is_some() {
-        return Err(error(
-            v,
-            codes::UNSUPPORTED_FIELD,
-            "bandwidth is not supported",
-            "runtimeConfig.bandwidth: vswitch has no rate limits yet; remove the bandwidth \
-             capability from vswitch-cni in the conflist (or chain the bandwidth plugin)",
-        ));
-    }
+    let (rate, burst) = requested_bandwidth(conf)?;
     let args = parse_args(v, env.args.as_deref())?;
     let request = AttachRequest {
         netns: netns.to_owned(),
@@ -311,7 +334,8 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         mac: requested_mac(conf, &args)?,
         labels: conf.runtime_config.labels.clone(),
         publish: requested_ports(conf)?,
-        ..Default::default()
+        rate,
+        burst,
     };
     let attachment = match api::call(socket, &Request::Attach(request.clone())) {
         Ok(Reply::Attached(a)) => a,
@@ -414,6 +438,15 @@ pub fn result_of(
         if result.dns == Default::default() {
             result.dns = dns.clone();
         }
+    } else if let Some(server) = a.dns
+        && result.dns == Default::default()
+    {
+        // The daemon's name server on the gateway, which answers the network's containers.
+        result.dns = Dns {
+            nameservers: vec![server.to_string()],
+            search: vec![a.network.clone()],
+            ..Dns::default()
+        };
     }
     result
 }

@@ -134,9 +134,11 @@ fn input_errors_use_the_spec_codes() {
     unknown_arg.args = Some("FOO=bar".into());
     let e = run(&unknown_arg, &conf("1.0.0", &socket, "")).unwrap_err();
     assert_eq!(e.code, codes::INVALID_ENVIRONMENT);
-    let bandwidth = r#","runtimeConfig":{"bandwidth":{"ingressRate":1000}}"#;
+    let bandwidth =
+        r#","runtimeConfig":{"bandwidth":{"ingressRate":1000000,"egressRate":2000000}}"#;
     let e = run(&env("ADD"), &conf("1.0.0", &socket, bandwidth)).unwrap_err();
     assert_eq!(e.code, codes::UNSUPPORTED_FIELD);
+    assert!(e.details.unwrap().contains("one rate"));
     let host_ip = r#","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"127.0.0.1"}]}"#;
     let e = run(&env("ADD"), &conf("1.0.0", &socket, host_ip)).unwrap_err();
     assert_eq!(e.code, codes::UNSUPPORTED_FIELD);
@@ -211,4 +213,50 @@ fn prev_results_are_checked_against_the_attachment() {
     other_ip.ips[0].address = "10.244.1.9/16".into();
     assert!(check_prev_result(&other_ip, &a, "/var/run/netns/ctr1").is_err());
     assert!(check_prev_result(&good, &a, "/var/run/netns/other").is_err());
+}
+
+#[test]
+fn bandwidth_becomes_the_ports_rate_limit() {
+    let parse = |json: &str| -> NetConf {
+        serde_json::from_str(&format!(
+            r#"{{"cniVersion":"1.0.0","name":"default","type":"vswitch-cni","runtimeConfig":{{"bandwidth":{json}}}}}"#
+        ))
+        .unwrap()
+    };
+    let (rate, burst) =
+        requested_bandwidth(&parse(r#"{"ingressRate":8000000,"ingressBurst":96000}"#)).unwrap();
+    assert_eq!(rate.map(BitRate::bits_per_sec), Some(8_000_000));
+    assert_eq!(burst, Some(12_000), "bits to bytes");
+    let (rate, burst) = requested_bandwidth(&parse(
+        r#"{"ingressRate":1000000,"egressRate":1000000,"ingressBurst":8,"egressBurst":80000}"#,
+    ))
+    .unwrap();
+    assert_eq!(rate.map(BitRate::bits_per_sec), Some(1_000_000));
+    assert_eq!(burst, Some(10_000), "the larger burst");
+    assert_eq!(requested_bandwidth(&parse("{}")).unwrap(), (None, None));
+    let e = requested_bandwidth(&parse(r#"{"ingressRate":1,"egressRate":2}"#)).unwrap_err();
+    assert_eq!(e.code, codes::UNSUPPORTED_FIELD);
+}
+
+#[test]
+fn the_daemons_name_server_is_the_results_dns_unless_the_config_names_one() {
+    let mut attachment = Attachment::example("ctr1");
+    attachment.dns = Some(attachment.gateway);
+    let answers = vec![
+        Response::Ok(Reply::Attached(attachment.clone())),
+        Response::Ok(Reply::Attached(attachment)),
+    ];
+    let (_dir, socket, _requests) = daemon(answers);
+    let out = run(&env("ADD"), &conf("1.0.0", &socket, ""))
+        .unwrap()
+        .unwrap();
+    let result: CniResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(result.dns.nameservers, ["10.244.1.1"]);
+    assert_eq!(result.dns.search, ["default"]);
+    let given = r#","dns":{"nameservers":["192.0.2.53"]}"#;
+    let out = run(&env("ADD"), &conf("1.0.0", &socket, given))
+        .unwrap()
+        .unwrap();
+    let result: CniResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(result.dns.nameservers, ["192.0.2.53"]);
 }

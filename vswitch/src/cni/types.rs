@@ -37,8 +37,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
 }
 
-/// Runtime configuration for the capabilities `vswitch-cni` takes: `ips`, `mac` and `labels`.
-/// `bandwidth` is refused (unsupported field) until the daemon has rate limits.
+/// Runtime configuration for the capabilities `vswitch-cni` takes: `ips`, `mac`, `labels`,
+/// `bandwidth` and `portMappings`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RuntimeConfig {
     /// Static addresses, `10.244.1.7/16` or `10.244.1.7` (one per family at most).
@@ -50,9 +50,9 @@ pub struct RuntimeConfig {
     /// Labels of the container, kept with its attachment.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Rate limits: refused for now.
+    /// The `bandwidth` capability: the port's rate limit.
     #[serde(default)]
-    pub bandwidth: Option<Value>,
+    pub bandwidth: Option<Bandwidth>,
     /// Ports to publish on the host (the `portMappings` capability), as `vswitch attach
     /// --publish` does.
     #[serde(default, rename = "portMappings")]
@@ -181,4 +181,24 @@ pub struct CniError {
     /// What exactly went wrong and what to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
+}
+
+/// The `bandwidth` capability as the reference `bandwidth` plugin reads it: rates in bits per
+/// second, bursts in bits. vswitch limits a port with one token bucket per direction at one
+/// rate, so the two directions must ask for the same rate (or one of them for none).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bandwidth {
+    /// Traffic into the container, bits per second.
+    #[serde(default)]
+    pub ingress_rate: Option<u64>,
+    /// Its burst, bits.
+    #[serde(default)]
+    pub ingress_burst: Option<u64>,
+    /// Traffic out of the container, bits per second.
+    #[serde(default)]
+    pub egress_rate: Option<u64>,
+    /// Its burst, bits.
+    #[serde(default)]
+    pub egress_burst: Option<u64>,
 }

@@ -136,6 +136,9 @@ pub struct Attachment {
     /// Its published ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<super::gateway::PortMapping>,
+    /// The name server answering container names (the gateway), when the daemon runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<IpAddr>,
     /// The port's rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<super::policy::QosSetting>,
@@ -158,6 +161,7 @@ impl Attachment {
             mtu: 1450,
             labels: BTreeMap::new(),
             published: Vec::new(),
+            dns: None,
             qos: None,
         }
     }
@@ -210,6 +214,15 @@ pub struct PeerView {
     /// Its session, when it carries a sealed network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<super::sealing::SessionStatus>,
+    /// Its datagrams dropped, by reason (the reasons with any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_by_reason: BTreeMap<String, u64>,
+    /// Its tunnel's health (probes on the VXLAN path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::fleet::health::PeerHealthView>,
+    /// Found through the fleet's registry rather than configured.
+    #[serde(default)]
+    pub discovered: bool,
 }
 
 /// One MAC table entry.
@@ -278,6 +291,9 @@ pub struct StatusView {
     /// Traffic of each datapath worker, in worker order: how evenly flows spread over cores.
     #[serde(default)]
     pub workers: Vec<Traffic>,
+    /// The node's health: Ready, Degraded or Disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::fleet::health::NodeHealthView>,
     /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
     #[serde(default)]
     pub mtu: MtuView,
@@ -348,6 +364,9 @@ pub enum Reply {
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.
 ///
 /// `{"ok":{...}}` or `{"error":{"kind":"unknown_network","message":"...","field":"network"}}`.
+// One per request, built and dropped at once: the size of the attachment it may carry costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {

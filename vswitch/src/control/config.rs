@@ -50,6 +50,9 @@ pub struct Config {
     /// Switching tables and their limits.
     #[serde(default)]
     pub switch: SwitchTuning,
+    /// Fleet membership (with an etcd store) and peer health.
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
     /// Network policies in force from the start (the policy file's shape, see README); those
     /// applied at run time are kept in the state directory beside them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -643,6 +646,9 @@ impl Config {
             if *lease_ttl_secs < 5 {
                 return err("store.lease_ttl_secs".into(), "must be at least 5".into());
             }
+        }
+        if let Err((key, reason)) = self.fleet.check() {
+            return err(key, reason);
         }
         if self.switch.fdb_aging_secs == 0 {
             return err("switch.fdb_aging_secs".into(), "must be at least 1".into());

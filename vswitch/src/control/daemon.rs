@@ -43,6 +43,7 @@ use crate::switch::{self, Gateway, PeerStats, PortConfig, PortId, PortStats, Sit
 use crate::wire::Vni;
 use rustc_hash::FxHashMap;
 
+mod fleet;
 mod handoff;
 mod reservations;
 mod transaction;
@@ -60,6 +61,8 @@ struct Network {
 struct Peer {
     endpoint: SocketAddr,
     networks: Vec<String>,
+    /// Found through the fleet's registry rather than configured.
+    from_fleet: bool,
 }
 
 /// An attached container's port.
@@ -138,6 +141,8 @@ pub struct Daemon {
     sealing: std::sync::OnceLock<super::sealing::Sealing>,
     state: Mutex<State>,
     view: Mutex<Arc<View>>,
+    /// Membership and health ([`fleet`]).
+    fleet: std::sync::OnceLock<fleet::FleetLink>,
     policy: super::policy::PolicyPlane,
 }
 
@@ -202,6 +207,7 @@ impl Daemon {
                 ),
             }),
             view: Mutex::default(),
+            fleet: std::sync::OnceLock::new(),
             policy,
         });
         {
@@ -224,6 +230,7 @@ impl Daemon {
         if let Some(sealing) = super::sealing::Sealing::start(&config, daemon.datapath.remote())? {
             let _ = daemon.sealing.set(sealing);
         }
+        fleet::start(&daemon, &config)?;
         info!(
             node = %config.node.name,
             endpoint = %daemon.datapath.local_addr(),
@@ -334,6 +341,7 @@ impl Daemon {
                 .chain(state.reservations.attachments())
                 .collect(),
         };
+        self.fleet_view_published(&view);
         *self
             .view
             .lock()
@@ -533,9 +541,14 @@ impl Daemon {
             vnis: vnis.clone(),
             reply,
         })?;
-        state
-            .peers
-            .insert(peer.name.clone(), Peer { endpoint, networks });
+        state.peers.insert(
+            peer.name.clone(),
+            Peer {
+                endpoint,
+                networks,
+                from_fleet: false,
+            },
+        );
         Ok(())
     }
 
@@ -883,6 +896,7 @@ impl Daemon {
         if record.by_helper {
             self.forget_kept(state, &record);
         }
+        self.fleet_detached(a);
         info!(container = %a.container_id, ifname = %a.ifname, "detached");
         Ok(true)
     }
@@ -986,7 +1000,12 @@ impl Daemon {
             }
         }
         // Peers: removed ones go (with what was learned behind them), new ones come.
-        let old_peers: Vec<String> = state.peers.keys().cloned().collect();
+        let old_peers: Vec<String> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.from_fleet)
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in old_peers {
             let wanted = config.peers.iter().find(|p| p.name == name);
             let current = &state.peers[&name];
@@ -1099,7 +1118,7 @@ impl Daemon {
             fdb_entries,
             workers,
         } = totals(&self.datapath.fresh_snapshots());
-        StatusView {
+        let mut status = StatusView {
             node: view.node.clone(),
             endpoint: self.datapath.local_addr(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -1128,7 +1147,10 @@ impl Daemon {
                 route_resolves: counters.route_resolves,
                 ttl_exceeded: counters.ttl_exceeded,
             },
-        }
+            health: None,
+        };
+        self.fleet_status(&mut status);
+        status
     }
 
     fn ports_of(view: &View, snapshots: &[Arc<WorkerSnapshot>]) -> Vec<PortView> {
@@ -1235,16 +1257,23 @@ impl Daemon {
                         drops: s.drops,
                     },
                     session: None,
+                    drops_by_reason: s
+                        .drop_reasons
+                        .iter()
+                        .filter(|&(_, n)| n > 0)
+                        .map(|(reason, n)| (reason.as_str().to_owned(), n))
+                        .collect(),
+                    health: None,
+                    discovered: false,
                 }
             })
             .collect()
     }
 
     fn peers(&self) -> Vec<PeerView> {
-        self.with_sessions(Self::peers_of(
-            &self.view(),
-            &self.datapath.fresh_snapshots(),
-        ))
+        let mut peers = Self::peers_of(&self.view(), &self.datapath.fresh_snapshots());
+        self.fleet_peers(&mut peers);
+        self.with_sessions(peers)
     }
 
     /// `peers` with each sealed peer's session filled in.
@@ -1263,13 +1292,16 @@ impl Daemon {
         let view = self.view();
         let snapshots = self.datapath.snapshots();
         let totals = totals(&snapshots);
+        let mut peers = Self::peers_of(&view, &snapshots);
+        self.fleet_peers(&mut peers);
         super::metrics::Scrape {
             counters: totals.counters,
             io: totals.io,
             fdb_entries: totals.fdb_entries,
             ports: Self::ports_of(&view, &snapshots),
-            peers: self.with_sessions(Self::peers_of(&view, &snapshots)),
+            peers: self.with_sessions(peers),
             workers: totals.workers,
+            health: self.fleet_health(),
             policy: self.policy.list(),
         }
     }
@@ -1280,6 +1312,7 @@ impl Daemon {
         if let Err(e) = self.lock().gateways.teardown() {
             warn!("{e:#}");
         }
+        self.stop_fleet();
         match Arc::try_unwrap(self) {
             Ok(daemon) => daemon.datapath.stop().context("stopping the datapath"),
             Err(_) => Ok(()),

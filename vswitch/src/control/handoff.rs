@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn reserve_and_plug_have_a_stable_json_form() {
-        let line = r#"{"op":"reserve","attach":{"netns":"c1","ifname":"eth0"},"netns_id":[4,4026532000],"before":{"lo_was_up":false,"lo_addresses":["127.0.0.1/8"]}}"#;
+        let line = r#"{"op":"helper_reserve","attach":{"netns":"c1","ifname":"eth0"},"netns_id":[4,4026532000],"before":{"lo_was_up":false,"lo_addresses":["127.0.0.1/8"]}}"#;
         let Ok(Request::HelperReserve(r)) = serde_json::from_str::<Request>(line) else {
             panic!("a reserve request");
         };

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::api::{PeerView, PortView, Traffic};
 use super::policy::PolicyList;
+use crate::fleet::health::{NodeHealthView, NodeState, PeerState};
 use crate::io::IoCounters;
 use crate::switch::Counters;
 
@@ -33,6 +34,8 @@ pub struct Scrape {
     pub peers: Vec<PeerView>,
     /// Each datapath worker's traffic, in worker order.
     pub workers: Vec<Traffic>,
+    /// The node's health.
+    pub health: Option<NodeHealthView>,
     /// The policies in force, their rules' counters and the connection table's.
     pub policy: PolicyList,
 }
@@ -71,6 +74,23 @@ fn counters(
         family.get_or_create(&labels).inc_by(value);
     }
     registry.register(name, help, family);
+}
+
+/// Each peer's dropped datagrams, by reason.
+fn peer_drops(registry: &mut Registry, peers: &[PeerView]) {
+    counters(
+        registry,
+        "vswitch_peer_drops",
+        "Datagrams from the peer dropped, by reason",
+        peers.iter().flat_map(|p| {
+            p.drops_by_reason.iter().map(|(reason, &n)| {
+                (
+                    vec![("peer", label(&p.name)), ("reason", reason.clone())],
+                    n,
+                )
+            })
+        }),
+    );
 }
 
 /// Reads one count of a session.
@@ -296,8 +316,43 @@ pub fn render(s: &Scrape) -> String {
             })
         }),
     );
+    let states = Family::<Labels, Gauge>::default();
+    for p in &s.peers {
+        if let Some(h) = &p.health {
+            for state in [PeerState::Up, PeerState::Degraded, PeerState::Down] {
+                states
+                    .get_or_create(&vec![
+                        ("peer", label(&p.name)),
+                        ("state", state.to_string()),
+                    ])
+                    .set(i64::from(h.state == state));
+            }
+        }
+    }
+    registry.register(
+        "vswitch_peer_state",
+        "1 for each peer's tunnel state (up, degraded, down), 0 for the others",
+        states,
+    );
+    if let Some(h) = &s.health {
+        let node = Family::<Labels, Gauge>::default();
+        for state in [
+            NodeState::Ready,
+            NodeState::Degraded,
+            NodeState::Disconnected,
+        ] {
+            node.get_or_create(&vec![("state", state.to_string())])
+                .set(i64::from(h.state == state));
+        }
+        registry.register(
+            "vswitch_node_state",
+            "1 for the node's state (Ready, Degraded, Disconnected), 0 for the others",
+            node,
+        );
+    }
     policy(&mut registry, s);
     sessions(&mut registry, &s.peers);
+    peer_drops(&mut registry, &s.peers);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -427,8 +482,12 @@ mod tests {
                     rekeys: 3,
                     refused: 1,
                 }),
+                drops_by_reason: std::collections::BTreeMap::from([("replayed".to_owned(), 2)]),
+                health: None,
+                discovered: false,
             }],
             workers: vec![Traffic::default(), Traffic::default()],
+            health: None,
             policy,
         });
         assert!(text.contains(
@@ -442,6 +501,7 @@ mod tests {
             "vswitch_peer_handshakes_total{peer=\"h1\"} 4\n",
             "vswitch_peer_rekeys_total{peer=\"h1\"} 3\n",
             "vswitch_peer_handshakes_refused_total{peer=\"h1\"} 1\n",
+            "vswitch_peer_drops_total{peer=\"h1\",reason=\"replayed\"} 2\n",
         ] {
             assert!(text.contains(sample), "{sample} in {text}");
         }

@@ -14,9 +14,11 @@
 //! the new rules at once; an established connection is judged again, as the connection it was
 //! opened as, on its next packet: still allowed, it goes on; denied now, it is cut.
 //!
-//! Endpoints on other hosts: the node knows the labels of its own containers only (static
-//! peers exchange no labels), so rules about remote containers match them by address: CIDR
-//! peers (`{ cidr = "10.244.2.0/24" }`). A label selector in a rule matches local containers.
+//! Endpoints on other hosts: static peers exchange no labels, so rules about their containers
+//! match them by address: CIDR peers (`{ cidr = "10.244.2.0/24" }`). Containers the fleet
+//! publishes ([`crate::fleet`]) come with their labels ([`PolicyPlane::set_remote`]): a
+//! label selector in a rule's peers matches them as it matches local containers. Either way a
+//! policy selects (and is enforced for) the containers of this node only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -170,7 +172,10 @@ struct Inner {
     path: PathBuf,
     overlay: Overlay,
     config: Vec<Policy>,
+    /// This node's containers.
     endpoints: Vec<Endpoint>,
+    /// Containers on other nodes, with their labels (from the fleet).
+    remote: Vec<Endpoint>,
     compiled: Option<Arc<Compiled>>,
     /// The set in force has been handed to the workers at least once.
     installed: bool,
@@ -266,6 +271,7 @@ impl PolicyPlane {
                 overlay,
                 config: config.to_vec(),
                 endpoints: Vec::new(),
+                remote: Vec::new(),
                 compiled: None,
                 installed: false,
                 qos: BTreeMap::new(),
@@ -335,6 +341,19 @@ impl PolicyPlane {
         self.install(&mut inner, datapath, changed)
     }
 
+    /// Sets the containers on other nodes that rules' label selectors match (those the fleet
+    /// publishes), and compiles anew when they changed.
+    pub fn set_remote(&self, datapath: &Datapath, remote: Vec<Endpoint>) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        if inner.remote == remote {
+            return Ok(());
+        }
+        inner.remote = remote;
+        // Before the first sync, the daemon's first view installs them with its ports.
+        let installed = inner.installed;
+        self.install(&mut inner, datapath, installed)
+    }
+
     fn sync_qos(
         &self,
         inner: &mut Inner,
@@ -388,9 +407,16 @@ impl PolicyPlane {
         }
         let policies = in_force(&inner.config, &inner.overlay);
         let compiled = (!policies.is_empty()).then(|| {
+            // Local endpoints first: an address both claim is the local container's.
+            let endpoints: Vec<Endpoint> = inner
+                .endpoints
+                .iter()
+                .chain(&inner.remote)
+                .cloned()
+                .collect();
             let compiled = Compiled::new(
                 &policies.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
-                &inner.endpoints,
+                &endpoints,
                 Instant::now(),
             );
             if let Some(old) = &inner.compiled {

@@ -101,6 +101,18 @@ pub fn status(s: &StatusView) -> String {
          refused  by TAPs {}  by the underlay {}  unsegmentable super-frames {}\n",
         s.tap_write_errors, s.udp_send_errors, s.offload_errors
     );
+    if let Some(h) = &s.health {
+        let store = match h.store_reachable {
+            Some(true) => "store reachable",
+            Some(false) => "store unreachable",
+            None => "no shared store",
+        };
+        let _ = writeln!(
+            text,
+            "health   {} since {} (unix)  {store}  peers up {}/{}",
+            h.state, h.since_unix_secs, h.peers_up, h.peers
+        );
+    }
     let _ = writeln!(
         text,
         "mtu      too-big errors sent {} (rate-limited {})  MSS clamped {}",
@@ -223,6 +235,17 @@ pub fn peers(peers: &[PeerView]) -> String {
                 p.macs.to_string(),
             ];
             row.extend(traffic_cells(&p.traffic));
+            row.push(match &p.health {
+                None => "-".into(),
+                Some(h) => match h.last_heard_ms {
+                    Some(ms) => format!(
+                        "{} since {} (heard {ms} ms ago)",
+                        h.state, h.since_unix_secs
+                    ),
+                    None => format!("{} since {}", h.state, h.since_unix_secs),
+                },
+            });
+            row.push(if p.discovered { "fleet" } else { "config" }.into());
             row.push(match &p.session {
                 None => "-".into(),
                 Some(s) => session_cell(s),
@@ -230,13 +253,22 @@ pub fn peers(peers: &[PeerView]) -> String {
             row
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "PEER", "ENDPOINT", "NETWORKS", "MACS", "RX", "RX BYTES", "TX", "TX BYTES", "DROPS",
-            "SESSION",
+            "HEALTH", "FROM", "SESSION",
         ],
         &rows,
-    )
+    );
+    for p in peers.iter().filter(|p| !p.drops_by_reason.is_empty()) {
+        let reasons: Vec<String> = p
+            .drops_by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = writeln!(out, "  {} drops: {}", p.name, reasons.join(", "));
+    }
+    out
 }
 
 /// A sealed peer's session: state, handshakes, rekeys, age of the last, refused messages.

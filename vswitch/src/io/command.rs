@@ -7,16 +7,16 @@
 //! Queries never come this way: they read the snapshots the workers publish
 //! ([`super::WorkerSnapshot`]).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, mpsc};
 
 use super::tap::TapQueue;
-use super::worker::{PortError, SealingEvent, Worker};
+use super::worker::{PortError, SealingEvent, ServiceRequest, Worker};
 use crate::policy::PortQos;
 use crate::switch::{
-    NetworkConfig, PolicyInstall, PortConfig, PortId, Route, SessionInstall, SwitchError,
+    NetworkConfig, Pinned, PolicyInstall, PortConfig, PortId, Route, SessionInstall, SwitchError,
 };
-use crate::wire::Vni;
+use crate::wire::{MacAddr, Vni};
 use crypto::{SessionKeys, SharedReplay};
 
 /// A control-plane change for one worker, applied between batches.
@@ -127,6 +127,30 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
+    /// Applies one plan of the fleet's membership (peers joined and left, endpoints pinned and
+    /// unpinned), whole and in order, between two batches.
+    ApplyFleet {
+        /// The plan's changes, in order.
+        changes: Arc<[FleetChange]>,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Hands DNS queries to gateways to the name server from now on (when its queue is full,
+    /// they are dropped and counted).
+    ServeGatewayDns {
+        /// Where the queries go.
+        requests: mpsc::SyncSender<ServiceRequest>,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Writes a frame the control plane made (a DNS answer) to a port; only the first worker
+    /// is sent this.
+    WriteToPort {
+        /// The port.
+        port: PortId,
+        /// The whole Ethernet frame.
+        frame: Vec<u8>,
+    },
     /// How many datagrams the worker sealed under each of these sessions (by local index), for
     /// the count-based rekey: asked by the handshake thread once a second, never by queries.
     CountSealed {
@@ -148,6 +172,71 @@ pub enum Command {
     /// Panics inside the worker's loop: for the test of what a worker's panic does (see
     /// [`super::TEST_PANIC_ENV`]).
     Panic,
+}
+
+/// One change of a fleet plan ([`Command::ApplyFleet`]) to a worker's switch.
+#[derive(Debug, Clone)]
+pub enum FleetChange {
+    /// A node joined: its peer, carrying the networks both nodes share.
+    AddPeer {
+        /// The node's underlay address.
+        addr: SocketAddr,
+        /// The shared networks.
+        vnis: Vec<Vni>,
+    },
+    /// A node left: its peer goes, with what was learned behind it.
+    RemovePeer {
+        /// The node's underlay address.
+        addr: SocketAddr,
+    },
+    /// A remote container's MAC and addresses, pinned to its node's peer.
+    Pin {
+        /// The node's underlay address.
+        peer: SocketAddr,
+        /// The container's network.
+        vni: Vni,
+        /// Its MAC.
+        mac: MacAddr,
+        /// Its IPv4 addresses.
+        ips: Vec<Ipv4Addr>,
+    },
+    /// A remote container gone: its pinned entries go.
+    Unpin {
+        /// The container's network.
+        vni: Vni,
+        /// Its MAC.
+        mac: MacAddr,
+        /// Its IPv4 addresses.
+        ips: Vec<Ipv4Addr>,
+    },
+}
+
+impl FleetChange {
+    fn apply(&self, worker: &mut Worker) {
+        let switch = worker.switch();
+        match self {
+            FleetChange::AddPeer { addr, vnis } => {
+                switch.add_peer(*addr, vnis);
+            }
+            FleetChange::RemovePeer { addr } => {
+                if let Some(id) = switch.peer_id(*addr) {
+                    switch.remove_peer(id);
+                }
+            }
+            FleetChange::Pin {
+                peer,
+                vni,
+                mac,
+                ips,
+            } => match switch.pin_remote(*peer, *vni, *mac, ips) {
+                Pinned::Done => {}
+                refused => tracing::debug!(%mac, %vni, "fleet: endpoint not pinned: {refused:?}"),
+            },
+            FleetChange::Unpin { vni, mac, ips } => {
+                switch.unpin_remote(*vni, *mac, ips);
+            }
+        }
+    }
 }
 
 /// Where a worker answers one command; the control plane waits on the other end.
@@ -238,6 +327,18 @@ impl Worker {
                 }
                 reply.send(());
             }
+            Command::ApplyFleet { changes, reply } => {
+                for change in changes.iter() {
+                    change.apply(self);
+                }
+                reply.send(());
+            }
+            Command::ServeGatewayDns { requests, reply } => {
+                self.set_services(requests);
+                self.switch().set_gateway_dns(true);
+                reply.send(());
+            }
+            Command::WriteToPort { port, frame } => self.write_to_port(port, &frame),
             Command::CountSealed {
                 local_indices,
                 reply,

@@ -74,6 +74,15 @@ pub enum PortError {
     Register(io::Error),
 }
 
+/// A frame for a gateway service, from a port.
+#[derive(Debug, Clone)]
+pub struct ServiceRequest {
+    /// The port it came from (and the answer goes to).
+    pub port: PortId,
+    /// The whole frame.
+    pub frame: Vec<u8>,
+}
+
 /// Counters of the I/O shell itself (the core counts what it drops and why).
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct IoCounters {
@@ -91,6 +100,8 @@ pub struct IoCounters {
     pub offload_errors: u64,
     /// Updates received from sibling workers and applied.
     pub updates_applied: u64,
+    /// Gateway service requests (DNS queries) dropped because the name server's queue was full.
+    pub service_overflows: u64,
 }
 
 impl IoCounters {
@@ -103,6 +114,7 @@ impl IoCounters {
         self.wakeups += other.wakeups;
         self.offload_errors += other.offload_errors;
         self.updates_applied += other.updates_applied;
+        self.service_overflows += other.service_overflows;
     }
 }
 
@@ -144,6 +156,8 @@ pub struct Worker {
     pub(super) running: bool,
     /// Where handshake messages and requests for sessions go; `None` without sealed networks.
     sealing: Option<mpsc::Sender<SealingEvent>>,
+    /// Where gateway service requests (DNS queries) go; `None` without a name server.
+    services: Option<mpsc::SyncSender<ServiceRequest>>,
     /// Scratch for the switch's lists of peers.
     addrs: Vec<SocketAddr>,
     snapshot: Arc<SnapshotSlot>,
@@ -205,6 +219,7 @@ impl Worker {
             counters: IoCounters::default(),
             running: true,
             sealing: None,
+            services: None,
             addrs: Vec::new(),
             snapshot,
             snapshot_counters: Default::default(),
@@ -663,6 +678,9 @@ impl Worker {
                     );
                 }
             }
+            if let Some(port) = self.out.service() {
+                self.hand_to_service(port, frame);
+            }
             if self.out.transmits().is_empty() {
                 continue;
             }
@@ -753,6 +771,37 @@ impl Worker {
             } else {
                 segments.iter().for_each(&mut send);
             }
+        }
+    }
+
+    /// Sends gateway service requests (DNS queries) to `services` from now on; when its queue
+    /// is full, requests are dropped and counted (`service_overflows`).
+    pub(super) fn set_services(&mut self, services: mpsc::SyncSender<ServiceRequest>) {
+        self.services = Some(services);
+    }
+
+    fn hand_to_service(&mut self, port: PortId, frame: &[u8]) {
+        if let Some(services) = &self.services {
+            let request = ServiceRequest {
+                port,
+                frame: frame.to_vec(),
+            };
+            if services.try_send(request).is_err() {
+                self.counters.service_overflows += 1;
+            }
+        }
+    }
+
+    /// Writes a frame the control plane made (a DNS answer) to a port.
+    pub(super) fn write_to_port(&mut self, port: PortId, frame: &[u8]) {
+        if let Some(&slot) = self.slots.get(&port) {
+            write_slot(
+                &self.ports,
+                &mut self.counters,
+                slot,
+                &VnetHdr::default(),
+                frame,
+            );
         }
     }
 

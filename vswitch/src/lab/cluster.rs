@@ -69,6 +69,8 @@ impl Cleanup {
         // Containers first, then hosts, then the underlay: links die with their namespace.
         for name in self.namespaces.drain(..).rev() {
             let _ = NetNs::delete(&name);
+            // The resolv.conf vswitchd wrote for a named namespace.
+            let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&name));
         }
         for dir in self.dirs.drain(..) {
             let _ = fs::remove_dir_all(dir);

@@ -145,7 +145,7 @@ impl fmt::Display for DropReason {
 }
 
 /// One counter per [`DropReason`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounters([u64; DropReason::COUNT]);
 
 impl DropCounters {
@@ -214,6 +214,8 @@ pub struct Counters {
     pub gateway_arp_replies: u64,
     /// ICMP echo requests answered by the gateway.
     pub gateway_echo_replies: u64,
+    /// DNS queries to a gateway handed to the name server.
+    pub gateway_dns_queries: u64,
     /// ARP requests answered from the neighbour table instead of flooded.
     pub arp_suppressed: u64,
     /// Peers created for unknown addresses (`accept_unknown_peers`).
@@ -226,6 +228,8 @@ pub struct Counters {
     pub route_resolves: u64,
     /// Routed frames whose TTL ran out, answered with ICMP time exceeded.
     pub ttl_exceeded: u64,
+    /// Liveness probes received from peers (counted for the peer, then dropped unremarked).
+    pub probes: u64,
     /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent, answering frames
     /// over the MTU.
     pub too_big_sent: u64,
@@ -269,6 +273,8 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     /// Datagrams from the peer that were dropped.
     pub drops: u64,
+    /// The same, by reason.
+    pub drop_reasons: DropCounters,
 }
 
 impl Counters {
@@ -291,12 +297,14 @@ impl Counters {
         self.neighbours_aged += other.neighbours_aged;
         self.gateway_arp_replies += other.gateway_arp_replies;
         self.gateway_echo_replies += other.gateway_echo_replies;
+        self.gateway_dns_queries += other.gateway_dns_queries;
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
         self.routed += other.routed;
         self.route_resolves += other.route_resolves;
         self.ttl_exceeded += other.ttl_exceeded;
+        self.probes += other.probes;
         self.too_big_sent += other.too_big_sent;
         self.too_big_limited += other.too_big_limited;
         self.mss_clamped += other.mss_clamped;
@@ -325,6 +333,7 @@ impl PeerStats {
         self.tx_datagrams += other.tx_datagrams;
         self.tx_bytes += other.tx_bytes;
         self.drops += other.drops;
+        self.drop_reasons.add(&other.drop_reasons);
     }
 }
 

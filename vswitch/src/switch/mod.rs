@@ -20,11 +20,13 @@ mod mtu;
 mod neigh;
 mod output;
 mod path;
+mod pinned;
 mod policy;
 mod replica;
 mod route;
 mod sealing;
 mod security;
+mod services;
 
 #[cfg(test)]
 mod tests;
@@ -45,10 +47,12 @@ pub use counters::{Counters, DropCounters, DropReason, PeerStats, PortStats};
 pub use mtu::{TOO_BIG_BURST, TOO_BIG_RATE};
 pub use neigh::NeighbourEntry;
 pub use output::{Output, Transmit};
+pub use pinned::{PROBE, Pinned, is_probe, probe_datagram};
 pub use policy::{DeniedFlow, PolicyInstall};
 pub use replica::{Site, Update};
 pub use route::Route;
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
+pub use services::DNS_PORT;
 
 use neigh::Neighbours;
 
@@ -180,6 +184,8 @@ pub struct Switch {
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
     router: route::Router,
+    /// DNS queries to gateways go to the caller ([`services`]).
+    gateway_dns: bool,
     enforcement: policy::Enforcement,
 }
 
@@ -209,6 +215,7 @@ impl Switch {
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
             router: route::Router::default(),
+            gateway_dns: false,
             enforcement: policy::Enforcement::default(),
         }
     }

@@ -151,7 +151,7 @@ impl Neighbours {
         self.per_location.get(&at).copied().unwrap_or(0) >= limit
     }
 
-    /// Forgets what was learned from a port or peer that is gone.
+    /// Forgets what was learned from (or pinned to) a port or peer that is gone.
     pub(super) fn remove_location(&mut self, at: Location) -> usize {
         self.remove_where(|_, e| e.from == Some(at))
     }
@@ -175,13 +175,24 @@ impl Neighbours {
     }
 
     pub(super) fn insert_static(&mut self, vni: Vni, ip: Ipv4Addr, mac: MacAddr) {
+        self.insert_static_at(vni, ip, mac, None);
+    }
+
+    /// A static entry that goes with `from` ([`Neighbours::remove_location`]) when given.
+    pub(super) fn insert_static_at(
+        &mut self,
+        vni: Vni,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        from: Option<Location>,
+    ) {
         let old = self.entries.insert(
             key(vni, ip),
             Entry {
                 mac,
                 last_seen: None,
                 mirrored: false,
-                from: None,
+                from,
             },
         );
         if let Some(old) = old

@@ -39,6 +39,7 @@ pub struct Output {
     pub(super) frame: Range<usize>,
     pub(super) reply: Vec<u8>,
     pub(super) reply_port: Option<PortId>,
+    pub(super) service: Option<PortId>,
     pub(super) reply_peer: Option<Transmit>,
     pub(super) rewrite: Rewrite,
     pub(super) dropped: Option<DropReason>,
@@ -72,6 +73,7 @@ impl Output {
         self.frame = 0..0;
         self.reply.clear();
         self.reply_port = None;
+        self.service = None;
         self.reply_peer = None;
         self.rewrite = Rewrite::default();
         self.dropped = None;
@@ -132,6 +134,12 @@ impl Output {
     /// Writes the VXLAN datagram for the transmits (header, then frame) into `buf`.
     pub fn encap_into(&self, input: &[u8], buf: &mut Vec<u8>) {
         tunnel::encap_into(&self.header, self.frame(input), buf);
+    }
+
+    /// The frame is a request for a gateway service (a DNS query) from this port: hand it to
+    /// the control plane, which answers on the port.
+    pub fn service(&self) -> Option<PortId> {
+        self.service
     }
 
     /// A frame the switch generated (ARP reply, gateway echo reply, ICMP error) and the port to

@@ -101,6 +101,10 @@ impl Switch {
             p.stats.rx_datagrams += 1;
             p.stats.rx_bytes += len;
         }
+        if super::is_probe(datagram) {
+            self.counters.probes += 1;
+            return;
+        }
         let result = self.datagram_from_peer(now, from, &mut peer, datagram, out);
         match result {
             Ok(()) => {
@@ -114,6 +118,7 @@ impl Switch {
                     && let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
                 {
                     p.stats.drops += 1;
+                    p.stats.drop_reasons.bump(reason);
                 }
                 if reason == DropReason::OverMtu {
                     self.answer_too_big_from_peer(now, peer, datagram, out);
@@ -284,6 +289,11 @@ impl Switch {
         if let Some(gw) = gateway
             && dst == gw.mac
         {
+            if self.gateway_dns && super::services::is_dns_query(&eth, gw) {
+                self.counters.gateway_dns_queries += 1;
+                out.service = Some(port);
+                return Ok(());
+            }
             if write_echo_reply(&mut out.reply, &eth, gw)? {
                 self.counters.gateway_echo_replies += 1;
                 out.reply_port = Some(port);

@@ -229,6 +229,7 @@ impl Switch {
         p.sealing.wanted = true;
         if full {
             p.stats.drops += 1;
+            p.stats.drop_reasons.bump(DropReason::NoSession);
         } else {
             p.sealing.held_bytes += frame.len();
             p.sealing.held.push_back((vni, frame.to_vec()));

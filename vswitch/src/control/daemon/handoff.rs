@@ -116,7 +116,8 @@ impl Daemon {
             wanted.container_id.clone(),
             wanted.ifname.clone(),
         );
-        let recorded = transaction::new_attachment(state, &wanted, &addresses).and_then(|a| {
+        let recorded = transaction::new_attachment(state, &wanted, &addresses).and_then(|mut a| {
+            a.dns = self.fleet_name_server(a.gateway);
             hooks.reach(AttachStep::Intent)?;
             let record = PortRecord {
                 attachment: a,
@@ -227,6 +228,8 @@ impl Daemon {
         }
         info!(container = %key.0, ifname = %key.1, address = %record.attachment.address, "attached by a helper");
         self.keep(state, &record, plug.offloads, copies);
+        // After the commit, as for an attach of the daemon's own.
+        self.fleet_attached(&record.attachment);
         hooks().reach(AttachStep::Answer)?;
         let attachment = record.attachment.clone();
         state.ports.push(Port { record, id });

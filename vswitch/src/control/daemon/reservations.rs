@@ -80,6 +80,7 @@ impl Reservations {
                     labels: Default::default(),
                     qos: None,
                     published: Vec::new(),
+                    dns: None,
                 },
             ))
         })

@@ -5,8 +5,9 @@
 //! [`Intent`] (the attach in progress); create the TAP under a staging name in the daemon's
 //! namespace; move it into the container's namespace under its name; configure it (MAC, MTU,
 //! addresses, `lo` and the interface up, the default route); plug it into the datapath (and
-//! make the NAT rules of its published ports); save
-//! the record without the intent (the commit); answer.
+//! make the NAT rules of its published ports); save the record without the intent (the
+//! commit); write the container's resolv.conf (with `fleet.resolv_conf`); answer. The fleet
+//! publishes the container with the next view, which only holds committed ports.
 //!
 //! A failure at any step undoes, in reverse, every step done: the port leaves the datapath,
 //! [`attach::undo_interface`] removes the staged TAP, the container's interface (only if it is
@@ -275,6 +276,8 @@ impl Daemon {
         };
         match self.attach_leased(state, &plan, addresses, &mut done) {
             Ok(attachment) => {
+                // After the commit: a failed attach never leaves a resolv.conf behind.
+                self.fleet_attached(&attachment);
                 info!(
                     container = %plan.container_id,
                     ifname = %plan.ifname,
@@ -303,7 +306,8 @@ impl Daemon {
         done: &mut Done,
     ) -> anyhow::Result<Attachment> {
         let hooks = hooks();
-        let attachment = new_attachment(state, plan, &addresses)?;
+        let mut attachment = new_attachment(state, plan, &addresses)?;
+        attachment.dns = self.fleet_name_server(attachment.gateway);
         let inside = Netlink::in_namespace(&plan.ns)?;
         let id = plan.ns.id();
         let mut record = PortRecord {
@@ -456,7 +460,8 @@ impl Daemon {
     }
 }
 
-/// The attachment `wanted` gets with the leased `addresses`.
+/// The attachment `wanted` gets with the leased `addresses` (without a name server: the caller
+/// names the fleet's, if any).
 pub(super) fn new_attachment(
     state: &State,
     wanted: &Wanted,
@@ -483,6 +488,7 @@ pub(super) fn new_attachment(
         labels: wanted.labels.clone(),
         qos: wanted.qos,
         published: wanted.published.clone(),
+        dns: None,
     })
 }
 

@@ -48,6 +48,7 @@ impl Control for FakeDaemon {
                 workers: Vec::new(),
                 mtu: Default::default(),
                 routing: Default::default(),
+                health: None,
             })),
             Request::Reserve(r) => {
                 if r.network != "app" {

@@ -147,6 +147,7 @@ fn hostile_datagrams_are_dropped_by_reason() {
         mut a,
         b_at_a,
         mut b,
+        a_at_b,
         b_keys,
         ..
     } = sealed_pair(2, 0);
@@ -199,6 +200,12 @@ fn hostile_datagrams_are_dropped_by_reason() {
         Some(DropReason::Unauthentic),
         "another session's key",
     );
+    // The peer they came from counts them by reason too (`vswitch peers`).
+    let reasons = b.peer_stats(a_at_b).unwrap().drop_reasons;
+    assert_eq!(reasons.get(DropReason::Replayed), 1);
+    assert_eq!(reasons.get(DropReason::Unauthentic), 7);
+    assert_eq!(reasons.get(DropReason::Runt), 1);
+    assert_eq!(reasons.total(), b.peer_stats(a_at_b).unwrap().drops);
 }
 
 #[test]
