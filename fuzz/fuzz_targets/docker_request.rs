@@ -61,6 +61,7 @@ impl Control for StandIn {
                 workers: Vec::new(),
                 mtu: Default::default(),
                 routing: Default::default(),
+                health: None,
             })),
             Request::Reserve(r) => Reply::Reserved(reservation(r.ip)),
             Request::PlugTap(_) => Reply::Reserved(reservation(None)),
