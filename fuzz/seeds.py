@@ -202,6 +202,12 @@ def frame_from_port():
     write(t, "tso4-tagged-from-b", vnet(*struct.unpack("<BBHHHH", hdr[:10]), port=1) + frame)
     write(t, "udp-broadcast-from-b", vnet(port=1) + udp4_frame(PORT_B_MAC, BROADCAST, PORT_B_IP, bytes([10, 244, 255, 255]), payload(40)))
     write(t, "udp-broadcast-from-c", vnet(port=2) + udp4_frame(PORT_C_MAC, BROADCAST, PORT_C_IP, bytes([10, 245, 255, 255]), payload(40)))
+    port_d_ip = bytes([10, 246, 1, 2])
+    write(t, "udp-routed-to-port-d", vnet() + udp4_frame(PORT_A_MAC, GATEWAY_MAC, PORT_A_IP, port_d_ip, payload(60)))
+    write(t, "udp-routed-unknown", vnet() + udp4_frame(PORT_A_MAC, GATEWAY_MAC, PORT_A_IP, bytes([10, 246, 2, 9]), payload(20)))
+    write(t, "tcp-to-outside-host-port", vnet() + tcp4_frame(PORT_A_MAC, GATEWAY_MAC, PORT_A_IP, bytes([198, 51, 100, 7]), 1, SYN, b""))
+    hdr, frame = tso4(PORT_A_MAC, GATEWAY_MAC, 3)
+    write(t, "tso4-to-gateway", hdr + frame)
     # MTU: a SYN whose MSS is clamped (complete and partial checksum), frames over the MTU
     # that are answered with ICMP errors.
     syn = tcp4_frame(PORT_A_MAC, REMOTE_MAC, PORT_A_IP, REMOTE_IP, 1, SYN, b"", options=SYN_OPTIONS)

@@ -9,10 +9,13 @@
 //!
 //! Checked, beyond "no panic": a drop leaves no action but, for a frame over the MTU, an ICMP
 //! "too big" error to the sender (well formed, checked by `check::assert_too_big`); frames stay
-//! in their VNI and never go back to their port; only VNI 42 reaches the peer; a reply goes to
-//! the sender and is a well-formed ARP or ICMP echo reply; frames sent to peers whole fit the
-//! network's MTU; the segments of a super-frame sent to peers are well-formed wire frames; a
-//! SYN whose MSS the switch clamps keeps its checksum and every other byte.
+//! in their VNI (but frames to the gateway routed from VNI 42 to VNI 44, which come out with VNI
+//! 44's gateway MAC as source and their TTL decremented with a valid header checksum, or as an
+//! ARP request from that gateway) and never go back to their port; only VNI 42 reaches the peer;
+//! a reply goes to the sender and is a well-formed ARP reply, ICMP echo reply or time exceeded;
+//! frames sent to peers whole fit the network's MTU; the segments of a super-frame sent to peers
+//! are well-formed wire frames; a SYN whose MSS the switch clamps keeps its checksum and every
+//! other byte.
 
 use std::cell::RefCell;
 
@@ -26,22 +29,79 @@ use vswitch_fuzz::fixture::{self, Fixture};
 
 thread_local! {
     static TEMPLATE: Fixture = Fixture::new(false);
-    static BUFFERS: RefCell<(Output, Segments)> =
-        RefCell::new((Output::new(), Segments::with_headroom(tunnel::VXLAN_HEADER_LEN)));
+    static BUFFERS: RefCell<(Output, Segments, Vec<u8>)> = RefCell::new((
+        Output::new(),
+        Segments::with_headroom(tunnel::VXLAN_HEADER_LEN),
+        Vec::new(),
+    ));
 }
 
 /// One TAP read handed to the switch, as the worker does it: the switch validates the vnet
-/// header against the frame and returns the header it rebuilt, the only one acted on.
+/// header against the frame and returns the header it rebuilt, the only one acted on; a routed
+/// frame is then rewritten in the read buffer (which has room past the read).
 fn tap_read<'a>(
     fx: &mut Fixture,
     port: PortId,
-    input: &'a [u8],
+    input: &[u8],
+    buf: &'a mut Vec<u8>,
     out: &mut Output,
 ) -> Option<(VnetHdr, &'a [u8])> {
     let now = fx.now();
+    buf.clear();
+    buf.extend_from_slice(input);
+    buf.resize(input.len() + 64, 0);
     fx.switch.handle_tap_read(now, port, input, out);
-    let frame = input.get(out.frame_range())?;
+    out.rewrite(buf);
+    let frame = buf.get(out.frame_range())?;
     Some((out.offload().hdr, frame))
+}
+
+/// A frame routed from VNI 42 into VNI 44: the original was for the gateway; what goes out is
+/// an ARP request from VNI 44's gateway, or the frame from that gateway to port D with its TTL
+/// one less and a valid IPv4 header checksum, and otherwise unchanged but for an MSS clamp.
+fn check_routed(routed: &[u8], original: &[u8], partial: bool) {
+    assert_eq!(
+        &original[..6],
+        &fixture::GATEWAY_MAC,
+        "routed a frame not for the gateway"
+    );
+    assert_eq!(
+        &routed[6..12],
+        &fixture::GATEWAY44_MAC,
+        "routed frame's source MAC"
+    );
+    match routed.get(12..14) {
+        Some([0x08, 0x06]) => {
+            assert_eq!(routed.len(), 42, "ARP request length");
+            assert_eq!(&routed[..6], &[0xff; 6], "ARP request not broadcast");
+            assert_eq!(
+                &routed[14..22],
+                &[0, 1, 8, 0, 6, 4, 0, 1],
+                "ARP request header"
+            );
+        }
+        Some([0x08, 0x00]) => {
+            assert_eq!(
+                &routed[..6],
+                &fixture::PORT_D_MAC,
+                "routed frame's destination"
+            );
+            assert_eq!(routed.len(), original.len(), "routed frame's length");
+            let ihl = usize::from(routed[14] & 0x0f) * 4;
+            assert_eq!(routed[22], original[22] - 1, "TTL not decremented");
+            assert_eq!(
+                internet_sum(&routed[14..14 + ihl]),
+                0xffff,
+                "IP header checksum"
+            );
+            if routed[14 + ihl..] != original[14 + ihl..] {
+                let mut unrouted = routed.to_vec();
+                unrouted[..14 + ihl].copy_from_slice(&original[..14 + ihl]);
+                check::assert_clamped(original, &unrouted, partial, false);
+            }
+        }
+        other => panic!("routed frame of EtherType {other:02x?}"),
+    }
 }
 
 /// Length of the Ethernet header (with every VLAN tag) of a frame the switch accepted.
@@ -77,7 +137,7 @@ fn check_reply(reply: &[u8], requester: &[u8]) {
             );
             assert_eq!(ip[9], 1, "echo reply protocol");
             assert_eq!(internet_sum(&ip[..ihl]), 0xffff, "echo reply IP checksum");
-            assert_eq!(ip[ihl], 0, "echo reply ICMP type");
+            assert!(matches!(ip[ihl], 0 | 11), "reply ICMP type {}", ip[ihl]);
             assert_eq!(internet_sum(&ip[ihl..]), 0xffff, "echo reply ICMP checksum");
         }
         other => panic!("reply of EtherType {other:02x?}"),
@@ -102,10 +162,11 @@ fuzz_target!(|input: &[u8]| {
     };
     let mut fx = TEMPLATE.with(Fixture::clone);
     let port = [fx.port_a, fx.port_b, fx.port_c][usize::from(selector % 3)];
-    BUFFERS.with_borrow_mut(|(out, segments)| {
-        let Some((hdr, frame)) = tap_read(&mut fx, port, input, out) else {
+    BUFFERS.with_borrow_mut(|(out, segments, buf)| {
+        let Some((hdr, frame)) = tap_read(&mut fx, port, input, buf, out) else {
             return;
         };
+        let original = input.get(VNET_HDR_LEN..).unwrap_or_default();
         if out.dropped().is_some() {
             assert!(
                 out.ports().is_empty() && out.transmits().is_empty(),
@@ -118,22 +179,41 @@ fuzz_target!(|input: &[u8]| {
             }
             return;
         }
-        assert_eq!(out.frame_range(), VNET_HDR_LEN..input.len(), "frame range");
-        let mut rewritten = frame.to_vec();
-        out.rewrite(&mut rewritten);
-        if rewritten != frame {
-            let partial = hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
-            check::assert_clamped(frame, &rewritten, partial, false);
+        // A frame routed to an address not resolved yet is replaced by the ARP request.
+        let replaced =
+            frame.get(6..14) == Some(&[&fixture::GATEWAY44_MAC[..], &[0x08, 0x06]].concat()[..]);
+        if replaced {
+            assert_eq!(
+                out.frame_range(),
+                VNET_HDR_LEN..VNET_HDR_LEN + 42,
+                "ARP request range"
+            );
+        } else {
+            assert_eq!(out.frame_range(), VNET_HDR_LEN..input.len(), "frame range");
+        }
+        let partial = hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
+        // Routed frames leave with another source MAC: they are checked below.
+        let routed = frame.get(6..12) != original.get(6..12);
+        if !routed && frame != original {
+            check::assert_clamped(original, frame, partial, false);
         }
         let vni = fx.switch.port(port).expect("fixture port").config.vni;
         for &dest in out.ports() {
             assert_ne!(dest, port, "a frame went back to its own port");
             let dest_vni = fx.switch.port(dest).expect("destination port").config.vni;
-            assert_eq!(dest_vni, vni, "a frame crossed from one VNI to another");
+            if dest_vni == vni {
+                continue;
+            }
+            assert_eq!(
+                (vni, dest),
+                (Vni::DEFAULT, fx.port_d),
+                "a frame crossed from one VNI to another"
+            );
+            check_routed(frame, original, partial);
         }
         if let Some((reply_port, reply)) = out.reply() {
             assert_eq!(reply_port, port, "reply to another port");
-            check_reply(reply, frame);
+            check_reply(reply, original);
         }
         if !out.transmits().is_empty() {
             assert_eq!(vni, Vni::DEFAULT, "a peer got a VNI it does not carry");

@@ -5,7 +5,10 @@
 //! - port A ([`PORT_A_MAC`]), port security on, addresses 10.244.1.2 and fd00:10:244:1::2;
 //! - port B ([`PORT_B_MAC`]), port security off, address 10.244.1.3, one MAC learned behind it
 //!   and a per-port limit of that one learned MAC, so a further new source MAC is `fdb_full`;
-//! - network VNI 43 with port C, which the peer does not carry;
+//! - network VNI 43 with port C, which the peer does not carry, and no gateway;
+//! - network VNI 44, gateway 10.246.1.1 at [`GATEWAY44_MAC`], with port D (10.246.1.2), routed
+//!   to from VNI 42 (as is VNI 43, which has no gateway to route through);
+//! - a host port on VNI 42;
 //! - a configured peer at [`PEER`] on VNI 42 with [`REMOTE_MAC`] learned behind it;
 //! - aging of 2 s, so that the sweep after each input forgets what the input taught.
 //!
@@ -16,7 +19,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use vswitch::fdb::FdbConfig;
-use vswitch::switch::{Gateway, NetworkConfig, Output, PortConfig, PortId, Switch, SwitchConfig};
+use vswitch::switch::{
+    Gateway, NetworkConfig, Output, PortConfig, PortId, Route, Switch, SwitchConfig,
+};
 use vswitch::tunnel;
 use vswitch::wire::{MacAddr, Vni};
 
@@ -48,6 +53,10 @@ pub const REMOTE_IP: [u8; 4] = [10, 244, 2, 2];
 pub const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)), 4789);
 /// An address that is no configured peer.
 pub const STRANGER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 51000);
+/// The MAC of VNI 44's gateway.
+pub const GATEWAY44_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf6, 0x01, 0x01];
+/// Port D's MAC (VNI 44).
+pub const PORT_D_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf6, 0x01, 0x02];
 /// The MTU of both networks.
 pub const MTU: u16 = 1450;
 
@@ -66,6 +75,10 @@ pub struct Fixture {
     pub port_b: PortId,
     /// Port C (VNI 43).
     pub port_c: PortId,
+    /// Port D (VNI 44).
+    pub port_d: PortId,
+    /// VNI 42's host port.
+    pub host_port: PortId,
 }
 
 impl Fixture {
@@ -113,6 +126,28 @@ impl Fixture {
         let port_c = switch
             .add_port(PortConfig::new(vni43, MacAddr(PORT_C_MAC)))
             .expect("port C");
+        let vni44 = Vni::try_from(44).expect("44 is a VNI");
+        let mut net44 = NetworkConfig::new(vni44);
+        net44.mtu = MTU;
+        net44.gateway = Some(Gateway {
+            ip: Ipv4Addr::new(10, 246, 1, 1),
+            mac: MacAddr(GATEWAY44_MAC),
+        });
+        switch.add_network(net44).expect("network 44");
+        let mut d = PortConfig::new(vni44, MacAddr(PORT_D_MAC));
+        d.ips = vec![IpAddr::V4(Ipv4Addr::new(10, 246, 1, 2))];
+        let port_d = switch.add_port(d).expect("port D");
+        let route = |vni, subnet: &str| Route {
+            vni,
+            subnet: subnet.parse().expect("a prefix"),
+        };
+        switch
+            .set_routes(
+                vni42,
+                vec![route(vni43, "10.245.0.0/16"), route(vni44, "10.246.0.0/16")],
+            )
+            .expect("routes");
+        let host_port = switch.add_host_port(vni42).expect("host port");
         switch.add_peer(PEER, &[vni42]);
         let sibling = switch.clone();
         switch.set_replicated(true);
@@ -139,6 +174,8 @@ impl Fixture {
             port_a,
             port_b,
             port_c,
+            port_d,
+            host_port,
         }
     }
 

@@ -8,6 +8,8 @@
 //! - [`Netlink`]: an rtnetlink connection bound to one namespace: veth pairs,
 //!   bridges, VXLAN devices, moving, renaming and configuring links, addresses and
 //!   routes.
+//! - [`nft`]: NAT rules (masquerade, published ports) in an nftables table of our own, sent
+//!   over netlink.
 //! - [`Tap`]: TAP devices opened through `/dev/net/tun` ioctls, with the virtio-net
 //!   header, several queues and the segmentation offloads the kernel accepts.
 //! - [`send_with_fds`] / [`recv_with_fds`]: descriptors (a TAP's queues) handed from one
@@ -45,6 +47,7 @@ mod error;
 mod fds;
 mod name;
 mod netlink;
+pub mod nft;
 mod ns;
 mod sys;
 mod tap;

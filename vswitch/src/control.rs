@@ -5,6 +5,7 @@ pub mod api;
 pub mod attach;
 pub mod config;
 pub mod daemon;
+pub mod gateway;
 pub mod handoff;
 pub mod host_tap;
 pub mod keeper;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use vswitch::control::api::{
     self, AttachRequest, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
+use vswitch::control::gateway::PortMapping;
 use vswitch::control::handoff;
 use vswitch::control::policy::{ExplainRequest, PolicyApply, PolicyDelete, QosRequest};
 use vswitch::control::render;
@@ -69,6 +70,9 @@ enum Command {
         #[arg(long, requires = "file")]
         psk: bool,
     },
+    /// This node itself.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Network policies: apply, list, delete, explain.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -80,6 +84,14 @@ enum Command {
         #[arg(default_value = "/etc/vswitch/private.key")]
         file: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Remove, in this namespace, every nftables rule and interface vswitchd makes (the table
+    /// inet vswitch, host ports vsw-*, TAPs left by an interrupted attach). Run it with the
+    /// daemon stopped; containers' own interfaces go with detach.
+    Clean,
 }
 
 #[derive(Args)]
@@ -105,6 +117,10 @@ struct AttachArgs {
     /// A label of the container, KEY=VALUE (repeatable), kept with the attachment.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Publish a port: HOST_PORT:CONTAINER_PORT[/tcp|/udp] (repeatable); connections to the
+    /// host's port, on any of its addresses, reach the container's.
+    #[arg(long = "publish", short = 'p')]
+    publish: Vec<PortMapping>,
     /// A rate limit on the port in bits per second, each direction, with SI suffixes: 800k,
     /// 100M, 1.5G.
     #[arg(long)]
@@ -218,6 +234,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(ErrorKind::AlreadyAttached) => 9,
         Some(ErrorKind::NameTaken) => 10,
         Some(ErrorKind::Unavailable) => 11,
+        Some(ErrorKind::PortTaken) => 12,
         _ => 1,
     }
 }
@@ -242,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ip: args.ip,
                 mac: args.mac,
                 labels: args.labels.into_iter().collect(),
+                publish: args.publish,
                 rate: args.rate,
                 burst: args.burst,
             };
@@ -326,6 +344,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let secret = crypto::StaticSecret::generate(&mut rng);
             sealing::write_private_key(&file, &secret)?;
             println!("{}", secret.public_key());
+            Ok(())
+        }
+        Command::Node(NodeCommand::Clean) => {
+            let removed = vswitch::control::gateway::clean()?;
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            for what in removed {
+                println!("removed {what}");
+            }
             Ok(())
         }
         Command::Pubkey { file } => {

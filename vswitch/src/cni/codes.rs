@@ -37,6 +37,8 @@ pub const ALREADY_ATTACHED: u32 = 103;
 pub const ADDRESS_TAKEN: u32 = 104;
 /// Ours: the interface name is taken in the container by a device that is not ours.
 pub const NAME_TAKEN: u32 = 105;
+/// Ours: a host port of `portMappings` is published by another container.
+pub const PORT_TAKEN: u32 = 108;
 /// Ours: the plugin may not use the control socket, or the daemon may not do what it must.
 pub const PERMISSION_DENIED: u32 = 106;
 /// Ours (CHECK): the container's interface is not what was attached.
@@ -79,6 +81,7 @@ pub fn from_client(version: &str, e: &ClientError) -> CniError {
         Some(ErrorKind::AlreadyAttached) => (ALREADY_ATTACHED, "container already attached"),
         Some(ErrorKind::AddressTaken) => (ADDRESS_TAKEN, "address taken"),
         Some(ErrorKind::NameTaken) => (NAME_TAKEN, "interface name taken"),
+        Some(ErrorKind::PortTaken) => (PORT_TAKEN, "host port published already"),
         Some(ErrorKind::PermissionDenied) => (PERMISSION_DENIED, "permission denied"),
         Some(ErrorKind::NamespaceNotFound) => (UNKNOWN_CONTAINER, "no such network namespace"),
         Some(ErrorKind::Unavailable) => (TRY_AGAIN_LATER, "vswitchd is busy; try again later"),

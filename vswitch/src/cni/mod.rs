@@ -27,6 +27,7 @@ use self::types::{CniError, CniResult, Dns, Interface, IpConfig, NetConf, Route}
 use crate::control::api::{
     self, AttachRequest, Attachment, ClientError, DetachRequest, ErrorKind, Reply, Request,
 };
+use crate::control::gateway::PortMapping;
 use crate::control::handoff::{self, HelperError};
 use crate::policy::BitRate;
 use crate::wire::MacAddr;
@@ -250,6 +251,44 @@ fn requested_mac(conf: &NetConf, args: &CniArgs) -> Result<Option<MacAddr>, CniE
     })
 }
 
+/// The `portMappings` capability as ports to publish.
+fn requested_ports(conf: &NetConf) -> Result<Vec<PortMapping>, CniError> {
+    let v = &conf.cni_version;
+    let invalid = |details: String| {
+        error(
+            v,
+            codes::INVALID_NETWORK_CONFIG,
+            "invalid port mapping",
+            details,
+        )
+    };
+    conf.runtime_config
+        .port_mappings
+        .iter()
+        .map(|m| {
+            if m.host_ip
+                .as_deref()
+                .is_some_and(|ip| !ip.is_empty() && ip != "0.0.0.0")
+            {
+                return Err(error(
+                    v,
+                    codes::UNSUPPORTED_FIELD,
+                    "hostIP is not supported",
+                    format!(
+                        "runtimeConfig.portMappings: hostIP {:?}: vswitch publishes a port on \
+                         every address of the host",
+                        m.host_ip.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            let protocol = m.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            format!("{}:{}/{protocol}", m.host_port, m.container_port)
+                .parse::<PortMapping>()
+                .map_err(|why| invalid(format!("runtimeConfig.portMappings: {why}")))
+        })
+        .collect()
+}
+
 /// The rate limit the `bandwidth` capability asks for: one rate for both directions (the
 /// larger burst, in bytes), or an error when the two directions ask for different rates.
 fn requested_bandwidth(conf: &NetConf) -> Result<(Option<BitRate>, Option<u64>), CniError> {
@@ -294,6 +333,7 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, network: &str) -> Result<String
         ip: requested_ip(conf, &args)?,
         mac: requested_mac(conf, &args)?,
         labels: conf.runtime_config.labels.clone(),
+        publish: requested_ports(conf)?,
         rate,
         burst,
     };

@@ -55,7 +55,7 @@ fn add_asks_for_the_container_and_prints_the_spec_result() {
     let stdin = conf(
         "1.0.0",
         &socket,
-        r#","dns":{"nameservers":["10.244.0.10"]},"runtimeConfig":{"ips":["10.244.1.2/16"],"mac":"0a:58:0a:f4:01:02","labels":{"app":"web"},"portMappings":[]}"#,
+        r#","dns":{"nameservers":["10.244.0.10"]},"runtimeConfig":{"ips":["10.244.1.2/16"],"mac":"0a:58:0a:f4:01:02","labels":{"app":"web"},"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":""}]}"#,
     );
     let mut e = env("ADD");
     e.args = Some("IgnoreUnknown=1;K8S_POD_NAME=x;FOO=bar".into());
@@ -68,6 +68,8 @@ fn add_asks_for_the_container_and_prints_the_spec_result() {
     assert_eq!(asked.container_id.as_deref(), Some("ctr1"));
     assert_eq!(asked.ip, Some("10.244.1.2".parse().unwrap()));
     assert_eq!(asked.mac.unwrap().to_string(), "0a:58:0a:f4:01:02");
+    let published: Vec<String> = asked.publish.iter().map(ToString::to_string).collect();
+    assert_eq!(published, ["8080:80/tcp", "5353:53/udp"]);
     assert_eq!(asked.labels["app"], "web");
     let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -137,6 +139,12 @@ fn input_errors_use_the_spec_codes() {
     let e = run(&env("ADD"), &conf("1.0.0", &socket, bandwidth)).unwrap_err();
     assert_eq!(e.code, codes::UNSUPPORTED_FIELD);
     assert!(e.details.unwrap().contains("one rate"));
+    let host_ip = r#","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"127.0.0.1"}]}"#;
+    let e = run(&env("ADD"), &conf("1.0.0", &socket, host_ip)).unwrap_err();
+    assert_eq!(e.code, codes::UNSUPPORTED_FIELD);
+    let sctp = r#","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"sctp"}]}"#;
+    let e = run(&env("ADD"), &conf("1.0.0", &socket, sctp)).unwrap_err();
+    assert_eq!(e.code, codes::INVALID_NETWORK_CONFIG);
     let two = r#","runtimeConfig":{"ips":["10.244.1.2/16","10.244.1.3/16"]}"#;
     let e = run(&env("ADD"), &conf("1.0.0", &socket, two)).unwrap_err();
     assert_eq!(e.code, codes::INVALID_NETWORK_CONFIG);

@@ -53,9 +53,30 @@ pub struct RuntimeConfig {
     /// The `bandwidth` capability: the port's rate limit.
     #[serde(default)]
     pub bandwidth: Option<Bandwidth>,
+    /// Ports to publish on the host (the `portMappings` capability), as `vswitch attach
+    /// --publish` does.
+    #[serde(default, rename = "portMappings")]
+    pub port_mappings: Vec<CniPortMapping>,
     /// Capabilities of other plugins in the list (`portMappings`, ...): not ours, ignored.
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+/// One entry of `runtimeConfig.portMappings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniPortMapping {
+    /// The host's port.
+    pub host_port: u16,
+    /// The container's port.
+    pub container_port: u16,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// One host address to publish on; vswitch publishes on all of them, so only empty or
+    /// `0.0.0.0` is taken.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
 }
 
 /// The `dns` object of a configuration or a result.

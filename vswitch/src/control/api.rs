@@ -84,6 +84,9 @@ pub struct AttachRequest {
     /// Labels of the container (`app=web`), kept with the attachment for policy to select on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Ports to publish on the host's addresses (`vswitch attach --publish 8080:80/tcp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<super::gateway::PortMapping>,
     /// A rate limit on the port, each direction: bits per second (`"100M"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<crate::policy::BitRate>,
@@ -130,6 +133,9 @@ pub struct Attachment {
     /// The container's labels, as given at attach.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Its published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<super::gateway::PortMapping>,
     /// The name server answering container names (the gateway), when the daemon runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<IpAddr>,
@@ -154,6 +160,7 @@ impl Attachment {
             gateway: IpAddr::V4([10, 244, 1, 1].into()),
             mtu: 1450,
             labels: BTreeMap::new(),
+            published: Vec::new(),
             dns: None,
             qos: None,
         }
@@ -290,6 +297,9 @@ pub struct StatusView {
     /// Frames over the MTU, and TCP SYNs, as the switch answered and clamped them.
     #[serde(default)]
     pub mtu: MtuView,
+    /// Frames routed between networks.
+    #[serde(default)]
+    pub routing: RoutingView,
 }
 
 /// What the switch did about the MTU: "too big" errors sent (and held back by their rate
@@ -302,6 +312,17 @@ pub struct MtuView {
     pub too_big_limited: u64,
     /// TCP SYNs whose MSS option was lowered.
     pub mss_clamped: u64,
+}
+
+/// What the switch did routing between networks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingView {
+    /// Frames routed from one network to another.
+    pub routed: u64,
+    /// ARP requests the gateway sent to resolve a routed frame's destination.
+    pub route_resolves: u64,
+    /// Routed frames whose TTL ran out, answered with ICMP time exceeded.
+    pub ttl_exceeded: u64,
 }
 
 /// A successful reply's payload.
@@ -343,6 +364,9 @@ pub enum Reply {
 /// A reply on the wire: the payload, or an error saying what went wrong and what to do.
 ///
 /// `{"ok":{...}}` or `{"error":{"kind":"unknown_network","message":"...","field":"network"}}`.
+// One per request, built and dropped at once: the size of the attachment it may carry costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -373,6 +397,8 @@ pub enum ErrorKind {
     AlreadyAttached,
     /// The interface name is taken inside the container by a device that is not ours.
     NameTaken,
+    /// A port asked to be published is published already, for another container (named).
+    PortTaken,
     /// The caller may not use the control socket, or the daemon may not do what it was asked.
     PermissionDenied,
     /// The daemon cannot serve the request now (too many connections, the address store is
@@ -396,6 +422,7 @@ impl ErrorKind {
             ErrorKind::AddressTaken => "address_taken",
             ErrorKind::AlreadyAttached => "already_attached",
             ErrorKind::NameTaken => "name_taken",
+            ErrorKind::PortTaken => "port_taken",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",

@@ -52,6 +52,15 @@ fn staging_name(a: &Attachment) -> String {
     format!("vs{:08x}", hasher.finish() as u32)
 }
 
+/// Whether `name` is one a TAP carries between its creation and its move into a container.
+pub(super) fn is_staging_name(name: &str) -> bool {
+    name.len() == 10
+        && name.starts_with("vs")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 /// Options for the container's TAP: always multi-queue, so that it can be re-adopted by a
 /// daemon running any number of workers, with `queues` queues.
 pub(crate) fn tap_options(name: &str, offloads: bool, queues: usize) -> TapOptions {
@@ -221,5 +230,7 @@ mod tests {
         let a = Attachment::example("a-very-long-container-identifier-0123456789");
         let name = staging_name(&a);
         assert!(name.len() <= 15 && name.starts_with("vs"), "{name}");
+        assert!(is_staging_name(&name), "{name}");
+        assert!(!is_staging_name("vsw-default") && !is_staging_name("vswitch0"));
     }
 }

@@ -158,6 +158,17 @@ pub struct NetworkConfig {
     /// so stale ARP and conntrack entries elsewhere do not meet a new container.
     #[serde(default = "default_address_hold")]
     pub address_hold_secs: u64,
+    /// Give the host a port on the network: an interface in the daemon's namespace holding the
+    /// gateway address. Absent: on when `masquerade` is. See [`NetworkConfig::host_port`].
+    #[serde(default, rename = "host_port")]
+    pub host_port_setting: Option<bool>,
+    /// Masquerade the network's traffic to outside the cluster's networks behind the host's
+    /// address (needs the host port).
+    #[serde(default)]
+    pub masquerade: bool,
+    /// Networks this one is connected to: the switch routes between them, both ways.
+    #[serde(default)]
+    pub routes_to: Vec<String>,
 }
 
 /// Another node of the cluster.
@@ -258,8 +269,13 @@ impl Default for SwitchTuning {
     }
 }
 
+/// The network of a config that names none: a new node's containers reach the host and the
+/// outside world, as under Docker's default bridge.
 fn default_networks() -> Vec<NetworkConfig> {
-    vec![NetworkConfig::named(DEFAULT_NETWORK)]
+    vec![NetworkConfig {
+        masquerade: true,
+        ..NetworkConfig::named(DEFAULT_NETWORK)
+    }]
 }
 fn default_udp_port() -> u16 {
     DEFAULT_UDP_PORT
@@ -341,7 +357,15 @@ impl NetworkConfig {
             clamp_mss: true,
             psk_file: None,
             address_hold_secs: default_address_hold(),
+            host_port_setting: None,
+            masquerade: false,
+            routes_to: Vec::new(),
         }
+    }
+
+    /// Whether the network has a host port: as configured, else when it is masqueraded.
+    pub fn host_port(&self) -> bool {
+        self.host_port_setting.unwrap_or(self.masquerade)
     }
 
     /// The VNI.
@@ -531,6 +555,7 @@ impl Config {
                 return err(key("mtu"), format!("{} is not in 576..=9000", net.mtu()));
             }
         }
+        super::gateway::validate(&self.networks)?;
         if let Some(group) = &self.node.control_group {
             validate_name(group).or_else(|r| err("node.control_group".into(), r))?;
         }

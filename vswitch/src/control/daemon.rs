@@ -30,10 +30,11 @@ use tracing::{info, warn};
 
 use super::api::{
     ApiError, AttachRequest, Attachment, DetachRequest, ErrorKind, FdbView, MtuView, NetworkView,
-    PeerView, PortView, Reply, Request, Response, StatusView, Traffic,
+    PeerView, PortView, Reply, Request, Response, RoutingView, StatusView, Traffic,
 };
 use super::attach::{self, mac_for};
 use super::config::{Config, ConfigError, NetworkConfig};
+use super::gateway::{GatewayNetwork, Gateways, Published};
 use super::leases::Leases;
 use super::state::{PortRecord, PortStore};
 use crate::fdb::{FdbConfig, FdbEntry};
@@ -101,6 +102,7 @@ struct State {
     reserved: Vec<PortRecord>,
     store: PortStore,
     leases: Leases,
+    gateways: Gateways,
     /// Addresses reserved for runtimes that move interfaces themselves, and their TAPs.
     reservations: reservations::Reservations,
 }
@@ -199,6 +201,7 @@ impl Daemon {
                 reserved: Vec::new(),
                 store,
                 leases,
+                gateways: Gateways::default(),
                 reservations: reservations::Reservations::new(
                     super::host_tap::ReservationStore::new(&config.node.state_dir),
                 ),
@@ -215,10 +218,13 @@ impl Daemon {
             for peer in &config.peers {
                 daemon.add_peer(&mut state, peer)?;
             }
+            state.gateways.remove_leftovers();
+            daemon.sync_gateway(&mut state, true)?;
             // Policies in force before any container is back: each stays closed until the
             // compilation that knows it arrives.
             daemon.publish_view(&state);
             daemon.restore(&mut state)?;
+            daemon.sync_gateway(&mut state, false)?;
             daemon.publish_view(&state);
         }
         if let Some(sealing) = super::sealing::Sealing::start(&config, daemon.datapath.remote())? {
@@ -723,6 +729,7 @@ impl Daemon {
                     mac: r.mac,
                     labels: r.labels,
                     qos,
+                    published: r.publish,
                 },
                 ns,
             },
@@ -775,6 +782,23 @@ impl Daemon {
             });
         }
         check_labels(&r.labels)?;
+        if !r.publish.is_empty()
+            && !state
+                .networks
+                .get(&network_name)
+                .is_some_and(|n| n.config.host_port())
+        {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "network {network_name:?} has no host port for published ports to go \
+                     through: set host_port = true (or masquerade = true) on it"
+                ),
+            )
+            .field("publish")
+            .into());
+        }
+        check_published(state, &container_id, &r.publish)?;
         Ok(Admitted {
             container_id,
             ifname,
@@ -835,6 +859,9 @@ impl Daemon {
             let id = state.ports.remove(i).id;
             self.datapath
                 .ask(|reply| Command::RemovePort { id, reply })?;
+            if !a.published.is_empty() {
+                self.sync_gateway(state, false)?;
+            }
         } else if let Some(i) = waiting_index {
             state.waiting.remove(i);
         }
@@ -917,6 +944,7 @@ impl Daemon {
                     },
                 )?;
             }
+            state.gateways.remove_host_port(&self.datapath, &name)?;
             if let Some(network) = state.networks.remove(&name) {
                 let vni = network.vni;
                 self.datapath
@@ -1008,6 +1036,22 @@ impl Daemon {
                 changes.push(format!("peer {} set", peer.name));
             }
         }
+        for network in &config.networks {
+            let Some(current) = state.networks.get_mut(&network.name) else {
+                continue;
+            };
+            let before = &current.config;
+            if before.host_port() != network.host_port()
+                || before.masquerade != network.masquerade
+                || before.routes_to != network.routes_to
+            {
+                current.config.host_port_setting = network.host_port_setting;
+                current.config.masquerade = network.masquerade;
+                current.config.routes_to = network.routes_to.clone();
+                changes.push(format!("network {}: gateway settings", network.name));
+            }
+        }
+        self.sync_gateway(state, true)?;
         let summary = if changes.is_empty() {
             "no change".to_owned()
         } else {
@@ -1015,6 +1059,47 @@ impl Daemon {
         };
         info!(%summary, "config reloaded");
         Ok(summary)
+    }
+
+    /// Makes the host ports and routes (with `ports_too`) and the NAT rules agree with the
+    /// networks and the attached containers' published ports.
+    fn sync_gateway(&self, state: &mut State, ports_too: bool) -> anyhow::Result<()> {
+        let State {
+            networks,
+            gateways,
+            ports,
+            config,
+            ..
+        } = state;
+        let nets: Vec<GatewayNetwork<'_>> = networks
+            .values()
+            .map(|n| GatewayNetwork {
+                config: &n.config,
+                vni: n.vni,
+                gateway: n.gateway,
+            })
+            .collect();
+        if ports_too {
+            gateways.sync(&self.datapath, &nets, config.node.offloads)?;
+        }
+        let published: Vec<Published> = ports
+            .iter()
+            .flat_map(|p| {
+                let a = &p.record.attachment;
+                let network = networks.get(&a.network).map(|n| n.config.subnet);
+                a.published
+                    .iter()
+                    .filter_map(move |&mapping| match a.address.addr() {
+                        IpAddr::V4(address) => Some(Published {
+                            mapping,
+                            address,
+                            network: network?,
+                        }),
+                        IpAddr::V6(_) => None,
+                    })
+            })
+            .collect();
+        gateways.sync_nat(&nets, &published)
     }
 
     fn network_name(view: &View, vni: Vni) -> String {
@@ -1056,6 +1141,11 @@ impl Daemon {
                 too_big_sent: counters.too_big_sent,
                 too_big_limited: counters.too_big_limited,
                 mss_clamped: counters.mss_clamped,
+            },
+            routing: RoutingView {
+                routed: counters.routed,
+                route_resolves: counters.route_resolves,
+                ttl_exceeded: counters.ttl_exceeded,
             },
             health: None,
         };
@@ -1219,6 +1309,9 @@ impl Daemon {
     /// Stops the datapath. Containers keep their (persistent) interfaces; the next start
     /// re-adopts them.
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
+        if let Err(e) = self.lock().gateways.teardown() {
+            warn!("{e:#}");
+        }
         self.stop_fleet();
         match Arc::try_unwrap(self) {
             Ok(daemon) => daemon.datapath.stop().context("stopping the datapath"),
@@ -1383,6 +1476,46 @@ where
         first.get_or_insert(value);
     }
     first.ok_or_else(|| DatapathStopped.into())
+}
+
+/// Refuses ports another container has published (or that the request names twice).
+fn check_published(
+    state: &State,
+    container_id: &str,
+    publish: &[super::gateway::PortMapping],
+) -> Result<(), ApiError> {
+    for (i, wanted) in publish.iter().enumerate() {
+        let same = |m: &super::gateway::PortMapping| {
+            m.host_port == wanted.host_port && m.protocol == wanted.protocol
+        };
+        if publish[..i].iter().any(same) {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{wanted} is asked for twice"),
+            )
+            .field("publish"));
+        }
+        let holder = state
+            .ports
+            .iter()
+            .map(|p| &p.record)
+            .chain(&state.waiting)
+            .chain(&state.reserved)
+            .map(|r| &r.attachment)
+            .find(|a| a.container_id != container_id && a.published.iter().any(same));
+        if let Some(holder) = holder {
+            return Err(ApiError::new(
+                ErrorKind::PortTaken,
+                format!(
+                    "host port {wanted} is published already by {} ({} {}): pick another \
+                     host port, or detach that container first",
+                    holder.container_id, holder.network, holder.address
+                ),
+            )
+            .field("publish"));
+        }
+    }
+    Ok(())
 }
 
 /// Labels must be few and short, and say something: a key of at most 253 bytes and a value of

@@ -144,7 +144,7 @@ fn sessions(registry: &mut Registry, peers: &[PeerView]) {
 pub fn render(s: &Scrape) -> String {
     let mut registry = Registry::default();
     let c = &s.counters;
-    let totals: [(&str, &str, u64); 11] = [
+    let totals: [(&str, &str, u64); 14] = [
         (
             "vswitch_port_rx_frames",
             "Frames received from containers",
@@ -199,6 +199,21 @@ pub fn render(s: &Scrape) -> String {
             "vswitch_mss_clamped",
             "TCP SYNs whose MSS option was lowered to what the MTU allows",
             c.mss_clamped,
+        ),
+        (
+            "vswitch_routed",
+            "Frames routed from one network to another",
+            c.routed,
+        ),
+        (
+            "vswitch_route_resolves",
+            "ARP requests the gateway sent to resolve a routed frame's destination",
+            c.route_resolves,
+        ),
+        (
+            "vswitch_ttl_exceeded",
+            "Routed frames whose TTL ran out, answered with ICMP time exceeded",
+            c.ttl_exceeded,
         ),
     ];
     for (name, help, value) in totals {

@@ -118,6 +118,11 @@ pub fn status(s: &StatusView) -> String {
         "mtu      too-big errors sent {} (rate-limited {})  MSS clamped {}",
         s.mtu.too_big_sent, s.mtu.too_big_limited, s.mtu.mss_clamped
     );
+    let _ = writeln!(
+        text,
+        "routing  routed {}  ARP resolves {}  TTL exceeded {}",
+        s.routing.routed, s.routing.route_resolves, s.routing.ttl_exceeded
+    );
     if s.workers.len() > 1 {
         let spread: Vec<String> = s.workers.iter().map(|w| w.rx_frames.to_string()).collect();
         let _ = writeln!(text, "per worker  rx frames {}", spread.join(" / "));

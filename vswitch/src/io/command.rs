@@ -14,7 +14,7 @@ use super::tap::TapQueue;
 use super::worker::{PortError, SealingEvent, ServiceRequest, Worker};
 use crate::policy::PortQos;
 use crate::switch::{
-    NetworkConfig, Pinned, PolicyInstall, PortConfig, PortId, SessionInstall, SwitchError,
+    NetworkConfig, Pinned, PolicyInstall, PortConfig, PortId, Route, SessionInstall, SwitchError,
 };
 use crate::wire::{MacAddr, Vni};
 use crypto::{SessionKeys, SharedReplay};
@@ -60,6 +60,23 @@ pub enum Command {
         config: PortConfig,
         /// The port's id (the same on every worker), or why it could not be added.
         reply: Reply<Result<PortId, PortError>>,
+    },
+    /// Adds a network's host port (see [`crate::switch::Switch::add_host_port`]) and starts
+    /// serving its TAP, as [`Command::AddPort`] does for a container's.
+    AddHostPort {
+        /// Every queue of the TAP, one per worker when it is multi-queue.
+        queues: Arc<[Arc<TapQueue>]>,
+        /// The network.
+        vni: Vni,
+        /// The port's id (the same on every worker), or why it could not be added.
+        reply: Reply<Result<PortId, PortError>>,
+    },
+    /// Sets the networks each network routes to (an empty list: none).
+    SetRoutes {
+        /// Each network with its routes.
+        routes: Arc<[(Vni, Vec<Route>)]>,
+        /// Whether the switch knew every network.
+        reply: Reply<Result<(), SwitchError>>,
     },
     /// Removes a port and stops serving its TAP.
     RemovePort {
@@ -261,6 +278,17 @@ impl Worker {
                 config,
                 reply,
             } => reply.send(self.add_port(&queues, config)),
+            Command::AddHostPort { queues, vni, reply } => {
+                reply.send(self.add_host_port(&queues, vni));
+            }
+            Command::SetRoutes { routes, reply } => {
+                let switch = self.switch();
+                reply.send(
+                    routes
+                        .iter()
+                        .try_for_each(|(vni, routes)| switch.set_routes(*vni, routes.clone())),
+                );
+            }
             Command::RemovePort { id, reply } => reply.send(self.remove_port(id)),
             Command::SetSealingEvents { events, reply } => {
                 self.set_sealing_events(events);

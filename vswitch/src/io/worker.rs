@@ -30,6 +30,7 @@ use crate::switch::{
     Counters, Output, PortConfig, PortId, SessionInstall, Site, Switch, SwitchError, Update,
 };
 use crate::tunnel::{self, SEALED_HEADER_LEN, SEALED_TAG_LEN, VXLAN_HEADER_LEN};
+use crate::wire::Vni;
 
 pub(super) const WAKER: Token = Token(0);
 pub(super) const UNDERLAY: Token = Token(1);
@@ -246,13 +247,31 @@ impl Worker {
         queues: &[Arc<TapQueue>],
         config: PortConfig,
     ) -> Result<PortId, PortError> {
+        self.serve_tap(queues, |switch| switch.add_port(config))
+    }
+
+    /// Adds the network's host port (see [`Switch::add_host_port`]) served by the TAP, as
+    /// [`Worker::add_port`] does for a container's.
+    pub fn add_host_port(
+        &mut self,
+        queues: &[Arc<TapQueue>],
+        vni: Vni,
+    ) -> Result<PortId, PortError> {
+        self.serve_tap(queues, |switch| switch.add_host_port(vni))
+    }
+
+    fn serve_tap(
+        &mut self,
+        queues: &[Arc<TapQueue>],
+        add: impl FnOnce(&mut Switch) -> Result<PortId, SwitchError>,
+    ) -> Result<PortId, PortError> {
         let Some(write) = queues.get(self.index % queues.len().max(1)).cloned() else {
             return Err(PortError::Register(io::Error::other(
                 "the TAP has no queue",
             )));
         };
         let read = queues.get(self.index).cloned();
-        let id = self.switch.add_port(config)?;
+        let id = add(&mut self.switch)?;
         if write.has_vnet_hdr() && !write.takes_uso() {
             // A kernel without USO on TAPs: UDP is written as it came, datagram by datagram.
             self.coalescer.set_udp(false);
@@ -600,10 +619,9 @@ impl Worker {
             } else {
                 self.switch.handle_frame(now, id, &buf[..n], &mut self.out);
             }
+            // Routed (MACs, TTL) or clamped (MSS), the frame is patched before it goes anywhere.
+            self.out.rewrite(buf);
             let range = self.out.frame_range();
-            if let Some(frame) = buf.get_mut(range.clone()) {
-                self.out.rewrite(frame);
-            }
             let frame = &buf[range.clone()];
             // Only the header the switch rebuilt is acted on, never the one the container wrote.
             let offload = *self.out.offload();

@@ -159,6 +159,9 @@ pub enum SwitchError {
         /// The port that has it.
         port: PortId,
     },
+    /// The network has no gateway, so it cannot have a host port.
+    #[error("VNI {0} has no gateway")]
+    NoGateway(Vni),
     /// The MAC is the network's gateway MAC.
     #[error("MAC {mac} is the gateway MAC of VNI {vni}")]
     GatewayMac {

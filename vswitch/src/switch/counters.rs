@@ -59,6 +59,8 @@ pub enum DropReason {
     Unauthentic,
     /// A sealed datagram whose counter was already accepted, or is older than the replay window.
     Replayed,
+    /// A frame routed to a network that has no gateway, or is gone.
+    NoRoute,
     /// Network policy denies it: a deny rule, or an endpoint selected with no rule allowing it.
     PolicyDenied,
     /// Over a rate limit: the QoS of a port, or a policy's `limit(rate)` rule.
@@ -67,7 +69,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Runt,
         DropReason::Malformed,
         DropReason::UnknownVni,
@@ -91,6 +93,7 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::Unauthentic,
         DropReason::Replayed,
+        DropReason::NoRoute,
         DropReason::PolicyDenied,
         DropReason::RateLimited,
     ];
@@ -124,6 +127,7 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::Unauthentic => "unauthentic",
             DropReason::Replayed => "replayed",
+            DropReason::NoRoute => "no_route",
             DropReason::PolicyDenied => "policy_denied",
             DropReason::RateLimited => "rate_limited",
         }
@@ -218,6 +222,12 @@ pub struct Counters {
     pub dynamic_peers_created: u64,
     /// Sealed keepalives received: empty datagrams that confirm a new session.
     pub keepalives: u64,
+    /// Frames routed from one network to another.
+    pub routed: u64,
+    /// ARP requests the gateway sent to resolve a routed frame's destination.
+    pub route_resolves: u64,
+    /// Routed frames whose TTL ran out, answered with ICMP time exceeded.
+    pub ttl_exceeded: u64,
     /// Liveness probes received from peers (counted for the peer, then dropped unremarked).
     pub probes: u64,
     /// ICMP "fragmentation needed" and ICMPv6 "packet too big" errors sent, answering frames
@@ -291,6 +301,9 @@ impl Counters {
         self.arp_suppressed += other.arp_suppressed;
         self.dynamic_peers_created += other.dynamic_peers_created;
         self.keepalives += other.keepalives;
+        self.routed += other.routed;
+        self.route_resolves += other.route_resolves;
+        self.ttl_exceeded += other.ttl_exceeded;
         self.probes += other.probes;
         self.too_big_sent += other.too_big_sent;
         self.too_big_limited += other.too_big_limited;

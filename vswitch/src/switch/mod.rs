@@ -23,6 +23,7 @@ mod path;
 mod pinned;
 mod policy;
 mod replica;
+mod route;
 mod sealing;
 mod security;
 mod services;
@@ -49,6 +50,7 @@ pub use output::{Output, Transmit};
 pub use pinned::{PROBE, Pinned, is_probe, probe_datagram};
 pub use policy::{DeniedFlow, PolicyInstall};
 pub use replica::{Site, Update};
+pub use route::Route;
 pub use sealing::{HELD_BYTES, HELD_FRAMES, SessionInstall};
 pub use services::DNS_PORT;
 
@@ -181,6 +183,7 @@ pub struct Switch {
     updates: Vec<Update>,
     sessions: sealing::Sessions,
     handshakes_wanted: Vec<SocketAddr>,
+    router: route::Router,
     /// DNS queries to gateways go to the caller ([`services`]).
     gateway_dns: bool,
     enforcement: policy::Enforcement,
@@ -211,6 +214,7 @@ impl Switch {
             updates: Vec::new(),
             sessions: sealing::Sessions::default(),
             handshakes_wanted: Vec::new(),
+            router: route::Router::default(),
             gateway_dns: false,
             enforcement: policy::Enforcement::default(),
         }
@@ -259,6 +263,7 @@ impl Switch {
             self.remove_port(port);
         }
         self.networks.remove(&vni);
+        self.router.remove_vni(vni);
         self.fdb.remove_vni(vni);
         self.neighbours.remove_vni(vni);
         ports
@@ -294,6 +299,19 @@ impl Switch {
         }
         if net.config.gateway.is_some_and(|gw| gw.mac == mac) {
             return Err(SwitchError::GatewayMac { vni, mac });
+        }
+        self.insert_port(config)
+    }
+
+    /// Adds a port, whatever its MAC is (the host port has the gateway's).
+    fn insert_port(&mut self, config: PortConfig) -> Result<PortId, SwitchError> {
+        let vni = config.vni;
+        let mac = config.mac;
+        let Some(net) = self.networks.get(&vni) else {
+            return Err(SwitchError::UnknownVni(vni));
+        };
+        if !mac.is_unicast() || mac.is_zero() {
+            return Err(SwitchError::InvalidMac(mac));
         }
         if let Some(&port) = net
             .ports
@@ -355,6 +373,7 @@ impl Switch {
             net.ports.retain(|&p| p != port);
         }
         self.fdb.remove_port(port);
+        self.router.remove_port(port);
         self.forget_port_qos(port);
         self.neighbours.remove_location(Location::Port(port));
         for &ip in &removed.ipv4 {

@@ -35,6 +35,7 @@ use crate::wire::{
     Ipv4Packet, Ipv6Packet, TCP_CHECKSUM_AT, TcpPacket, icmpv6_type, update_checksum,
 };
 
+use super::route::RouteRewrite;
 use super::{Gateway, Output, PeerId, PortId, Switch, Transmit, security};
 
 /// "Too big" errors a port or a peer may draw a second (per replica).
@@ -184,9 +185,18 @@ impl Switch {
         if !net.config.clamp_mss {
             return;
         }
+        // A routed frame fits both networks; one replaced by an ARP request needs nothing.
+        let mtu = match out.rewrite.route {
+            None => net.config.mtu,
+            Some(RouteRewrite::Route { .. }) => self
+                .networks
+                .get(&out.vni)
+                .map_or(net.config.mtu, |to| to.config.mtu.min(net.config.mtu)),
+            Some(RouteRewrite::Resolve { .. }) => return,
+        };
         let partial = out.offload.hdr.flags & VnetHdr::F_NEEDS_CSUM != 0;
-        if let Some(rewrite) = plan_mss_clamp(frame, net.config.mtu, partial) {
-            out.rewrite = Some(rewrite);
+        if let Some(rewrite) = plan_mss_clamp(frame, mtu, partial) {
+            out.rewrite.mss = Some(rewrite);
             self.counters.mss_clamped += 1;
         }
     }

@@ -8,6 +8,7 @@ use crate::tunnel::{self, VXLAN_HEADER_LEN};
 use crate::wire::Vni;
 
 use super::mtu::MssRewrite;
+use super::route::RouteRewrite;
 use super::{DropReason, PeerId, PortId};
 
 /// One destination VTEP of a frame.
@@ -40,11 +41,21 @@ pub struct Output {
     pub(super) reply_port: Option<PortId>,
     pub(super) service: Option<PortId>,
     pub(super) reply_peer: Option<Transmit>,
-    pub(super) rewrite: Option<MssRewrite>,
+    pub(super) rewrite: Rewrite,
     pub(super) dropped: Option<DropReason>,
     pub(super) offload: Offload,
     pub(super) vni: Vni,
     pub(super) sealed: bool,
+}
+
+/// The changes the switch decided for the frame it was given, which the caller makes with
+/// [`Output::rewrite`]: the switch core never writes into its input. A routed SYN carries both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Rewrite {
+    /// A routed frame: its new MACs and TTL, or the ARP request forwarded in its place.
+    pub(super) route: Option<RouteRewrite>,
+    /// A TCP SYN's MSS option lowered to the MTU, with its checksum.
+    pub(super) mss: Option<MssRewrite>,
 }
 
 impl Output {
@@ -64,7 +75,7 @@ impl Output {
         self.reply_port = None;
         self.service = None;
         self.reply_peer = None;
-        self.rewrite = None;
+        self.rewrite = Rewrite::default();
         self.dropped = None;
         self.offload = Offload::plain(0);
         self.vni = Vni::default();
@@ -145,13 +156,26 @@ impl Output {
             .map(|transmit| (transmit, self.reply.as_slice()))
     }
 
-    /// Makes in the frame the changes the switch decided for it (today: a TCP SYN's MSS option
-    /// lowered to the MTU, and its checksum): call it on `input[frame_range()]` after
-    /// `handle_frame` or `handle_tap_read`, before the frame goes anywhere.
-    /// `handle_datagram` makes its changes in place itself.
-    pub fn rewrite(&self, frame: &mut [u8]) {
-        if let Some(rewrite) = &self.rewrite {
-            rewrite.apply(frame);
+    /// Makes the changes the switch decided for the frame in `input[frame_range()]`, where
+    /// `input` is the buffer passed to `handle_frame` or `handle_tap_read`, with room to its
+    /// end: a routed frame gets its MACs set and its TTL decremented, or is replaced by the ARP
+    /// request that resolves its destination (then [`frame_range`](Output::frame_range) and
+    /// [`offload`](Output::offload) change); a TCP SYN gets its MSS option lowered to the MTU,
+    /// and its checksum. Call it once after every such call, before the frame goes anywhere; it
+    /// does nothing when there is nothing to change. `handle_datagram` makes its changes in
+    /// place itself.
+    pub fn rewrite(&mut self, input: &mut [u8]) {
+        let Rewrite { route, mss } = std::mem::take(&mut self.rewrite);
+        if let Some(route) = route
+            && !self.apply_route(route, input)
+        {
+            // The frame was replaced: nothing of it is left to change.
+            return;
+        }
+        if let Some(mss) = mss
+            && let Some(frame) = input.get_mut(self.frame.clone())
+        {
+            mss.apply(frame);
         }
     }
 

@@ -299,7 +299,7 @@ impl Switch {
                 out.reply_port = Some(port);
                 return Ok(());
             }
-            return Err(DropReason::Gateway);
+            return self.frame_to_gateway(port, vni, gw, frame, out);
         }
 
         let known = if dst.is_unicast() {
@@ -443,7 +443,7 @@ impl Switch {
             self.snoop_arp(now, vni, &arp, Location::Peer(id));
         }
         if gateway.is_some_and(|gw| gw.mac == dst) {
-            return Err(DropReason::Gateway);
+            return self.datagram_to_gateway(vni, out);
         }
         let known = if dst.is_unicast() {
             self.fdb.lookup(vni, dst)
@@ -528,7 +528,7 @@ fn write_arp_reply(
 
 /// If `eth` is an ICMP echo request to the gateway, writes the echo reply into `buf` and returns
 /// true; false if it is something else for the gateway; an error if it is malformed.
-fn write_echo_reply(
+pub(super) fn write_echo_reply(
     buf: &mut Vec<u8>,
     eth: &EthernetFrame<&[u8]>,
     gw: Gateway,

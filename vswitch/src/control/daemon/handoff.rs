@@ -101,6 +101,7 @@ impl Daemon {
             mac: r.attach.mac,
             labels: r.attach.labels,
             qos,
+            published: r.attach.publish,
         };
         let hooks = hooks();
         hooks.reach(AttachStep::Lease)?;
@@ -171,7 +172,11 @@ impl Daemon {
             self.keep(state, &record, plug.offloads, copies);
             state.waiting.remove(i);
             info!(container = %key.0, ifname = %key.1, "port restored from a helper's queues");
+            let published = !record.attachment.published.is_empty();
             state.ports.push(Port { record, id });
+            if published && let Err(e) = self.sync_gateway(state, false) {
+                warn!(container = %key.0, "publishing its ports again: {e:#}");
+            }
             if let Err(e) = state.store.save(&state.records()) {
                 // The next start then tries to re-open the interface itself, and waits again.
                 warn!(container = %key.0, "saving that a helper holds the interface: {e}");
@@ -190,10 +195,16 @@ impl Daemon {
             let copies = copies_of(&tap);
             hooks().reach(AttachStep::Plug)?;
             let id = self.plug_tap(state, &record, tap)?;
-            if let Err(e) = hooks().reach(AttachStep::Commit) {
+            let published = if record.attachment.published.is_empty() {
+                Ok(())
+            } else {
+                self.publish_uncommitted(state, &record, id)
+            };
+            if let Err(e) = published.and_then(|()| hooks().reach(AttachStep::Commit)) {
                 let _ = self
                     .datapath
                     .ask(|reply| crate::io::Command::RemovePort { id, reply });
+                self.unpublish(state, &record);
                 return Err(e);
             }
             Ok((id, copies))
@@ -210,6 +221,7 @@ impl Daemon {
             let _ = self
                 .datapath
                 .ask(|reply| crate::io::Command::RemovePort { id, reply });
+            self.unpublish(state, &record);
             state.reserved.push(record);
             let e = anyhow::Error::new(e).context("saving the attachment list");
             return Err(self.drop_reservation(state, key, e));
@@ -222,6 +234,15 @@ impl Daemon {
         let attachment = record.attachment.clone();
         state.ports.push(Port { record, id });
         Ok(attachment)
+    }
+
+    /// After a failed plug: takes the rules of the record's published ports away again.
+    fn unpublish(&self, state: &mut State, record: &PortRecord) {
+        if !record.attachment.published.is_empty()
+            && let Err(e) = self.sync_gateway(state, false)
+        {
+            warn!(container = %record.attachment.container_id, "removing the rules of its published ports: {e:#}");
+        }
     }
 
     /// Drops the reservation of a connection whose plug will not come.

@@ -79,6 +79,7 @@ impl Reservations {
                     mtu: r.mtu,
                     labels: Default::default(),
                     qos: None,
+                    published: Vec::new(),
                     dns: None,
                 },
             ))

@@ -4,10 +4,10 @@
 //! The steps, in order ([`AttachStep`]): lease the address; save the record with an
 //! [`Intent`] (the attach in progress); create the TAP under a staging name in the daemon's
 //! namespace; move it into the container's namespace under its name; configure it (MAC, MTU,
-//! addresses, `lo` and the interface up, the default route); plug it into the datapath; save
-//! the record without the intent (the commit); write the container's resolv.conf (with
-//! `fleet.resolv_conf`); answer. The fleet publishes the container with the next view, which
-//! only holds committed ports.
+//! addresses, `lo` and the interface up, the default route); plug it into the datapath (and
+//! make the NAT rules of its published ports); save the record without the intent (the
+//! commit); write the container's resolv.conf (with `fleet.resolv_conf`); answer. The fleet
+//! publishes the container with the next view, which only holds committed ports.
 //!
 //! A failure at any step undoes, in reverse, every step done: the port leaves the datapath,
 //! [`attach::undo_interface`] removes the staged TAP, the container's interface (only if it is
@@ -34,6 +34,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use anyhow::Context;
 use netns::{NetNs, Netlink};
 use tracing::{info, warn};
 
@@ -203,6 +204,8 @@ pub(super) struct Wanted {
     pub(super) mac: Option<MacAddr>,
     pub(super) labels: std::collections::BTreeMap<String, String>,
     pub(super) qos: Option<super::super::policy::QosSetting>,
+    /// Ports to publish on the host.
+    pub(super) published: Vec<crate::control::gateway::PortMapping>,
 }
 
 /// What an attach in progress has done so far, to undo.
@@ -212,6 +215,8 @@ struct Done {
     record: Option<PortRecord>,
     /// The port in the datapath.
     port: Option<PortId>,
+    /// Whether the NAT rules were made to publish its ports.
+    published: bool,
 }
 
 impl Daemon {
@@ -267,6 +272,7 @@ impl Daemon {
             ),
             record: None,
             port: None,
+            published: false,
         };
         match self.attach_leased(state, &plan, addresses, &mut done) {
             Ok(attachment) => {
@@ -332,7 +338,15 @@ impl Daemon {
         attach::configure(&inside, &attachment)?;
 
         hooks.reach(AttachStep::Plug)?;
-        done.port = Some(self.plug_tap(state, &record, tap)?);
+        let id = self.plug_tap(state, &record, tap)?;
+        done.port = Some(id);
+        if !attachment.published.is_empty() {
+            // The NAT rules are made from the ports in the state: the port is there only for
+            // that, and joins for good at the commit. A start undoes an unfinished attach
+            // before it makes the rules, so a daemon killed from here on leaves none for it.
+            done.published = true;
+            self.publish_uncommitted(state, &record, id)?;
+        }
 
         hooks.reach(AttachStep::Commit)?;
         record.intent = None;
@@ -348,6 +362,26 @@ impl Daemon {
         Ok(attachment)
     }
 
+    /// Makes the NAT rules publish the ports of `record`, plugged as `id` and not committed
+    /// yet. The rules are made from the ports in the state: the port is there only for that,
+    /// and joins for good at the commit. A start undoes an unfinished attach before it makes
+    /// the rules, so a daemon killed before the commit leaves none for it; whoever undoes the
+    /// attach calls [`Daemon::sync_gateway`] again.
+    pub(super) fn publish_uncommitted(
+        &self,
+        state: &mut State,
+        record: &PortRecord,
+        id: PortId,
+    ) -> anyhow::Result<()> {
+        state.ports.push(Port {
+            record: record.clone(),
+            id,
+        });
+        let synced = self.sync_gateway(state, false);
+        state.ports.pop();
+        synced.context("publishing its ports")
+    }
+
     /// Undoes what `done` says was done, in reverse, and returns `error` with what could not be
     /// undone yet (it is retried by the sweep).
     fn roll_back(
@@ -360,6 +394,11 @@ impl Daemon {
         if let Some(id) = done.port {
             // A stopped datapath takes the port with it: the daemon is exiting.
             let _ = self.datapath.ask(|reply| Command::RemovePort { id, reply });
+        }
+        if done.published
+            && let Err(e) = self.sync_gateway(state, false)
+        {
+            warn!("undoing an attach: removing the rules of its published ports: {e:#}");
         }
         if let Some(record) = done.record {
             let a = &record.attachment;
@@ -448,6 +487,7 @@ pub(super) fn new_attachment(
         mtu: network.config.mtu(),
         labels: wanted.labels.clone(),
         qos: wanted.qos,
+        published: wanted.published.clone(),
         dns: None,
     })
 }

@@ -47,6 +47,7 @@ impl Control for FakeDaemon {
                 offload_errors: 0,
                 workers: Vec::new(),
                 mtu: Default::default(),
+                routing: Default::default(),
                 health: None,
             })),
             Request::Reserve(r) => {

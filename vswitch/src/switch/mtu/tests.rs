@@ -473,7 +473,7 @@ fn through(sw: &mut Switch, port: PortId, frame: &[u8]) -> (Vec<u8>, Output) {
     sw.handle_frame(Instant::now(), port, frame, &mut out);
     assert!(out.dropped().is_none());
     let mut sent = frame.to_vec();
-    out.rewrite(&mut sent[out.frame_range()]);
+    out.rewrite(&mut sent);
     (sent, out)
 }
 
@@ -564,9 +564,8 @@ fn partial_checksum_is_left_for_the_offload_to_complete() {
     let mut out = Output::new();
     sw.handle_tap_read(Instant::now(), p[0], &read, &mut out);
     assert_eq!(out.ports(), &[p[1]]);
-    let range = out.frame_range();
-    out.rewrite(&mut read[range.clone()]);
-    let sent = &mut read[range];
+    out.rewrite(&mut read);
+    let sent = &mut read[out.frame_range()];
     assert_eq!(mss_of(sent), Some(1410));
     assert_eq!(
         &sent[34 + 16..34 + 18],

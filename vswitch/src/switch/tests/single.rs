@@ -798,6 +798,13 @@ fn every_drop_reason_is_counted() {
         &udp(mac(0, 0), GW_MAC, ip(0, 10), ip(1, 1), 1),
         &mut seen,
     ); // Gateway
+    let no_gateway = Route {
+        vni: vni(9),
+        subnet: "10.99.0.0/16".parse().unwrap(),
+    };
+    sw.set_routes(Vni::DEFAULT, vec![no_gateway]).unwrap();
+    let to_no_gateway = udp(mac(0, 0), GW_MAC, ip(0, 10), Ipv4Addr::new(10, 99, 0, 5), 1);
+    frame(&mut sw, p[0], &to_no_gateway, &mut seen); // NoRoute
     let solo = sw
         .add_port(port_cfg(vni(9), mac(9, 9), &[ip(0, 1)]))
         .unwrap();
