@@ -523,17 +523,17 @@ fn the_control_socket_is_private_from_birth_and_checks_peer_credentials() {
 fn over_long_lines_and_too_many_connections_are_refused() {
     let lab = vswitch_lab("hl", 1, &[NetworkSpec::DEFAULT], "");
     let socket = lab.hosts[0].socket.clone();
-    // A line past 64 KiB: refused with a reason, and the connection closed.
+    // A line past 1 MiB: refused with a reason, and the connection closed.
     let stream = UnixStream::connect(&socket).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut line = br#"{"op":"attach","netns":""#.to_vec();
-    line.resize(70 * 1024, b'x');
+    line.resize(1100 * 1024, b'x');
     // The daemon may close before reading it all: the write may fail, the answer may not.
     let _ = (&stream).write_all(&line);
     let e = error_of(read_response(&stream));
-    assert!(e.contains("longer than 65536 bytes"), "{e}");
+    assert!(e.contains("longer than 1048576 bytes"), "{e}");
 
     // 64 connections at once are served; the 65th is told why not.
     let held: Vec<UnixStream> = (0..64)

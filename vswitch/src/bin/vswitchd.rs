@@ -40,8 +40,8 @@ use vswitch::control::metrics;
 
 /// Control connections served at once; more are refused with an error line.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
-/// The longest request line taken.
-const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// The longest request line taken: room for a policy set of some thousands of rules.
+const MAX_REQUEST_LINE: usize = 1024 * 1024;
 /// A control connection with no request for this long is closed.
 const CONTROL_IDLE: Duration = Duration::from_secs(30);
 /// Metrics connections served at once; more are closed at once.
