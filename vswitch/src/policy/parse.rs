@@ -166,7 +166,7 @@ struct RawFile {
 pub fn parse_toml(text: &str) -> Result<Vec<Policy>, PolicyError> {
     let syntax = |path: String, message: String| PolicyError::Syntax {
         format: "TOML",
-        path,
+        path: if path.is_empty() { ".".into() } else { path },
         message,
     };
     let de = toml::de::Deserializer::parse(text)
@@ -186,9 +186,10 @@ pub fn parse_json(text: &str) -> Result<Vec<Policy>, PolicyError> {
         File(RawFile),
         List(Vec<RawPolicy>),
     }
+    // An error at the top level has an empty path: it is named "." like the others' roots.
     let syntax = |path: String, message: String| PolicyError::Syntax {
         format: "JSON",
-        path,
+        path: if path.is_empty() { ".".into() } else { path },
         message,
     };
     // Try the documented shape first for its precise path; fall back to the bare list.

@@ -851,3 +851,12 @@ mod replies {
         }
     }
 }
+
+#[test]
+fn a_syntax_error_at_the_top_of_a_json_file_names_the_root() {
+    let e = parse_json(r#"{""""policy": [{"name": "web"}]"#).unwrap_err();
+    let PolicyError::Syntax { path, .. } = e else {
+        panic!("a syntax error expected: {e}");
+    };
+    assert_eq!(path, ".");
+}
